@@ -1,0 +1,133 @@
+"""Denoising Diffusion Probabilistic Models: Ho, Jain & Abbeel 2020, arXiv:2006.11239.
+
+Everything the paper defines lives here: the beta schedules, the closed-form forward
+process q(x_t | x_0) (eq. 4), the training objective (Algorithm 1) and ancestral sampling
+(Algorithm 2). The network is any eps_model(x_t, t) from unet.py.
+
+Timestep convention, used everywhere in this repo: the schedule tensors have length T and
+index i holds the paper's timestep t = i + 1. So beta[0] is beta_1, alpha_bar[T - 1] is
+alpha_bar_T, and a LongTensor t of indices in {0, ..., T - 1} means paper steps 1..T.
+The network receives the same index.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def linear_beta_schedule(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> Tensor:
+    """Ho et al. Sec. 4: beta_t linear from beta_1 to beta_T. Returns (T,) float64."""
+    return torch.linspace(beta_1, beta_T, T, dtype=torch.float64)
+
+
+def cosine_beta_schedule(T: int, s: float = 0.008) -> Tensor:
+    """Nichol & Dhariwal 2021 (arXiv:2102.09672) eq. (17): alpha_bar_t = f(t) / f(0),
+    f(t) = cos^2(pi/2 (t/T + s) / (1 + s)); beta_t = 1 - alpha_bar_t / alpha_bar_{t-1},
+    clipped at 0.999. Returns (T,) float64."""
+    steps = torch.arange(T + 1, dtype=torch.float64)  # paper t = 0..T
+    f = torch.cos((steps / T + s) / (1 + s) * math.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    beta = 1 - alpha_bar[1:] / alpha_bar[:-1]
+    return beta.clamp(max=0.999)
+
+
+def extract(a: Tensor, t: Tensor) -> Tensor:
+    """a[t] for a (T,) schedule and (B,) indices, shaped (B, 1, 1, 1) to broadcast on images."""
+    return a[t].view(-1, 1, 1, 1)
+
+
+class DDPM(nn.Module):
+    """The Gaussian diffusion process around a noise-prediction network eps_model(x_t, t).
+
+    beta: (T,) schedule. sigma2: "beta" (sigma_t^2 = beta_t) or "beta_tilde" (eq. 7),
+    the two choices of Sec. 3.2. Subclasses change the noise (noise_like, x_T_like),
+    the loss (eps_loss) or the network call (predict_eps), nothing else.
+    """
+
+    def __init__(self, eps_model: nn.Module, beta: Tensor, sigma2: str = "beta"):
+        super().__init__()
+        if sigma2 not in ("beta", "beta_tilde"):
+            raise ValueError(f"sigma2 must be 'beta' or 'beta_tilde', got {sigma2!r}")
+        if not (beta.dim() == 1 and len(beta) >= 2 and 0 < beta.min() and beta.max() < 1):
+            raise ValueError("beta must be a 1-D schedule of at least 2 values in (0, 1)")
+        self.eps_model = eps_model
+        beta = beta.double()
+        alpha = 1 - beta                                   # alpha_t = 1 - beta_t
+        alpha_bar = torch.cumprod(alpha, dim=0)            # alpha_bar_t = prod_{s<=t} alpha_s
+        alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])  # alpha_bar_0 = 1
+        beta_tilde = (1 - alpha_bar_prev) / (1 - alpha_bar) * beta  # eq. (7)
+        self.register_buffer("beta", beta.float())
+        self.register_buffer("alpha", alpha.float())
+        self.register_buffer("alpha_bar", alpha_bar.float())
+        self.register_buffer("sigma2", (beta if sigma2 == "beta" else beta_tilde).float())
+
+    @property
+    def T(self) -> int:
+        return len(self.beta)
+
+    def noise_like(self, x: Tensor, t: Tensor, generator=None, step: bool = False) -> Tensor:
+        """The noise of the process, shaped like x, for timestep indices t (B,).
+        step=False: eps of q(x_t | x_0), eq. (4) (also used for x_T); step=True: the z of one
+        reverse step, Alg. 2 line 3. Here both are N(0, I); DDGM makes them Gamma."""
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+    def q_step(self, x_prev: Tensor, t: Tensor, z: Tensor) -> Tensor:
+        """Eq. (2), one forward step: x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) z, z = noise_like(step=True)."""
+        return (1 - extract(self.beta, t)).sqrt() * x_prev + extract(self.beta, t).sqrt() * z
+
+    def q_sample(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """Eq. (4): x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps. x0: (B, C, H, W)."""
+        alpha_bar = extract(self.alpha_bar, t)
+        return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+
+    def eps_loss(self, eps_hat: Tensor, eps: Tensor) -> Tensor:
+        """Alg. 1 line 5 (eq. 14, L_simple): || eps - eps_theta(x_t, t) ||^2, mean over all."""
+        return F.mse_loss(eps_hat, eps)
+
+    def loss(self, x0: Tensor, generator=None, **cond) -> Tensor:
+        """Algorithm 1 for a batch x0 (B, C, H, W) in [-1, 1]; cond goes to the network."""
+        B = x0.shape[0]
+        t = torch.randint(0, self.T, (B,), device=x0.device, generator=generator)  # line 3
+        eps = self.noise_like(x0, t, generator)                                      # line 4
+        x_t = self.q_sample(x0, t, eps)
+        return self.eps_loss(self.eps_model(x_t, t, **cond), eps)                   # line 5
+
+    def p_sample_step(self, x_t: Tensor, t: Tensor, eps_hat: Tensor, z: Tensor) -> Tensor:
+        """Alg. 2 line 4: x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_hat)
+        + sigma_t z, with z ignored at the last step (paper t = 1, index 0)."""
+        alpha, beta, alpha_bar = (extract(a, t) for a in (self.alpha, self.beta, self.alpha_bar))
+        mean = (x_t - beta / (1 - alpha_bar).sqrt() * eps_hat) / alpha.sqrt()
+        sigma = extract(self.sigma2, t).sqrt() * (t > 0).view(-1, 1, 1, 1)
+        return mean + sigma * z
+
+    def predict_eps(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        """eps_theta(x_t, t): the network's noise prediction used by sampling."""
+        return self.eps_model(x_t, t, **cond)
+
+    def x_T_like(self, x: Tensor, generator=None) -> Tensor:
+        """Alg. 2 line 1: x_T ~ N(0, I)."""
+        t = torch.full((x.shape[0],), self.T - 1, device=x.device, dtype=torch.long)
+        return self.noise_like(x, t, generator)
+
+    @torch.no_grad()
+    def sample(self, n: int, shape: tuple, generator=None, return_trajectory: bool = False,
+               progress: bool = False, **cond):
+        """Algorithm 2: n samples of shape (C, H, W), returned (n, C, H, W) in about [-1, 1].
+        With return_trajectory, also a list of the T + 1 tensors x_T, ..., x_0 (on the CPU)."""
+        device = self.beta.device
+        x_t = self.x_T_like(torch.empty((n, *shape), device=device), generator)
+        trajectory = [x_t.cpu()] if return_trajectory else None
+        steps = reversed(range(self.T))                                   # line 2: t = T..1
+        if progress:
+            import sys
+
+            from tqdm import tqdm
+            steps = tqdm(steps, total=self.T, desc="sampling", leave=False, disable=not sys.stderr.isatty())
+        for i in steps:
+            t = torch.full((n,), i, device=device, dtype=torch.long)
+            z = self.noise_like(x_t, t, generator, step=True)            # line 3
+            x_t = self.p_sample_step(x_t, t, self.predict_eps(x_t, t, **cond), z)  # line 4
+            if return_trajectory:
+                trajectory.append(x_t.cpu())
+        return (x_t, trajectory) if return_trajectory else x_t           # line 6: x_0

@@ -1,0 +1,162 @@
+"""Noise-prediction networks eps_theta(x_t, t): the coursework CNN and a compact U-Net.
+
+Both take x_t (B, C, H, W), timestep indices t (B,) (index i is the paper's t = i + 1, see
+ddpm.py) and two optional conditions used by the conditional model (cond.py):
+- y (B,) class labels, embedded and added to the time embedding; label num_classes is the
+  "null" class of classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598);
+- mask (B, cond_channels, H, W), concatenated to x_t as extra input channels, never noised.
+The U-Net follows Ho et al. 2020 (arXiv:2006.11239) Appendix B in miniature: sinusoidal
+timestep embedding (Vaswani et al. 2017, arXiv:1706.03762, Sec. 3.5), residual blocks with
+the embedding added, self-attention at the lowest resolution.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
+    """Vaswani et al. Sec. 3.5: [sin(t w_k), cos(t w_k)], w_k = 10000^(-k / (dim/2)). (B,) -> (B, dim)."""
+    half = dim // 2
+    w = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+    angles = t.float()[:, None] * w[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+class Embedding(nn.Module):
+    """Timestep embedding (sinusoidal -> MLP), plus a learned class embedding when num_classes > 0."""
+
+    def __init__(self, dim: int, num_classes: int = 0):
+        super().__init__()
+        self.dim, self.num_classes = dim, num_classes
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.class_emb = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
+
+    def forward(self, t: Tensor, y: Tensor | None = None) -> Tensor:
+        emb = self.mlp(sinusoidal_embedding(t, self.dim))
+        if self.class_emb is None:
+            if y is not None:
+                raise ValueError("this network was built without classes (num_classes=0)")
+            return emb
+        if y is None:  # unconditional call: the null class
+            y = torch.full_like(t, self.num_classes)
+        return emb + self.class_emb(y)
+
+
+def concat_condition(x_t: Tensor, mask: Tensor | None, cond_channels: int) -> Tensor:
+    """[x_t, mask] along channels; the mask is the condition and is never noised."""
+    if cond_channels == 0:
+        if mask is not None:
+            raise ValueError("this network was built without mask channels (cond_channels=0)")
+        return x_t
+    if mask is None:
+        raise ValueError(f"this network needs a mask with {cond_channels} channel(s)")
+    if mask.shape[0] != x_t.shape[0] or mask.shape[1:] != (cond_channels, *x_t.shape[2:]):
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not match images of shape "
+                         f"{tuple(x_t.shape)}: masks must be (B, {cond_channels}, H, W) like x_t")
+    return torch.cat([x_t, mask.to(x_t.dtype)], dim=1)
+
+
+class CNN(nn.Module):
+    """The coursework denoiser: blocks of (7x7 conv, GroupNorm, GELU) with hidden channels
+    (16, 32, 32, 16), the time embedding added to every block, and a 3x3 output conv."""
+
+    def __init__(self, in_channels: int = 1, hidden: tuple = (16, 32, 32, 16), emb_dim: int = 64,
+                 num_classes: int = 0, cond_channels: int = 0):
+        super().__init__()
+        self.cond_channels = cond_channels
+        self.embed = Embedding(emb_dim, num_classes)
+        widths = (in_channels + cond_channels, *hidden)
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 7, padding=3) for a, b in zip(widths, hidden))
+        self.norms = nn.ModuleList(group_norm(c) for c in hidden)
+        self.emb_proj = nn.ModuleList(nn.Linear(emb_dim, c) for c in hidden)
+        self.out = nn.Conv2d(hidden[-1], in_channels, 3, padding=1)
+
+    def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None,
+                mask: Tensor | None = None) -> Tensor:
+        emb = self.embed(t, y)                                   # (B, emb_dim)
+        h = concat_condition(x_t, mask, self.cond_channels)
+        for conv, norm, proj in zip(self.convs, self.norms, self.emb_proj):
+            h = F.gelu(norm(conv(h) + proj(emb)[:, :, None, None]))
+        return self.out(h)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm, GELU, 3x3 conv, + time embedding, GroupNorm, GELU, 3x3 conv, + skip."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int):
+        super().__init__()
+        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, c_out)
+        self.norm2, self.conv2 = group_norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.gelu(self.norm1(x))) + self.emb_proj(emb)[:, :, None, None]
+        h = self.conv2(F.gelu(self.norm2(h)))
+        return h + self.skip(x)
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention over the H*W positions, with a residual connection."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape  # batch, channels, height, width
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(2, 3).unbind(1)
+        h = F.scaled_dot_product_attention(q, k, v)             # (B, H*W, C)
+        return x + self.proj(h.transpose(1, 2).reshape(B, C, H, W))
+
+
+class UNet(nn.Module):
+    """Two down/up levels with skips (H -> H/2 -> H/4 -> H/2 -> H), for H, W divisible by 4.
+    Widths base * (1, 2, 2); attention at H/4 when attention=True."""
+
+    def __init__(self, in_channels: int = 1, base: int = 32, attention: bool = True,
+                 num_classes: int = 0, cond_channels: int = 0):
+        super().__init__()
+        c1, c2, c3 = base, 2 * base, 2 * base
+        emb_dim = 4 * base
+        self.cond_channels = cond_channels
+        self.embed = Embedding(emb_dim, num_classes)
+        self.inp = nn.Conv2d(in_channels + cond_channels, c1, 3, padding=1)
+        self.down1 = ResBlock(c1, c1, emb_dim)
+        self.pool1 = nn.Conv2d(c1, c1, 3, stride=2, padding=1)
+        self.down2 = ResBlock(c1, c2, emb_dim)
+        self.pool2 = nn.Conv2d(c2, c2, 3, stride=2, padding=1)
+        self.mid1 = ResBlock(c2, c3, emb_dim)
+        self.attn = SelfAttention(c3) if attention else nn.Identity()
+        self.mid2 = ResBlock(c3, c3, emb_dim)
+        self.up2 = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(c3, c3, 3, padding=1))
+        self.dec2 = ResBlock(c3 + c2, c2, emb_dim)
+        self.up1 = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(c2, c2, 3, padding=1))
+        self.dec1 = ResBlock(c2 + c1, c1, emb_dim)
+        self.out = nn.Sequential(group_norm(c1), nn.GELU(), nn.Conv2d(c1, in_channels, 3, padding=1))
+
+    def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None,
+                mask: Tensor | None = None) -> Tensor:
+        B, C, H, W = x_t.shape  # batch, channels, height, width
+        if H % 4 or W % 4:
+            raise ValueError(f"UNet needs height and width divisible by 4, got {H}x{W}")
+        emb = self.embed(t, y)                                   # (B, emb_dim)
+        h = self.inp(concat_condition(x_t, mask, self.cond_channels))
+        h1 = self.down1(h, emb)                                  # (B, c1, H, W)
+        h2 = self.down2(self.pool1(h1), emb)                     # (B, c2, H/2, W/2)
+        h = self.mid2(self.attn(self.mid1(self.pool2(h2), emb)), emb)  # (B, c3, H/4, W/4)
+        h = self.dec2(torch.cat([self.up2(h), h2], dim=1), emb)  # (B, c2, H/2, W/2)
+        h = self.dec1(torch.cat([self.up1(h), h1], dim=1), emb)  # (B, c1, H, W)
+        return self.out(h)
