@@ -122,7 +122,8 @@ def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool =
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
         raise DataError(f"{path}: expected uint8 images (N, H, W[, C]) and N labels, "
                         f"got {images.dtype} {images.shape} and {labels.shape}")
-    return Dataset(uint8_to_images(images), torch.from_numpy(labels.reshape(len(labels), -1)[:, 0].astype(np.int64)), None)
+    labels = labels.reshape(len(labels), -1)[:, 0].astype(np.int64)  # (N, 1) -> (N,)
+    return Dataset(uint8_to_images(images), torch.from_numpy(labels), None)
 
 
 def load_csv(path: str, image_size: int, channels: int) -> Dataset:
@@ -158,14 +159,16 @@ def list_images(folder: str) -> dict:
             if f.lower().endswith(IMAGE_EXTENSIONS)}
 
 
-def read_resized(paths: list, image_size: int, mode: str) -> np.ndarray:
-    """Images resized to image_size x image_size, uint8 (N, H, W[, C]); DataError names unreadable files."""
+def read_resized(paths: list, image_size: int, mode: str | None) -> np.ndarray:
+    """Images resized to image_size x image_size, uint8 (N, H, W[, C]); mode "L", "RGB" or None
+    (grayscale stays "L", anything else becomes "RGB"). DataError names the unreadable files."""
     from PIL import Image
     out, bad = [], []
     for p in paths:
         try:
             with Image.open(p) as im:
-                out.append(np.asarray(im.convert(mode).resize((image_size, image_size), Image.BILINEAR)))
+                im = im.convert(mode or ("L" if im.mode in ("1", "L", "I", "I;16", "F") else "RGB"))
+                out.append(np.asarray(im.resize((image_size, image_size), Image.BILINEAR)))
         except OSError:
             bad.append(os.path.basename(p))
     if bad:
@@ -190,10 +193,8 @@ def load_folder(data_dir: str, image_size: int, channels: int | None, train: boo
     names = sorted(images)
     held_out = max(1, len(names) // 10) if len(names) > 1 else 0
     names = names[:len(names) - held_out] if train else names[len(names) - held_out:] or names
-    if channels is None:
-        from PIL import Image
-        with Image.open(images[names[0]]) as im:
-            channels = 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
+    if channels is None:  # grayscale if the first image is
+        channels = 1 if read_resized([images[names[0]]], 1, None).ndim == 3 else 3
     x = uint8_to_images(read_resized([images[n] for n in names], image_size, "L" if channels == 1 else "RGB"))
     m = None
     if masks is not None:

@@ -1,6 +1,7 @@
 """The figures a run writes into contents_<MODEL>/: sample grids, the forward process made
 visible, loss curves and mask-conditioned triplets. Inputs are tensors in [-1, 1] unless said."""
 import csv
+import json
 import os
 
 import torch
@@ -51,6 +52,13 @@ def mask_triplets(x: Tensor, masks: Tensor) -> Tensor:
     return torch.stack([(masks * 2 - 1).expand(-1, 3, -1, -1), image, overlay], dim=1).flatten(0, 1)
 
 
+def write_json(obj, path: str) -> None:
+    def write(p):
+        with open(p, "w") as f:
+            json.dump(obj, f, indent=2)
+    save_atomic(write, path)
+
+
 def write_loss_csv(losses: list, path: str) -> None:
     """losses: [(step, epoch, loss)] as step,epoch,loss rows."""
     def write(p):
@@ -77,9 +85,11 @@ def save_loss_curve(losses: list, path: str, ylabel: str = "loss") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    steps, epochs, values = zip(*losses)
-    ends = {e: s for s, e, _ in losses}                          # last step of each epoch
-    means = {e: sum(v for _, ep, v in losses if ep == e) / sum(1 for _, ep, _ in losses if ep == e) for e in ends}
+    steps, _, values = zip(*losses)
+    ends, sums, counts = {}, {}, {}                               # per epoch: last step, sum, count
+    for s, e, v in losses:
+        ends[e], sums[e], counts[e] = s, sums.get(e, 0.0) + v, counts.get(e, 0) + 1
+    means = {e: sums[e] / counts[e] for e in ends}
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, values, lw=0.6, alpha=0.6, label="per step")
     ax.plot([ends[e] for e in ends], [means[e] for e in ends], "o-", label="epoch mean")

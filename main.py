@@ -5,7 +5,6 @@ loss_curve.png, metrics.csv, model.pth (atomic; --resume continues from it),
 forward_diffusion.png and config.json. See README.md and `python main.py --help`.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -17,8 +16,17 @@ from cond import ConditionalDDPM
 from data import DATASETS, DataError, lesion_dice, load_dataset
 from ddgm import DDGM
 from ddpm import DDPM, cosine_beta_schedule, linear_beta_schedule
-from figures import (class_grid_labels, mask_triplets, save_atomic, save_forward_diffusion,
-                     save_grid, save_loss_curve, write_loss_csv, write_metrics_csv)
+from figures import (
+    class_grid_labels,
+    mask_triplets,
+    save_atomic,
+    save_forward_diffusion,
+    save_grid,
+    save_loss_curve,
+    write_json,
+    write_loss_csv,
+    write_metrics_csv,
+)
 from unet import CNN, UNet, count_parameters
 
 MODELS = ("DDPM", "DDGM", "COND")
@@ -202,7 +210,7 @@ def train(args) -> None:
     print(f"{args.model} with {type(model.eps_model).__name__} ({count_parameters(model.eps_model):,} parameters) "
           f"on {args.dataset} ({len(train_set.images)} images {tuple(train_set.images.shape[1:])}), "
           f"T={model.T}, device {device}, writing {out}/", flush=True)
-    save_atomic(lambda p: json.dump(config, open(p, "w"), indent=2), os.path.join(out, "config.json"))
+    write_json(config, os.path.join(out, "config.json"))
     x_all = train_set.images.to(device)
     y_all = train_set.labels.to(device) if config["cond"] == "class" else None
     m_all = train_set.masks.to(device) if config["cond"] == "mask" else None
@@ -239,7 +247,7 @@ def train(args) -> None:
         write_metrics_csv(metrics, os.path.join(out, "metrics.csv"))
         state = {"model": model.eps_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                  "config": config, "losses": losses, "metrics": metrics}
-        save_atomic(lambda p: torch.save(state, p), ckpt_path)
+        save_atomic(lambda p, state=state: torch.save(state, p), ckpt_path)
     for w in args.guidance_sweep or []:
         sample_and_save(model, config, setup, os.path.join(out, f"guidance_w{w:g}.png"), device, guidance=w)
         print(f"wrote {out}/guidance_w{w:g}.png", flush=True)

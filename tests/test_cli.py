@@ -1,0 +1,118 @@
+"""main.py end to end on tiny offline runs: every promised file, resume, and one-line errors."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--dataset", "shapes", "--limit", "64", "--batch-size", "32", "--n-T", "20", "--num-samples", "4"]
+PER_RUN = {"loss.csv", "loss_curve.png", "metrics.csv", "model.pth", "forward_diffusion.png", "config.json"}
+
+
+def run(*args):
+    main.main([str(a) for a in args])
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("model", ["DDPM", "DDGM"])
+def test_tiny_run_writes_every_file(tmp_path, model):
+    out = tmp_path / "out"
+    run(model, *TINY, "--epochs", "2", "--out", out)
+    assert {p.name for p in out.iterdir()} == PER_RUN | {"image_ep001.png", "image_ep002.png"}
+    losses = rows(out / "loss.csv")
+    assert [int(r["step"]) for r in losses] == [1, 2, 3, 4] and {r["epoch"] for r in losses} == {"1", "2"}
+    assert [r["epoch"] for r in rows(out / "metrics.csv")] == ["1", "2"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == model and config["n_T"] == 20
+    ckpt = torch.load(out / "model.pth", weights_only=False)
+    assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "config"}
+    grid = Image.open(out / "image_ep002.png")
+    assert grid.size == (4 * 30 + 2, 30 + 2)  # 4 samples of 28 px, save_image's 2 px padding
+    assert Image.open(out / "forward_diffusion.png").size == (11 * 30 + 2, 8 * 30 + 2)
+
+
+def test_samples_are_mapped_back_to_zero_one(tmp_path):
+    """Grids show x in [-1, 1] as (x + 1) / 2: shapes' black background must come out black-ish, not grey."""
+    run("DDPM", *TINY, "--epochs", "1", "--out", tmp_path)
+    fwd = np.asarray(Image.open(tmp_path / "forward_diffusion.png").convert("L"))
+    clean = fwd[2:30, 2:30]  # first image at t = 0: a shape on a black background
+    assert clean.min().item() == 0 and clean.max().item() > 150
+
+
+def test_resume_continues_exactly(tmp_path):
+    """2 epochs in one go == 1 epoch, then --resume to 2: same losses step by step."""
+    run("DDPM", *TINY, "--epochs", "2", "--out", tmp_path / "straight")
+    run("DDPM", *TINY, "--epochs", "1", "--out", tmp_path / "resumed")
+    run("DDPM", *TINY, "--epochs", "2", "--out", tmp_path / "resumed", "--resume")
+    a, b = rows(tmp_path / "straight" / "loss.csv"), rows(tmp_path / "resumed" / "loss.csv")
+    assert len(b) == 4 and a == b
+    assert torch.load(tmp_path / "resumed" / "model.pth", weights_only=False)["epoch"] == 2
+
+
+def test_resume_with_other_network_is_refused(tmp_path, capsys):
+    run("DDPM", *TINY, "--epochs", "1", "--out", tmp_path)
+    with pytest.raises(SystemExit) as e:
+        run("DDPM", *TINY, "--epochs", "2", "--out", tmp_path, "--resume", "--net", "unet")
+    assert e.value.code == 2
+    assert "trained with net='cnn'" in capsys.readouterr().err
+
+
+def test_cond_class_grid_has_one_row_per_class_and_guidance_sweep(tmp_path):
+    run("COND", *TINY, "--epochs", "1", "--out", tmp_path, "--guidance-sweep", "0", "3")
+    assert Image.open(tmp_path / "image_ep001.png").size == (8 * 30 + 2, 3 * 30 + 2)  # shapes: 3 classes
+    a, b = (Image.open(tmp_path / f"guidance_w{w}.png") for w in ("0", "3"))
+    assert a.size == b.size and not np.array_equal(np.asarray(a), np.asarray(b))
+    assert json.loads((tmp_path / "config.json").read_text())["cond"] == "class"
+
+
+def test_cond_mask_on_phantom_writes_triplets_and_dice(tmp_path):
+    run("COND", "--dataset", "phantom", "--image-size", "16", "--limit", "64", "--batch-size", "32",
+        "--n-T", "20", "--num-samples", "4", "--epochs", "1", "--net", "unet", "--out", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["cond"] == "mask" and config["cond_channels"] == 1
+    assert Image.open(tmp_path / "image_ep001.png").size == (6 * 18 + 2, 2 * 18 + 2)  # 4 triplets, 6 a row
+    metrics = rows(tmp_path / "metrics.csv")[0]
+    assert 0 <= float(metrics["dice"]) <= 1 and "dice_shuffled_masks" in metrics
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["GAN"], "invalid choice: 'GAN'"),
+    (["DDPM", "--betas", "0.02", "0.0001"], "--betas needs 0 < BETA_1 <= BETA_T < 1"),
+    (["DDPM", "--epochs", "0"], "--epochs must be at least 1"),
+    (["DDGM", "--theta0", "-1"], "--theta0 must be positive"),
+    (["DDPM", "--cond", "class"], "COND only"),
+])
+def test_bad_arguments_one_line_exit_2(args, message):
+    r = cli(*args)
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_missing_mnist_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    import data
+    monkeypatch.setattr(data, "download_mnist", lambda d: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(SystemExit) as e:
+        run("DDPM", "--data-dir", tmp_path, "--out", tmp_path / "out")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "MNIST not found" in err and err.count("\n") == 1
+
+
+def test_cond_mask_without_masks_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run("COND", *TINY, "--cond", "mask", "--out", tmp_path)
+    assert "--cond mask needs masks" in capsys.readouterr().err
