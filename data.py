@@ -292,7 +292,7 @@ def load_dataset(name: str, data_dir: str = "data", train: bool = True, image_si
     if name == "shapes":
         return make_shapes(seed=0 if train else 1)
     if name == "phantom":
-        return make_phantom(n=2048 if train else 256, size=image_size or 64, seed=0 if train else 1)
+        return make_phantom(n=8192 if train else 256, size=image_size or 64, seed=0 if train else 1)
     if name == "folder":
         return load_folder(data_dir, image_size or 64, channels, train)
     if name == "csv":

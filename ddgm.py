@@ -34,8 +34,8 @@ class DDGM(DDPM):
     """DDPM with Gamma noise. theta_0 > 0 (default 0.001); loss_type "l2" (default) or "l1"."""
 
     def __init__(self, eps_model: nn.Module, beta: Tensor, theta_0: float = 0.001,
-                 loss_type: str = "l2", sigma2: str = "beta"):
-        super().__init__(eps_model, beta, sigma2)
+                 loss_type: str = "l2", sigma2: str = "beta", clip_x0: bool = False):
+        super().__init__(eps_model, beta, sigma2, clip_x0)
         if not theta_0 > 0:
             raise ValueError(f"theta_0 must be > 0, got {theta_0}")
         if loss_type not in ("l1", "l2"):

@@ -41,17 +41,18 @@ class DDPM(nn.Module):
     """The Gaussian diffusion process around a noise-prediction network eps_model(x_t, t).
 
     beta: (T,) schedule. sigma2: "beta" (sigma_t^2 = beta_t) or "beta_tilde" (eq. 7),
-    the two choices of Sec. 3.2. Subclasses change the noise (noise_like, x_T_like),
-    the loss (eps_loss) or the network call (predict_eps), nothing else.
+    the two choices of Sec. 3.2. clip_x0: sample as the authors' released code does (clip_eps).
+    Subclasses change the noise (noise_like, x_T_like), the loss (eps_loss) or the network
+    call (predict_eps), nothing else.
     """
 
-    def __init__(self, eps_model: nn.Module, beta: Tensor, sigma2: str = "beta"):
+    def __init__(self, eps_model: nn.Module, beta: Tensor, sigma2: str = "beta", clip_x0: bool = False):
         super().__init__()
         if sigma2 not in ("beta", "beta_tilde"):
             raise ValueError(f"sigma2 must be 'beta' or 'beta_tilde', got {sigma2!r}")
         if not (beta.dim() == 1 and len(beta) >= 2 and 0 < beta.min() and beta.max() < 1):
             raise ValueError("beta must be a 1-D schedule of at least 2 values in (0, 1)")
-        self.eps_model = eps_model
+        self.eps_model, self.clip_x0 = eps_model, clip_x0
         beta = beta.double()
         alpha = 1 - beta                                   # alpha_t = 1 - beta_t
         alpha_bar = torch.cumprod(alpha, dim=0)            # alpha_bar_t = prod_{s<=t} alpha_s
@@ -101,6 +102,14 @@ class DDPM(nn.Module):
         sigma = extract(self.sigma2, t).sqrt() * (t > 0).view(-1, 1, 1, 1)
         return mean + sigma * z
 
+    def clip_eps(self, x_t: Tensor, t: Tensor, eps_hat: Tensor) -> Tensor:
+        """Not in Alg. 2, but in the authors' released sampler: predict x0 by eq. (15),
+        x0 = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t), clip it to [-1, 1] and return
+        the eps that matches it; line 4 then yields the posterior mean mu_tilde(x_t, x0) of eq. (7)."""
+        alpha_bar = extract(self.alpha_bar, t)
+        x0 = ((x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt()).clamp(-1, 1)
+        return (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+
     def predict_eps(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         """eps_theta(x_t, t): the network's noise prediction used by sampling."""
         return self.eps_model(x_t, t, **cond)
@@ -127,7 +136,10 @@ class DDPM(nn.Module):
         for i in steps:
             t = torch.full((n,), i, device=device, dtype=torch.long)
             z = self.noise_like(x_t, t, generator, step=True)            # line 3
-            x_t = self.p_sample_step(x_t, t, self.predict_eps(x_t, t, **cond), z)  # line 4
+            eps_hat = self.predict_eps(x_t, t, **cond)
+            if self.clip_x0:
+                eps_hat = self.clip_eps(x_t, t, eps_hat)
+            x_t = self.p_sample_step(x_t, t, eps_hat, z)                  # line 4
             if return_trajectory:
                 trajectory.append(x_t.cpu())
         return (x_t, trajectory) if return_trajectory else x_t           # line 6: x_0

@@ -58,6 +58,8 @@ def build_parser() -> Parser:
     p.add_argument("--betas", type=float, nargs=2, default=(1e-4, 0.02), metavar=("BETA_1", "BETA_T"))
     p.add_argument("--schedule", choices=("linear", "cosine"), default="linear")
     p.add_argument("--net", choices=("cnn", "unet"), default="cnn")
+    p.add_argument("--clip-x0", action="store_true",
+                   help="clip the predicted x0 to [-1, 1] while sampling, as the authors' code does (default: Alg. 2)")
     p.add_argument("--out", help="output folder (default contents_<MODEL>)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0)
@@ -130,11 +132,13 @@ def build_model(config: dict) -> DDPM:
     net = CNN(**kw) if config["net"] == "cnn" else UNet(**kw)
     T, (beta_1, beta_T) = config["n_T"], config["betas"]
     beta = linear_beta_schedule(T, beta_1, beta_T) if config["schedule"] == "linear" else cosine_beta_schedule(T)
+    clip_x0 = config.get("clip_x0", False)
     if config["model"] == "DDGM":
-        return DDGM(net, beta, theta_0=config["theta0"], loss_type=config["loss"])
+        return DDGM(net, beta, theta_0=config["theta0"], loss_type=config["loss"], clip_x0=clip_x0)
     if config["model"] == "COND":
-        return ConditionalDDPM(net, beta, config["num_classes"], config["p_uncond"], config["guidance"])
-    return DDPM(net, beta)
+        return ConditionalDDPM(net, beta, config["num_classes"], config["p_uncond"], config["guidance"],
+                               clip_x0=clip_x0)
+    return DDPM(net, beta, clip_x0=clip_x0)
 
 
 def load_checkpoint(path: str, config: dict) -> dict:

@@ -68,7 +68,7 @@ def concat_condition(x_t: Tensor, mask: Tensor | None, cond_channels: int) -> Te
 
 class CNN(nn.Module):
     """The coursework denoiser: blocks of (7x7 conv, GroupNorm, GELU) with hidden channels
-    (16, 32, 32, 16), the time embedding added to every block, and a 3x3 output conv."""
+    (16, 32, 32, 16), the time embedding added after every block, and a 3x3 output conv."""
 
     def __init__(self, in_channels: int = 1, hidden: tuple = (16, 32, 32, 16), emb_dim: int = 64,
                  num_classes: int = 0, cond_channels: int = 0):
@@ -86,7 +86,7 @@ class CNN(nn.Module):
         emb = self.embed(t, y)                                   # (B, emb_dim)
         h = concat_condition(x_t, mask, self.cond_channels)
         for conv, norm, proj in zip(self.convs, self.norms, self.emb_proj):
-            h = F.gelu(norm(conv(h) + proj(emb)[:, :, None, None]))
+            h = F.gelu(norm(conv(h))) + proj(emb)[:, :, None, None]  # after the norm, which would remove it
         return self.out(h)
 
 

@@ -116,6 +116,19 @@ def test_p_sample_step_matches_algorithm2_line4_by_hand():
     assert tilde.p_sample_step(x_t, t, eps_hat, z)[0].item() == pytest.approx(expected, abs=1e-5)
 
 
+def test_clip_eps_gives_the_eq7_posterior_mean_of_the_clipped_x0():
+    """beta = (0.1, 0.2, 0.3), t = 3, x_t = 3, eps_hat = 0: eq. (15) gives x0 = 3 / sqrt(0.504) = 4.23,
+    clipped to 1; eq. (7): mu_tilde = sqrt(0.72) 0.3 / 0.496 * 1 + sqrt(0.7) 0.28 / 0.496 * 3
+    = 0.513223 + 1.416924 = 1.930147, which line 4 must reproduce with the returned eps."""
+    model = DDPM(Recorder(), torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64), clip_x0=True)
+    x_t, t = torch.full((1, 1, 1, 1), 3.0), torch.tensor([2])
+    eps = model.clip_eps(x_t, t, torch.zeros_like(x_t))
+    assert eps.item() == pytest.approx((3 - math.sqrt(0.504)) / math.sqrt(0.496), abs=1e-5)
+    assert model.p_sample_step(x_t, t, eps, torch.zeros_like(x_t)).item() == pytest.approx(1.930147, abs=1e-5)
+    inside = torch.full((1, 1, 1, 1), 0.5)  # x0 = 0.5 / sqrt(0.504) = 0.70 is inside [-1, 1]: unchanged
+    assert torch.allclose(model.clip_eps(inside, t, torch.zeros_like(inside)), torch.zeros_like(inside), atol=1e-6)
+
+
 def fixed_loss(model, x0, seed=0):
     """Alg. 1's loss on a fixed batch with fixed t and eps, so before/after compare like with like."""
     with torch.no_grad():
