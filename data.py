@@ -71,9 +71,23 @@ def find_file(folder: str, name: str) -> str | None:
     return None
 
 
+def try_download(fetch) -> str | None:
+    """Run fetch(); None if it worked, else the first line of why not (offline, proxy, disk full...)."""
+    try:
+        fetch()
+        return None
+    except Exception as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def download_mnist(data_dir: str) -> None:
     import torchvision
     torchvision.datasets.MNIST(data_dir, download=True)
+
+
+def download_medmnist(name: str, data_dir: str) -> None:
+    from torchvision.datasets.utils import download_url
+    download_url(MEDMNIST_URL.format(name=name), data_dir, f"{name}.npz")
 
 
 def load_mnist(data_dir: str, train: bool = True, download: bool = True) -> Dataset:
@@ -81,13 +95,7 @@ def load_mnist(data_dir: str, train: bool = True, download: bool = True) -> Data
     raw = os.path.join(data_dir, "MNIST", "raw")
     names = MNIST_FILES[train]
     if any(find_file(raw, n) is None for n in names):
-        err = "download disabled"
-        if download:
-            try:
-                download_mnist(data_dir)
-                err = None
-            except Exception as e:  # offline, proxy, disk full: all end in the same advice
-                err = str(e).splitlines()[0] if str(e) else type(e).__name__
+        err = try_download(lambda: download_mnist(data_dir)) if download else "download disabled"
         if err is not None:
             raise DataError(f"MNIST not found in {raw}/ and could not be downloaded ({err}): "
                             f"put {', '.join(n + '.gz' for n in names)} there or pass --data-dir")
@@ -102,14 +110,7 @@ def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool =
     """A 2D MedMNIST subset from data_dir/<name>.npz (keys train_images, train_labels, ...)."""
     path = os.path.join(data_dir, f"{name}.npz")
     if not os.path.isfile(path):
-        err = "download disabled"
-        if download:
-            try:
-                from torchvision.datasets.utils import download_url
-                download_url(MEDMNIST_URL.format(name=name), data_dir, f"{name}.npz")
-                err = None
-            except Exception as e:
-                err = str(e).splitlines()[0] if str(e) else type(e).__name__
+        err = try_download(lambda: download_medmnist(name, data_dir)) if download else "download disabled"
         if err is not None:
             raise DataError(f"{path} not found and could not be downloaded ({err}): "
                             f"get {name}.npz from MedMNIST (zenodo.org/records/10519652) into {data_dir}")

@@ -30,15 +30,20 @@ def class_grid_labels(num_classes: int, per_row: int = 8) -> Tensor:
 
 
 @torch.no_grad()
-def save_forward_diffusion(model, x0: Tensor, path: str, generator=None, columns: int = 11) -> None:
-    """Ho et al. eq. (4) made visible: each row one image x0 (B, C, H, W) at paper
-    t = 0, T/10, ..., T (t = 0 is x0 itself), noise from model.noise_like."""
+def forward_diffusion_grid(model, x0: Tensor, generator=None, columns: int = 11) -> Tensor:
+    """Ho et al. eq. (4) made visible: (B, columns, C, H, W), image b at paper t = 0, T/10, ..., T
+    (t = 0 is x0 itself), the noise from model.noise_like (Gaussian, or Gamma for DDGM)."""
     B, T = x0.shape[0], model.T
     cols = [x0]
     for j in range(1, columns):
         t = torch.full((B,), round(j * T / (columns - 1)) - 1, dtype=torch.long, device=x0.device)
         cols.append(model.q_sample(x0, t, model.noise_like(x0, t, generator)))
-    save_grid(torch.stack(cols, dim=1).flatten(0, 1), path, nrow=columns)
+    return torch.stack(cols, dim=1)
+
+
+def save_forward_diffusion(model, x0: Tensor, path: str, generator=None, columns: int = 11) -> None:
+    """One row per training image x0 (B, C, H, W), one column per timestep."""
+    save_grid(forward_diffusion_grid(model, x0, generator, columns).flatten(0, 1), path, nrow=columns)
 
 
 def mask_triplets(x: Tensor, masks: Tensor) -> Tensor:

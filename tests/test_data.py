@@ -78,9 +78,12 @@ def test_pathmnist_npz_rgb_to_chw(tmp_path):
     assert load_dataset("pathmnist", str(tmp_path), train=False).images.shape == (2, 3, 28, 28)
 
 
-def test_medmnist_missing_or_wrong_file(tmp_path):
+def test_medmnist_missing_or_wrong_file(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="pathmnist.npz not found"):
         load_dataset("pathmnist", str(tmp_path), download=False)
+    monkeypatch.setattr(data, "download_medmnist", lambda name, d: (_ for _ in ()).throw(OSError("no route")))
+    with pytest.raises(DataError, match=r"could not be downloaded \(no route\)"):
+        load_dataset("pathmnist", str(tmp_path))
     np.savez(tmp_path / "pathmnist.npz", something_else=np.zeros(3))
     with pytest.raises(DataError, match="not a MedMNIST"):
         load_dataset("pathmnist", str(tmp_path))
