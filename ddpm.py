@@ -10,10 +10,12 @@ alpha_bar_T, and a LongTensor t of indices in {0, ..., T - 1} means paper steps 
 The network receives the same index.
 """
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 
 def linear_beta_schedule(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> Tensor:
@@ -129,9 +131,6 @@ class DDPM(nn.Module):
         trajectory = [x_t.cpu()] if return_trajectory else None
         steps = reversed(range(self.T))                                   # line 2: t = T..1
         if progress:
-            import sys
-
-            from tqdm import tqdm
             steps = tqdm(steps, total=self.T, desc="sampling", leave=False, disable=not sys.stderr.isatty())
         for i in steps:
             t = torch.full((n,), i, device=device, dtype=torch.long)

@@ -63,7 +63,7 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="output folder (default contents_<MODEL>)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=int, default=64, help="samples in the per-epoch grid")
+    p.add_argument("--num-samples", type=int, default=64, help="per-epoch grid size (COND class: 8 per class)")
     p.add_argument("--limit", type=int, help="train on the first N images only")
     p.add_argument("--resume", action="store_true", help="continue from <out>/model.pth")
     g = p.add_argument_group("DDGM")
