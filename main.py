@@ -57,7 +57,8 @@ def build_parser() -> Parser:
     p.add_argument("--n-T", type=int, default=1000, help="number of diffusion steps T")
     p.add_argument("--betas", type=float, nargs=2, default=(1e-4, 0.02), metavar=("BETA_1", "BETA_T"))
     p.add_argument("--schedule", choices=("linear", "cosine"), default="linear")
-    p.add_argument("--net", choices=("cnn", "unet"), default="cnn")
+    p.add_argument("--net", choices=("cnn", "unet"), default="cnn",
+                   help="cnn (default: the coursework CNN, fast epochs, learns slowly) or unet (digits sooner)")
     p.add_argument("--clip-x0", action="store_true",
                    help="clip the predicted x0 to [-1, 1] while sampling, as the authors' code does (default: Alg. 2)")
     p.add_argument("--out", help="output folder (default contents_<MODEL>)")

@@ -13,7 +13,8 @@ from PIL import Image
 import main
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--dataset", "shapes", "--limit", "64", "--batch-size", "32", "--n-T", "20", "--num-samples", "4"]
+TINY = ["--dataset", "shapes", "--net", "cnn", "--limit", "64", "--batch-size", "32", "--n-T", "20",
+        "--num-samples", "4"]
 PER_RUN = {"loss.csv", "loss_curve.png", "metrics.csv", "model.pth", "forward_diffusion.png", "config.json"}
 
 
