@@ -117,3 +117,17 @@ def test_cond_mask_without_masks_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run("COND", *TINY, "--cond", "mask", "--out", tmp_path)
     assert "--cond mask needs masks" in capsys.readouterr().err
+
+
+def test_unconditional_image_folder_trains_ddgm(tmp_path):
+    """--dataset folder without masks/ is a plain image folder for DDPM and DDGM; RGB stays RGB."""
+    rng = np.random.default_rng(0)
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(images / f"{i}.jpg")
+    run("DDGM", "--dataset", "folder", "--data-dir", tmp_path / "data", "--image-size", "8", "--net", "cnn",
+        "--n-T", "10", "--num-samples", "2", "--epochs", "1", "--out", tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["in_channels"] == 3 and config["image_size"] == 8 and config["cond"] is None
+    assert (tmp_path / "out" / "image_ep001.png").exists()
