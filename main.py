@@ -128,8 +128,8 @@ def make_config(args, train_set) -> dict:
 
 def build_model(config: dict) -> DDPM:
     """Network and diffusion process from a config (make_config's, or a checkpoint's)."""
-    kw = dict(in_channels=config["in_channels"], num_classes=config["num_classes"],
-              cond_channels=config["cond_channels"])
+    kw = {"in_channels": config["in_channels"], "num_classes": config["num_classes"],
+          "cond_channels": config["cond_channels"]}
     net = CNN(**kw) if config["net"] == "cnn" else UNet(**kw)
     T, (beta_1, beta_T) = config["n_T"], config["betas"]
     beta = linear_beta_schedule(T, beta_1, beta_T) if config["schedule"] == "linear" else cosine_beta_schedule(T)
@@ -190,12 +190,12 @@ def sample_and_save(model, config, setup, path, device, guidance=None) -> dict:
     return metrics
 
 
-def train(args) -> None:
-    """The whole run: data, model, then per epoch: batches (Alg. 1), samples, logs, checkpoint."""
+def prepare(args, out: str):
+    """Device, data (training set and held-out set), config, model, optimiser, and the state to
+    continue from: {"epoch", "losses", "metrics"}, from out/model.pth with --resume."""
     device = pick_device(args.device)
-    out = args.out or f"contents_{args.model}"
-    data_kw = dict(data_dir=args.data_dir, image_size=args.image_size, channels=args.channels,
-                   data_path=args.data_path)
+    data_kw = {"data_dir": args.data_dir, "image_size": args.image_size, "channels": args.channels,
+               "data_path": args.data_path}
     train_set = load_dataset(args.dataset, train=True, **data_kw)
     held_out = load_dataset(args.dataset, train=False, **data_kw) if args.dataset in ("phantom", "folder") else None
     if args.limit:
@@ -204,13 +204,30 @@ def train(args) -> None:
     torch.manual_seed(args.seed)
     model = build_model(config).to(device)
     optimizer = torch.optim.Adam(model.eps_model.parameters(), lr=args.lr)
-    start_epoch, losses, metrics = 1, [], []
-    ckpt_path = os.path.join(out, "model.pth")
+    state = {"epoch": 0, "losses": [], "metrics": []}
     if args.resume:
-        ckpt = load_checkpoint(ckpt_path, config)
-        model.eps_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, losses, metrics = ckpt["epoch"] + 1, ckpt["losses"], ckpt["metrics"]
+        state = load_checkpoint(os.path.join(out, "model.pth"), config)
+        model.eps_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    return device, train_set, held_out, config, model, optimizer, state
+
+
+def save_epoch(out: str, model, optimizer, epoch: int, config: dict, losses: list, metrics: list) -> None:
+    """loss.csv, loss_curve.png, metrics.csv and the self-describing checkpoint model.pth, all atomic."""
+    write_loss_csv(losses, os.path.join(out, "loss.csv"))
+    l1 = config["model"] == "DDGM" and config["loss"] == "l1"
+    save_loss_curve(losses, os.path.join(out, "loss_curve.png"), "L1 loss" if l1 else "MSE loss")
+    write_metrics_csv(metrics, os.path.join(out, "metrics.csv"))
+    state = {"model": model.eps_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+             "config": config, "losses": losses, "metrics": metrics}
+    save_atomic(lambda p: torch.save(state, p), os.path.join(out, "model.pth"))
+
+
+def train(args) -> None:
+    """The whole run: per epoch, batches (Alg. 1), a sample figure (Alg. 2), logs and a checkpoint."""
+    out = args.out or f"contents_{args.model}"
+    device, train_set, held_out, config, model, optimizer, state = prepare(args, out)
+    losses, metrics = state["losses"], state["metrics"]
     os.makedirs(out, exist_ok=True)
     print(f"{args.model} with {type(model.eps_model).__name__} ({count_parameters(model.eps_model):,} parameters) "
           f"on {args.dataset} ({len(train_set.images)} images {tuple(train_set.images.shape[1:])}), "
@@ -223,7 +240,7 @@ def train(args) -> None:
     save_forward_diffusion(model, x_all[:8], os.path.join(out, "forward_diffusion.png"), g)
     setup = fixed_sampling_setup(config, held_out)
     N, B = len(x_all), args.batch_size
-    for epoch in range(start_epoch, args.epochs + 1):
+    for epoch in range(state["epoch"] + 1, args.epochs + 1):
         torch.manual_seed(args.seed + epoch)  # a resumed run draws what an uninterrupted one would
         model.train()
         t0, epoch_losses = time.time(), []
@@ -242,17 +259,10 @@ def train(args) -> None:
             bar.set_postfix(loss=f"{sum(epoch_losses[-50:]) / len(epoch_losses[-50:]):.4f}", refresh=False)
         train_s, t0 = time.time() - t0, time.time()
         row = sample_and_save(model, config, setup, os.path.join(out, f"image_ep{epoch:03d}.png"), device)
-        row = {"epoch": epoch, "loss": round(sum(epoch_losses) / len(epoch_losses), 6),
-               "train_seconds": round(train_s, 1), "sample_seconds": round(time.time() - t0, 1), **row}
-        metrics.append(row)
-        print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
-        write_loss_csv(losses, os.path.join(out, "loss.csv"))
-        save_loss_curve(losses, os.path.join(out, "loss_curve.png"), "L1 loss" if config["loss"] == "l1" and
-                        args.model == "DDGM" else "MSE loss")
-        write_metrics_csv(metrics, os.path.join(out, "metrics.csv"))
-        state = {"model": model.eps_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                 "config": config, "losses": losses, "metrics": metrics}
-        save_atomic(lambda p, state=state: torch.save(state, p), ckpt_path)
+        metrics.append({"epoch": epoch, "loss": round(sum(epoch_losses) / len(epoch_losses), 6),
+                        "train_seconds": round(train_s, 1), "sample_seconds": round(time.time() - t0, 1), **row})
+        print(", ".join(f"{k} {v}" for k, v in metrics[-1].items()), flush=True)
+        save_epoch(out, model, optimizer, epoch, config, losses, metrics)
     for w in args.guidance_sweep or []:
         sample_and_save(model, config, setup, os.path.join(out, f"guidance_w{w:g}.png"), device, guidance=w)
         print(f"wrote {out}/guidance_w{w:g}.png", flush=True)
