@@ -58,10 +58,10 @@ def read_idx(path: str) -> np.ndarray:
         raise DataError(f"{path} is not a uint8 IDX file (bad magic number): replace it")
     nd = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd)
-    if data.size != int(np.prod(shape)):
-        raise DataError(f"{path} is truncated: header says {shape}, file holds {data.size} values")
-    return data.reshape(shape)
+    values = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd)
+    if values.size != int(np.prod(shape)):
+        raise DataError(f"{path} is truncated: header says {shape}, file holds {values.size} values")
+    return values.reshape(shape)
 
 
 def find_file(folder: str, name: str) -> str | None:
