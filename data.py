@@ -106,6 +106,20 @@ def load_mnist(data_dir: str, train: bool = True, download: bool = True) -> Data
     return Dataset(uint8_to_images(images), torch.from_numpy(labels.astype(np.int64)), None)
 
 
+def read_npz(path: str) -> dict:
+    """All arrays of a .npz file, loaded without pickle; anything else (a .npy, an empty, truncated
+    or corrupt zip) raises DataError naming the file."""
+    import zipfile
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (AttributeError, TypeError):  # np.load returned a plain array: a .npy file, not a .npz
+        raise DataError(f"{path} is a single .npy array, not a .npz archive of named arrays") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path} is not a readable .npz file ({reason})") from e
+
+
 def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool = True) -> Dataset:
     """A 2D MedMNIST subset from data_dir/<name>.npz (keys train_images, train_labels, ...)."""
     path = os.path.join(data_dir, f"{name}.npz")
@@ -115,11 +129,10 @@ def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool =
             raise DataError(f"{path} not found and could not be downloaded ({err}): "
                             f"get {name}.npz from MedMNIST (zenodo.org/records/10519652) into {data_dir}")
     split = "train" if train else "test"
-    try:
-        with np.load(path) as npz:
-            images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
-    except (OSError, ValueError, KeyError) as e:
-        raise DataError(f"{path} is not a MedMNIST .npz with {split}_images/{split}_labels ({e})") from e
+    arrays = read_npz(path)
+    if f"{split}_images" not in arrays or f"{split}_labels" not in arrays:
+        raise DataError(f"{path} is not a MedMNIST .npz: it has no {split}_images/{split}_labels arrays")
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
         raise DataError(f"{path}: expected uint8 images (N, H, W[, C]) and N labels, "
                         f"got {images.dtype} {images.shape} and {labels.shape}")
@@ -260,19 +273,6 @@ def make_phantom(n: int = 2048, size: int = 64, seed: int = 0) -> Dataset:
     lesion = ellipse(xx, yy, lx, ly, u(0.05, 0.11), u(0.05, 0.11), u(0.0, 3.1416)) & brain
     x01[lesion] = PHANTOM_LESION
     return Dataset(normalize_to_neg_one_to_one(x01[:, None]), None, lesion[:, None].float())
-
-
-def dice(pred: Tensor, target: Tensor) -> Tensor:
-    """Dice overlap 2|A and B| / (|A| + |B|) per sample of two binary (N, 1, H, W) masks; 1 when both are empty."""
-    pred, target = pred.flatten(1).float(), target.flatten(1).float()
-    inter, total = (pred * target).sum(1), pred.sum(1) + target.sum(1)
-    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
-
-
-def lesion_dice(x: Tensor, masks: Tensor, threshold: float = 0.8) -> float:
-    """Mask adherence for phantom samples x (N, 1, H, W) in [-1, 1]: mean Dice between the
-    condition masks and the pixels brighter than threshold in [0, 1] (only the lesion is)."""
-    return dice(unnormalize_to_zero_to_one(x) > threshold, masks > 0.5).mean().item()
 
 
 MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",

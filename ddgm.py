@@ -20,6 +20,8 @@ Choices made here, where sources differ or are silent:
 - Sampling (Alg. 2) starts from x_T = gbar_T - kbar_T theta_T and replaces DDPM's z by the
   normalised centred draw of that step, z = (g_t - k_t theta_t) / sqrt(beta_t), with
   sigma_t^2 = beta_t and no noise at the last step.
+- DDIM (Song et al. 2021) is derived for Gaussian q(x_t | x_0); no Gamma analogue is implemented
+  here, so ddim_sample refuses with one line and DDGM samples with Algorithm 2.
 - Precision: k, theta, kbar and the Gamma draws are float64 (kbar_T theta_T is about 1.6e5 for
   theta_0 = 1e-3, T = 1000; centring it in float32 would quantise the noise); cast only at the end.
 """
@@ -65,3 +67,8 @@ class DDGM(DDPM):
     def eps_loss(self, eps_hat: Tensor, eps: Tensor) -> Tensor:
         """DDGM Alg. 1: || eps - eps_theta(x_t, t) || with L2 (default) or the paper's L1."""
         return F.l1_loss(eps_hat, eps) if self.loss_type == "l1" else F.mse_loss(eps_hat, eps)
+
+    def ddim_sample(self, *args, **kwargs):
+        """Refused: DDIM's eq. (12) assumes Gaussian noise; DDGM samples with Algorithm 2 (sample)."""
+        raise ValueError("DDIM sampling is derived for Gaussian noise and not for DDGM's Gamma noise: "
+                         "use the ancestral sampler (--sampler ddpm)")

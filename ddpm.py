@@ -1,8 +1,9 @@
 """Denoising Diffusion Probabilistic Models: Ho, Jain & Abbeel 2020, arXiv:2006.11239.
 
 Everything the paper defines lives here: the beta schedules, the closed-form forward
-process q(x_t | x_0) (eq. 4), the training objective (Algorithm 1) and ancestral sampling
-(Algorithm 2). The network is any eps_model(x_t, t) from unet.py.
+process q(x_t | x_0) (eq. 4), the training objective (Algorithm 1), ancestral sampling (Algorithm 2) and, next to
+it, DDIM sampling (Song, Meng & Ermon 2021, arXiv:2010.02502, eq. 12 and 16), which draws from
+the same trained network in far fewer steps. The network is any eps_model(x_t, t) from unet.py.
 
 Timestep convention, used everywhere in this repo: the schedule tensors have length T and
 index i holds the paper's timestep t = i + 1. So beta[0] is beta_1, alpha_bar[T - 1] is
@@ -10,12 +11,12 @@ alpha_bar_T, and a LongTensor t of indices in {0, ..., T - 1} means paper steps 
 The network receives the same index.
 """
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
+
+from progress import Progress
 
 
 def linear_beta_schedule(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> Tensor:
@@ -104,13 +105,23 @@ class DDPM(nn.Module):
         sigma = extract(self.sigma2, t).sqrt() * (t > 0).view(-1, 1, 1, 1)
         return mean + sigma * z
 
+    def predict_x0(self, x_t: Tensor, t: Tensor, eps_hat: Tensor) -> Tensor:
+        """Eq. (15): x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t), the network's
+        current estimate of x_0 (Song et al. eq. 12 calls it the "predicted x_0")."""
+        alpha_bar = extract(self.alpha_bar, t)
+        return (x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt()
+
     def clip_eps(self, x_t: Tensor, t: Tensor, eps_hat: Tensor) -> Tensor:
-        """Not in Alg. 2, but in the authors' released sampler: predict x0 by eq. (15),
-        x0 = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t), clip it to [-1, 1] and return
+        """Not in Alg. 2, but in the authors' released sampler: clip x0_hat (eq. 15) to [-1, 1] and return
         the eps that matches it; line 4 then yields the posterior mean mu_tilde(x_t, x0) of eq. (7)."""
         alpha_bar = extract(self.alpha_bar, t)
-        x0 = ((x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt()).clamp(-1, 1)
+        x0 = self.predict_x0(x_t, t, eps_hat).clamp(-1, 1)
         return (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+
+    def eps_for_sampling(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        """predict_eps, then clip_eps when the model samples with clipped x0 (both samplers call this)."""
+        eps_hat = self.predict_eps(x_t, t, **cond)
+        return self.clip_eps(x_t, t, eps_hat) if self.clip_x0 else eps_hat
 
     def predict_eps(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         """eps_theta(x_t, t): the network's noise prediction used by sampling."""
@@ -122,23 +133,55 @@ class DDPM(nn.Module):
         return self.noise_like(x, t, generator)
 
     @torch.no_grad()
-    def sample(self, n: int, shape: tuple, generator=None, return_trajectory: bool = False,
-               progress: bool = False, **cond):
+    def sample(self, n: int, shape: tuple, generator=None, record=(), progress: bool = False, **cond):
         """Algorithm 2: n samples of shape (C, H, W), returned (n, C, H, W) in about [-1, 1].
-        With return_trajectory, also a list of the T + 1 tensors x_T, ..., x_0 (on the CPU)."""
+        record: timestep indices at which to keep (t, x_t, x0_hat) on the CPU; if given, returns
+        (x_0, that list) so the reverse process can be shown (sample.py --reverse)."""
         device = self.beta.device
+        x_t = self.x_T_like(torch.empty((n, *shape), device=device), generator)       # line 1
+        kept = []
+        for i in Progress(reversed(range(self.T)), self.T, "sampling", "steps", show=progress):
+            t = torch.full((n,), i, device=device, dtype=torch.long)                # line 2: t = T..1
+            z = self.noise_like(x_t, t, generator, step=True)                       # line 3
+            eps_hat = self.eps_for_sampling(x_t, t, **cond)
+            if i in record:
+                kept.append((i, x_t.cpu(), self.predict_x0(x_t, t, eps_hat).cpu()))
+            x_t = self.p_sample_step(x_t, t, eps_hat, z)                             # line 4
+        return (x_t, kept) if record else x_t                                       # line 6: x_0
+
+    def ddim_step(self, x_t: Tensor, t: Tensor, t_prev: int, eps_hat: Tensor, z: Tensor, eta: float) -> Tensor:
+        """Song et al. eq. (12), from index t to index t_prev < t (-1 means x_0, alpha_bar_0 = 1):
+        x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps_hat + sigma z, with a = alpha_bar
+        and eq. (16): sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev)."""
+        a_t = extract(self.alpha_bar, t)
+        a_prev = self.alpha_bar[t_prev] if t_prev >= 0 else self.alpha_bar.new_tensor(1.0)
+        x0_hat = self.predict_x0(x_t, t, eps_hat)                                 # "predicted x_0"
+        sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()  # eq. (16)
+        direction = (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps_hat       # "direction pointing to x_t"
+        return a_prev.sqrt() * x0_hat + direction + sigma * z                      # eq. (12)
+
+    def ddim_timesteps(self, steps: int) -> list:
+        """Song et al. Sec. 4.2, "linear" tau: `steps` indices evenly spaced from T - 1 (paper t = T)
+        down to 0 (paper t = 1)."""
+        return torch.linspace(self.T - 1, 0, steps).round().long().unique_consecutive().tolist()
+
+    @torch.no_grad()
+    def ddim_sample(self, n: int, shape: tuple, steps: int, eta: float = 0.0, generator=None, record=(),
+                    progress: bool = False, **cond):
+        """DDIM (Song et al. Sec. 4): n samples (n, C, H, W) through `steps` timesteps tau of 1..T,
+        evenly spaced from paper t = T down to t = 1 (Sec. 4.2). eta = 0: deterministic given x_T;
+        eta = 1: the DDPM posterior variance. record: as in sample()."""
+        if not 1 <= steps <= self.T:
+            raise ValueError(f"DDIM needs 1 <= steps <= T = {self.T}, got {steps}")
+        device = self.beta.device
+        tau = self.ddim_timesteps(steps)
         x_t = self.x_T_like(torch.empty((n, *shape), device=device), generator)
-        trajectory = [x_t.cpu()] if return_trajectory else None
-        steps = reversed(range(self.T))                                   # line 2: t = T..1
-        if progress:
-            steps = tqdm(steps, total=self.T, desc="sampling", leave=False, disable=not sys.stderr.isatty())
-        for i in steps:
+        kept = []
+        for j, i in enumerate(Progress(tau, len(tau), "sampling (DDIM)", "steps", show=progress)):
             t = torch.full((n,), i, device=device, dtype=torch.long)
-            z = self.noise_like(x_t, t, generator, step=True)            # line 3
-            eps_hat = self.predict_eps(x_t, t, **cond)
-            if self.clip_x0:
-                eps_hat = self.clip_eps(x_t, t, eps_hat)
-            x_t = self.p_sample_step(x_t, t, eps_hat, z)                  # line 4
-            if return_trajectory:
-                trajectory.append(x_t.cpu())
-        return (x_t, trajectory) if return_trajectory else x_t           # line 6: x_0
+            eps_hat = self.eps_for_sampling(x_t, t, **cond)
+            if i in record:
+                kept.append((i, x_t.cpu(), self.predict_x0(x_t, t, eps_hat).cpu()))
+            z = self.noise_like(x_t, t, generator, step=True) if eta > 0 else torch.zeros_like(x_t)
+            x_t = self.ddim_step(x_t, t, tau[j + 1] if j + 1 < len(tau) else -1, eps_hat, z, eta)
+        return (x_t, kept) if record else x_t

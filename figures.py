@@ -85,21 +85,91 @@ def write_metrics_csv(rows: list, path: str) -> None:
     save_atomic(write, path)
 
 
-def save_loss_curve(losses: list, path: str, ylabel: str = "loss") -> None:
-    """Per-step loss (thin) and per-epoch mean (dots), log scale."""
+def pyplot():
+    """matplotlib's pyplot with the file-only Agg backend (no screen needed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str) -> None:
+    save_atomic(lambda p: fig.savefig(p, dpi=100), path)
+    pyplot().close(fig)
+
+
+def save_loss_curve(losses: list, metrics: list, path: str, ylabel: str = "loss") -> None:
+    """Per-step loss (thin) and per-epoch mean (dots, at the middle of its epoch), log scale; and a
+    second panel with fid and fid_real per epoch when metrics (one dict per epoch) hold them."""
+    plt = pyplot()
     steps, _, values = zip(*losses)
-    ends, sums, counts = {}, {}, {}                               # per epoch: last step, sum, count
+    first, last, sums, counts = {}, {}, {}, {}                    # per epoch: first/last step, sum, count
     for s, e, v in losses:
-        ends[e], sums[e], counts[e] = s, sums.get(e, 0.0) + v, counts.get(e, 0) + 1
-    means = {e: sums[e] / counts[e] for e in ends}
-    fig, ax = plt.subplots(figsize=(6, 4))
+        first.setdefault(e, s)
+        last[e], sums[e], counts[e] = s, sums.get(e, 0.0) + v, counts.get(e, 0) + 1
+    fids = [m for m in metrics if "fid" in m]
+    fig, axes = plt.subplots(1, 2 if fids else 1, figsize=(11 if fids else 6, 4), squeeze=False)
+    ax = axes[0, 0]
     ax.plot(steps, values, lw=0.6, alpha=0.6, label="per step")
-    ax.plot([ends[e] for e in ends], [means[e] for e in ends], "o-", label="epoch mean")
+    ax.plot([(first[e] + last[e]) / 2 for e in last], [sums[e] / counts[e] for e in last], "o-", label="epoch mean")
     ax.set(xlabel="training step", ylabel=ylabel, yscale="log", title="training loss")
     ax.legend()
+    if fids:
+        ax = axes[0, 1]
+        ax.plot([m["epoch"] for m in fids], [m["fid"] for m in fids], "o-", label="fid (samples)")
+        ax.plot([m["epoch"] for m in fids], [m["fid_real"] for m in fids], "--", color="grey",
+                label="fid_real (as many real test images)")
+        ax.set(xlabel="epoch", ylabel="Frechet distance (metrics.py)", yscale="log", title="sample quality")
+        ax.legend()
     fig.tight_layout()
-    save_atomic(lambda p: fig.savefig(p, dpi=100), path)
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+def save_schedules(T: int, schedule: str, betas, path: str) -> None:
+    """alpha_bar_t and the signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) against t for the
+    linear (Ho et al. Sec. 4) and cosine (Nichol & Dhariwal eq. 17) schedules at this T."""
+    from ddpm import cosine_beta_schedule, linear_beta_schedule
+    plt = pyplot()
+    t = range(1, T + 1)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, beta in (("linear", linear_beta_schedule(T, *betas)), ("cosine", cosine_beta_schedule(T))):
+        alpha_bar = torch.cumprod(1 - beta, 0).numpy()
+        mine = name == schedule
+        style = {"lw": 2.5 if mine else 1.2, "label": f"{name}{' (this run)' if mine else ''}"}
+        a1.plot(t, alpha_bar, **style)
+        a2.plot(t, alpha_bar / (1 - alpha_bar), **style)
+    a1.set(xlabel="t", ylabel="alpha_bar_t", title="signal kept: alpha_bar_t")
+    a2.set(xlabel="t", ylabel="SNR(t)", yscale="log", title="signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t)")
+    a1.legend()
+    a2.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_reverse_process(kept: list, x0: Tensor, T: int, path: str, rows: int = 4) -> None:
+    """Algorithm 2 (or DDIM) made visible: for the first `rows` samples, x_t at the recorded steps
+    and the final x_0 (top row of each pair), and beneath each x_t the network's estimate x0_hat
+    (Ho et al. eq. 15). kept: [(index i, x_t, x0_hat)] from DDPM.sample(record=...)."""
+    plt = pyplot()
+    rows = min(rows, x0.shape[0])
+    cols = len(kept) + 1
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(1.1 * cols, 2.3 * rows), squeeze=False)
+    def show(ax, img):
+        img = unnormalize_to_zero_to_one(img.float())
+        ax.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for r in range(rows):
+        for c, (i, x_t, x0_hat) in enumerate(kept):
+            show(axes[2 * r, c], x_t[r])
+            show(axes[2 * r + 1, c], x0_hat[r])
+            if r == 0:
+                axes[0, c].set_title(f"t={i + 1}", fontsize=8)
+        show(axes[2 * r, cols - 1], x0[r].cpu())
+        axes[2 * r + 1, cols - 1].axis("off")
+        axes[2 * r, 0].set_ylabel("x_t", fontsize=8)
+        axes[2 * r + 1, 0].set_ylabel("x0_hat", fontsize=8)
+    axes[0, cols - 1].set_title("x_0", fontsize=8)
+    fig.suptitle(f"reverse process, T = {T}: x_t (upper) and the network's x0_hat, eq. (15) (lower)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -14,8 +14,9 @@ import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--dataset", "shapes", "--net", "cnn", "--limit", "64", "--batch-size", "32", "--n-T", "20",
-        "--num-samples", "4"]
-PER_RUN = {"loss.csv", "loss_curve.png", "metrics.csv", "model.pth", "forward_diffusion.png", "config.json"}
+        "--num-samples", "4", "--sample-steps", "5", "--eval-samples", "0"]
+PER_RUN = {"loss.csv", "loss_curve.png", "metrics.csv", "model.pth", "forward_diffusion.png", "config.json",
+           "schedules.png"}
 
 
 def run(*args):
@@ -37,8 +38,9 @@ def test_tiny_run_writes_every_file(tmp_path, model):
     assert [r["epoch"] for r in rows(out / "metrics.csv")] == ["1", "2"]
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == model and config["n_T"] == 20
-    ckpt = torch.load(out / "model.pth", weights_only=False)
-    assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "config"}
+    ckpt = torch.load(out / "model.pth", weights_only=True)
+    assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "config", "ema"}
+    assert ckpt["ema"]["n"] == 4 and ckpt["ema"]["weights"].keys() == ckpt["model"].keys()
     grid = Image.open(out / "image_ep002.png")
     assert grid.size == (4 * 30 + 2, 30 + 2)  # 4 samples of 28 px, save_image's 2 px padding
     assert Image.open(out / "forward_diffusion.png").size == (11 * 30 + 2, 8 * 30 + 2)
@@ -53,13 +55,16 @@ def test_samples_are_mapped_back_to_zero_one(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    """2 epochs in one go == 1 epoch, then --resume to 2: same losses step by step."""
+    """2 epochs in one go == 1 epoch, then --resume to 2: same losses step by step, same weights and EMA."""
     run("DDPM", *TINY, "--epochs", "2", "--out", tmp_path / "straight")
     run("DDPM", *TINY, "--epochs", "1", "--out", tmp_path / "resumed")
     run("DDPM", *TINY, "--epochs", "2", "--out", tmp_path / "resumed", "--resume")
     a, b = rows(tmp_path / "straight" / "loss.csv"), rows(tmp_path / "resumed" / "loss.csv")
     assert len(b) == 4 and a == b
-    assert torch.load(tmp_path / "resumed" / "model.pth", weights_only=False)["epoch"] == 2
+    a, b = (torch.load(tmp_path / d / "model.pth", weights_only=True) for d in ("straight", "resumed"))
+    assert b["epoch"] == 2 and b["ema"]["n"] == 4
+    assert all(torch.equal(a["ema"]["weights"][k], b["ema"]["weights"][k]) for k in a["ema"]["weights"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 def test_resume_with_other_network_is_refused(tmp_path, capsys):
@@ -131,3 +136,60 @@ def test_unconditional_image_folder_trains_ddgm(tmp_path):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["in_channels"] == 3 and config["image_size"] == 8 and config["cond"] is None
     assert (tmp_path / "out" / "image_ep001.png").exists()
+
+
+def test_fid_is_scored_every_epoch_and_plotted(tmp_path):
+    """--eval-samples N: metrics.csv gets fid and fid_real (metrics.py's classifier, cached in --data-dir)."""
+    run("DDPM", *TINY, "--epochs", "1", "--eval-samples", "8", "--data-dir", tmp_path / "data", "--out", tmp_path / "o")
+    row = rows(tmp_path / "o" / "metrics.csv")[0]
+    assert float(row["fid"]) > 0 and float(row["fid_real"]) > 0
+    assert len(list((tmp_path / "data" / "classifiers").glob("shapes-*.pt"))) == 1
+
+
+def test_a_run_folder_is_never_overwritten_silently(tmp_path, capsys):
+    """Starting again in a folder with a checkpoint is refused; --overwrite starts afresh and removes
+    the old epoch images; the checkpoint of the refused run is untouched."""
+    run("DDPM", *TINY, "--epochs", "2", "--out", tmp_path)
+    before = (tmp_path / "model.pth").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        run("DDPM", *TINY, "--epochs", "1", "--out", tmp_path)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--resume" in err and "--overwrite" in err and err.count("\n") == 1
+    assert (tmp_path / "model.pth").read_bytes() == before
+    run("DDPM", *TINY, "--epochs", "1", "--out", tmp_path, "--overwrite")
+    assert not (tmp_path / "image_ep002.png").exists() and (tmp_path / "image_ep001.png").exists()
+    assert torch.load(tmp_path / "model.pth", weights_only=True)["epoch"] == 1
+
+
+def test_run_ends_saying_where_everything_is(tmp_path, capsys):
+    run("DDPM", *TINY, "--epochs", "1", "--out", tmp_path)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "image_ep001.png" in out[-2] and f"python sample.py {tmp_path}/model.pth" in out[-1]
+
+
+class Exploit:
+    """A pickle that runs code when unpickled: what a hostile model.pth would hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_checkpoint_cannot_run_code(tmp_path, capsys):
+    """A valid checkpoint with a __reduce__ payload inside: --resume refuses it, the code never runs."""
+    run("DDPM", *TINY, "--epochs", "1", "--out", tmp_path)
+    ckpt = torch.load(tmp_path / "model.pth", weights_only=True)
+    ckpt["metrics"].append({"epoch": Exploit(tmp_path / "pwned")})
+    torch.save(ckpt, tmp_path / "model.pth")
+    with pytest.raises(SystemExit) as e:
+        run("DDPM", *TINY, "--epochs", "2", "--out", tmp_path, "--resume")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "not a checkpoint this project can load safely" in err and err.count("\n") == 1
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_ddim_for_ddgm_is_refused_in_one_line():
+    r = cli("DDGM", "--sampler", "ddim")
+    assert r.returncode == 2 and "Gaussian" in r.stderr and r.stderr.count("\n") == 1

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import data
-from data import DataError, dice, load_dataset, make_phantom, make_shapes
+from data import DataError, load_dataset, make_phantom, make_shapes
 
 
 def write_idx(path: str, a: np.ndarray, compress: bool = True) -> None:
@@ -156,16 +156,6 @@ def test_phantom_deterministic_binary_masks_lesion_is_brightest():
     assert set(a.masks.unique().tolist()) == {0.0, 1.0} and (a.masks.flatten(1).sum(1) > 0).all()
     x01 = (a.images + 1) / 2
     assert torch.equal(x01 > 0.8, a.masks > 0.5)  # the lesion is exactly the bright region
-
-
-def test_dice_closed_forms():
-    """Dice = 2|A and B| / (|A| + |B|): itself 1, disjoint 0, half-overlapping squares 2*2/(4+4) = 0.5."""
-    m = make_phantom(n=4, size=32).masks
-    assert dice(m, m).tolist() == [1.0] * 4
-    a, b = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
-    a[..., 0:2, 0:2], b[..., 0:2, 1:3] = 1, 1
-    assert dice(a, b).item() == 0.5 and dice(a, 1 - a).item() == 0.0
-    assert dice(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)).item() == 1.0
 
 
 def test_unknown_dataset_and_wrong_image_size():

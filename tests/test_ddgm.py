@@ -91,9 +91,10 @@ def test_noise_finite_for_every_t(theta_0):
 
 
 def test_ddgm_changes_only_the_noise_and_the_loss():
-    """The paper's change, and nothing else: a reader diffing ddpm.py and ddgm.py sees just these."""
+    """The paper's change, and nothing else: a reader diffing ddpm.py and ddgm.py sees just these
+    (plus ddim_sample, which only refuses: DDIM is derived for Gaussian noise)."""
     overridden = {k for k, v in vars(DDGM).items() if callable(v)}
-    assert overridden == {"__init__", "noise_like", "x_T_like", "eps_loss"}
+    assert overridden == {"__init__", "noise_like", "x_T_like", "eps_loss", "ddim_sample"}
 
 
 def test_training_on_shapes_lowers_the_loss():

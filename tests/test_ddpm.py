@@ -165,8 +165,13 @@ def test_sample_shape_finite_and_reproducible():
     a, b, c = draw(1), draw(1), draw(2)
     assert a.shape == (3, 1, 8, 8) and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.equal(a, c)
-    x0, trajectory = model.sample(2, (1, 8, 8), generator=torch.Generator().manual_seed(1), return_trajectory=True)
-    assert len(trajectory) == 21 and torch.equal(trajectory[-1], x0)
+    x0, kept = model.sample(2, (1, 8, 8), generator=torch.Generator().manual_seed(1), record=(19, 5, 0))
+    # recording does not change the draws:
+    assert torch.equal(x0, model.sample(2, (1, 8, 8), generator=torch.Generator().manual_seed(1)))
+    assert [i for i, _, _ in kept] == [19, 5, 0] and all(x_t.shape == (2, 1, 8, 8) for _, x_t, _ in kept)
+    i, x_t, x0_hat = kept[-1]  # at paper t = 1: x0_hat by eq. (15) from the recorded x_t
+    eps_hat = model.eps_model(x_t, torch.zeros(2, dtype=torch.long))
+    assert torch.allclose(x0_hat, model.predict_x0(x_t, torch.zeros(2, dtype=torch.long), eps_hat))
 
 
 def test_bad_schedule_is_refused():

@@ -1,0 +1,195 @@
+"""Offline sample quality: python metrics.py SAMPLES.npz --dataset mnist [--data-dir D].
+
+Inception FID needs weights that cannot be downloaded offline and suits 28x28 grayscale and
+medical images badly. Instead, per labelled dataset, a small LeNet-style classifier is trained
+on the training split (cached under DATA_DIR/classifiers/, retrained when the data change) and:
+- fid: the Frechet distance (Dowson & Landau 1982) between Gaussians fitted to its penultimate
+  features of the samples and of the test split, as FID does with Inception features (Heusel
+  et al. 2017, arXiv:1706.08500). Lower is better; it depends on the number of samples;
+- fid_real: the same for as many real test images as samples: the floor to compare against;
+- class_accuracy: for class-conditional samples, how often the classifier sees the requested class.
+Also the mask Dice used for the phantom data set (lesion_dice).
+"""
+import argparse
+import hashlib
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from data import DataError, load_dataset, read_npz, unnormalize_to_zero_to_one
+
+FEATURES = 128
+
+
+class FeatureNet(nn.Module):
+    """LeNet-style classifier (LeCun et al. 1998) for C x H x W images in [-1, 1]; features() is
+    the penultimate layer (FEATURES values) that the Frechet distance compares."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * 16, FEATURES), nn.GELU())
+        self.head = nn.Linear(FEATURES, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+
+def frechet_distance(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> float:
+    """Dowson & Landau 1982: d^2 = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2).
+    The square roots come from symmetric eigendecompositions with negative round-off clipped to 0,
+    so rank-deficient covariances (fewer samples than features) are safe. Inputs float64."""
+    def sqrt_psd(a: Tensor) -> Tensor:
+        w, v = torch.linalg.eigh((a + a.T) / 2)
+        return (v * w.clamp(min=0).sqrt()) @ v.T
+    s1 = sqrt_psd(cov1)
+    cross = torch.linalg.eigvalsh(s1 @ cov2 @ s1).clamp(min=0).sqrt().sum()  # tr (S1^1/2 S2 S1^1/2)^1/2
+    d2 = (mu1 - mu2).square().sum() + cov1.trace() + cov2.trace() - 2 * cross
+    return max(d2.item(), 0.0)
+
+
+def feature_stats(features: Tensor) -> tuple:
+    """Mean (D,) and covariance (D, D) of features (N, D), in float64."""
+    f = features.double()
+    return f.mean(0), torch.cov(f.T, correction=1) if len(f) > 1 else torch.zeros(f.shape[1], f.shape[1])
+
+
+def fingerprint(images: Tensor, labels: Tensor) -> str:
+    """12 hex digits that change when the training images or labels change (the cache key)."""
+    h = hashlib.sha1(unnormalize_to_zero_to_one(images).mul(255).round().to(torch.uint8).numpy().tobytes())
+    h.update(labels.numpy().astype(np.int64).tobytes())
+    return h.hexdigest()[:12]
+
+
+@torch.no_grad()
+def accuracy(net: FeatureNet, images: Tensor, labels: Tensor) -> float:
+    hits = sum((net(x).argmax(1) == y).sum().item() for x, y in zip(images.split(1000), labels.split(1000)))
+    return hits / len(labels)
+
+
+def train_classifier(train, test, epochs: int = 2, batch_size: int = 128, min_steps: int = 200, seed: int = 0) -> tuple:
+    """Adam, lr 1e-3, `epochs` epochs (at least min_steps steps) on the training split; returns (net, test accuracy)."""
+    torch.manual_seed(seed)
+    num_classes = int(train.labels.max()) + 1
+    net = FeatureNet(train.images.shape[1], num_classes)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    N = len(train.images)
+    steps = max(epochs * -(-N // batch_size), min_steps)
+    for _ in range(steps):
+        idx = torch.randint(0, N, (batch_size,))
+        loss = F.cross_entropy(net(train.images[idx]), train.labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return net.eval(), accuracy(net.eval(), test.images, test.labels)
+
+
+class QualityScore:
+    """fid, fid_real and class_accuracy for samples of one labelled dataset (see the module docstring)."""
+
+    def __init__(self, dataset: str, data_dir: str, log=print, **data_kw):
+        train = load_dataset(dataset, data_dir, train=True, **data_kw)
+        test = load_dataset(dataset, data_dir, train=False, **data_kw)
+        if train.labels is None or test.labels is None:
+            raise DataError(f"{dataset} has no labels, so no feature classifier for fid can be trained: "
+                            "use a labelled dataset (mnist, shapes, a MedMNIST set) or --eval-samples 0")
+        self.net, self.test_accuracy = self.load_or_train(dataset, data_dir, train, test, log)
+        self.shape, self.num_classes = tuple(test.images.shape[1:]), self.net.head.out_features
+        self.test_images = test.images
+        self.test_features = self.features(test.images)
+        self.reference = feature_stats(self.test_features)
+
+    @staticmethod
+    def load_or_train(dataset, data_dir, train, test, log) -> tuple:
+        from figures import save_atomic  # only here: metrics.py must not need matplotlib to import
+        path = os.path.join(data_dir, "classifiers", f"{dataset}-{fingerprint(train.images, train.labels)}.pt")
+        if os.path.isfile(path):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            net = FeatureNet(train.images.shape[1], state["num_classes"])
+            net.load_state_dict(state["weights"])
+            return net.eval(), state["test_accuracy"]
+        log(f"training the {dataset} feature classifier for fid (once; cached as {path})")
+        net, acc = train_classifier(train, test)
+        log(f"{dataset} classifier: test accuracy {acc:.4f}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        state = {"weights": net.state_dict(), "num_classes": net.head.out_features, "test_accuracy": acc}
+        save_atomic(lambda p: torch.save(state, p), path)
+        return net, acc
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        return torch.cat([self.net.features(x) for x in images.float().split(1000)])
+
+    def __call__(self, samples: Tensor, labels: Tensor | None = None) -> dict:
+        """samples: (N, C, H, W) in about [-1, 1] (clipped to it first), N >= 2; labels (N,) or None."""
+        if tuple(samples.shape[1:]) != self.shape:
+            raise DataError(f"samples of shape {tuple(samples.shape[1:])} do not match this dataset's {self.shape}")
+        if len(samples) < 2:
+            raise DataError("fid needs at least 2 samples")
+        x = samples.float().cpu().clamp(-1, 1)
+        real = self.test_features[torch.randperm(len(self.test_features), generator=torch.Generator().manual_seed(0))
+                                  [:len(x)]]
+        result = {"fid": round(frechet_distance(*feature_stats(self.features(x)), *self.reference), 2),
+                  "fid_real": round(frechet_distance(*feature_stats(real), *self.reference), 2)}
+        if labels is not None:
+            with torch.no_grad():
+                predicted = torch.cat([self.net(b).argmax(1) for b in x.split(1000)])
+            result["class_accuracy"] = round((predicted == labels.cpu()).float().mean().item(), 4)
+        return result
+
+
+def dice(pred: Tensor, target: Tensor) -> Tensor:
+    """Dice overlap 2|A and B| / (|A| + |B|) per sample of two binary (N, 1, H, W) masks; 1 when both are empty."""
+    pred, target = pred.flatten(1).float(), target.flatten(1).float()
+    inter, total = (pred * target).sum(1), pred.sum(1) + target.sum(1)
+    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+
+
+def lesion_dice(x: Tensor, masks: Tensor, threshold: float = 0.8) -> float:
+    """Mask adherence for phantom samples x (N, 1, H, W) in [-1, 1]: mean Dice between the
+    condition masks and the pixels brighter than threshold in [0, 1] (only the lesion is)."""
+    return dice(unnormalize_to_zero_to_one(x) > threshold, masks > 0.5).mean().item()
+
+
+def read_samples(path: str) -> tuple:
+    """images (N, C, H, W) float in [-1, 1] and labels (N,) or None from sample.py's .npz."""
+    if not os.path.isfile(path):
+        raise DataError(f"no samples file at {path}: write one with sample.py")
+    arrays = read_npz(path)
+    if "images" not in arrays:
+        raise DataError(f"{path} has no 'images' array: write it with sample.py")
+    images, labels = arrays["images"], arrays.get("labels")
+    if images.ndim != 4 or not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all():
+        raise DataError(f"{path}: 'images' must be finite floats (N, C, H, W), got {images.dtype} {images.shape}")
+    if labels is not None and (labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer)):
+        raise DataError(f"{path}: 'labels' must be N integers, got {labels.dtype} {labels.shape}")
+    return torch.from_numpy(images), None if labels is None else torch.from_numpy(labels.astype(np.int64))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="metrics.py", description="fid, fid_real (and class_accuracy) of samples "
+                                "in the features of a small classifier trained on the dataset.")
+    p.add_argument("samples", help="a .npz written by sample.py (images in [-1, 1], optional labels)")
+    p.add_argument("--dataset", required=True, help="mnist, shapes or a MedMNIST 2D name")
+    p.add_argument("--data-dir", default="./data", help="where the dataset is read from (default ./data)")
+    args = p.parse_args(argv)
+    try:
+        images, labels = read_samples(args.samples)
+        score = QualityScore(args.dataset, args.data_dir, log=lambda m: print(m, file=sys.stderr))
+        result = score(images, labels)
+    except DataError as e:
+        p.exit(2, f"metrics.py: error: {e}\n")
+    print(" ".join(f"{k}={v}" for k, v in {"n": len(images), **result}.items()))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,112 @@
+"""What every script needs to rebuild a trained model: the model from a config, checkpoints
+that load safely (tensors and plain containers only, never code), and the EMA of the weights.
+
+A checkpoint (model.pth) is a dict: model (the network's state dict), ema (the averaged
+weights and their update count, or None), optimizer, epoch, config (everything needed to
+rebuild the model, see build_model), losses and metrics. main.py writes it; main.py --resume,
+sample.py and anomaly.py read it with load_checkpoint.
+"""
+import copy
+import os
+
+import torch
+
+from cond import ConditionalDDPM
+from data import DataError
+from ddgm import DDGM
+from ddpm import DDPM, cosine_beta_schedule, linear_beta_schedule
+from unet import CNN, UNet
+
+# Settings that shape the network or the process: a checkpoint resumes only with the same ones.
+ARCHITECTURE = ("model", "net", "n_T", "betas", "schedule", "theta0", "loss", "cond", "dataset",
+                "in_channels", "image_size", "num_classes", "cond_channels")
+
+
+def build_model(config: dict) -> DDPM:
+    """Network and diffusion process from a config (main.make_config's, or a checkpoint's)."""
+    kw = {"in_channels": config["in_channels"], "num_classes": config["num_classes"],
+          "cond_channels": config["cond_channels"]}
+    net = CNN(**kw) if config["net"] == "cnn" else UNet(**kw)
+    T, (beta_1, beta_T) = config["n_T"], config["betas"]
+    beta = linear_beta_schedule(T, beta_1, beta_T) if config["schedule"] == "linear" else cosine_beta_schedule(T)
+    clip_x0 = config.get("clip_x0", False)
+    if config["model"] == "DDGM":
+        return DDGM(net, beta, theta_0=config["theta0"], loss_type=config["loss"], clip_x0=clip_x0)
+    if config["model"] == "COND":
+        return ConditionalDDPM(net, beta, config["num_classes"], config["p_uncond"], config["guidance"],
+                               clip_x0=clip_x0)
+    return DDPM(net, beta, clip_x0=clip_x0)
+
+
+class EMA:
+    """Exponential moving average of the network weights, used for every sample drawn (Ho et al.
+    App. B: decay 0.9999). Warm-up as in TensorFlow's tf.train.ExponentialMovingAverage with
+    num_updates: decay_n = min(decay, (1 + n) / (10 + n)), so early in a run the average follows
+    the weights closely instead of remembering the random initialisation."""
+
+    def __init__(self, model: DDPM, decay: float):
+        self.decay, self.n = decay, 0
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()  # the whole process, averaged network
+
+    @torch.no_grad()
+    def update(self, model: DDPM) -> None:
+        """theta_ema <- decay_n theta_ema + (1 - decay_n) theta, after an optimiser step."""
+        decay_n = min(self.decay, (1 + self.n) / (10 + self.n))
+        self.n += 1
+        ema, raw = list(self.model.eps_model.parameters()), list(model.eps_model.parameters())
+        torch._foreach_lerp_(ema, raw, 1 - decay_n)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "n": self.n, "weights": self.model.eps_model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n = state["n"]
+        self.model.eps_model.load_state_dict(state["weights"])
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint written by main.py, loaded with weights_only=True: a file that is not one
+    (or that would run code when unpickled) raises DataError with one line."""
+    if not os.path.isfile(path):
+        raise DataError(f"no checkpoint at {path}: train one with main.py first, or check the path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:150] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path} is not a checkpoint this project can load safely ({reason})") from e
+    ok = (isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and isinstance(ckpt.get("model"), dict)
+          and all(k in ckpt["config"] for k in ARCHITECTURE))
+    if not ok:
+        raise DataError(f"{path} is not a main.py checkpoint (no model weights or config in it)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, device: torch.device, use_ema: bool = True) -> DDPM:
+    """The model a checkpoint describes, in eval mode, with its EMA weights when present and use_ema."""
+    model = build_model(ckpt["config"])
+    weights = ckpt["ema"]["weights"] if use_ema and ckpt.get("ema") else ckpt["model"]
+    try:
+        model.eps_model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise DataError(f"the checkpoint's weights do not fit the network its config describes ({e})") from e
+    return model.to(device).eval()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda but no CUDA GPU is available: use --device cpu")
+    return device
+
+
+@torch.no_grad()
+def draw(model: DDPM, n: int, shape: tuple, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+         generator=None, record=(), progress: bool = False, **cond):
+    """n samples (n, C, H, W) by DDIM (ddpm.DDPM.ddim_sample, `steps` steps, eta) or by Algorithm 2
+    (sampler "ddpm", all T steps; steps and eta unused). record: see DDPM.sample."""
+    model.eval()
+    if sampler == "ddim":
+        return model.ddim_sample(n, shape, steps, eta, generator, record, progress, **cond)
+    return model.sample(n, shape, generator, record, progress, **cond)

@@ -1,0 +1,35 @@
+"""Progress that people can follow: a tqdm bar on a terminal, and in a log file (where tqdm's
+carriage-return updates make no new lines) one plain line every `every` seconds."""
+import sys
+import time
+
+from tqdm import tqdm
+
+
+class Progress:
+    """Wraps an iterable of known length. note(key=value) shows running values (e.g. the loss)."""
+
+    def __init__(self, iterable, total: int, desc: str, unit: str = "it", every: float = 30.0, show: bool = True):
+        self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
+        self.every = every if show else float("inf")
+        self.postfix = {}
+        tty = show and sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=0.1) if tty else None
+
+    def note(self, **values) -> None:
+        self.postfix.update(values)
+        if self.bar is not None:
+            self.bar.set_postfix(values, refresh=False)
+
+    def __iter__(self):
+        start = last = time.time()
+        for i, item in enumerate(self.iterable, 1):
+            yield item
+            if self.bar is not None:
+                self.bar.update(1)
+            elif time.time() - last >= self.every and i < self.total:
+                last = time.time()
+                extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+                print(f"  {self.desc}: {i}/{self.total} {self.unit}{extra}, {last - start:.0f} s", flush=True)
+        if self.bar is not None:
+            self.bar.close()

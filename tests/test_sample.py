@@ -1,0 +1,100 @@
+"""sample.py and metrics.py end to end: samples from a checkpoint alone, in every conditioning."""
+import numpy as np
+import pytest
+from PIL import Image
+
+import main
+import metrics
+import sample
+
+TINY = ["--dataset", "shapes", "--net", "cnn", "--limit", "64", "--batch-size", "32", "--n-T", "20",
+        "--num-samples", "4", "--sample-steps", "5", "--eval-samples", "0", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One tiny DDPM, COND (class) and COND (phantom masks) run, trained once for all tests here."""
+    root = tmp_path_factory.mktemp("runs")
+    main.main(["DDPM", *TINY, "--out", str(root / "ddpm")])
+    main.main(["COND", *TINY, "--out", str(root / "cond")])
+    main.main(["COND", *TINY, "--dataset", "phantom", "--image-size", "16", "--net", "unet", "--out",
+               str(root / "mask")])
+    return root
+
+
+def npz(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_samples_png_and_npz_from_checkpoint_alone(runs, tmp_path):
+    sample.main([str(runs / "ddpm" / "model.pth"), "--num-samples", "10", "--steps", "4", "--out",
+                 str(tmp_path / "s.png")])
+    arrays = npz(tmp_path / "s.npz")
+    assert arrays["images"].dtype == np.float32 and arrays["images"].shape == (10, 1, 28, 28)
+    assert arrays["images"].min() >= -1 and arrays["images"].max() <= 1 and "labels" not in arrays
+    assert Image.open(tmp_path / "s.png").size == (8 * 30 + 2, 2 * 30 + 2)  # 8 per row
+
+
+def test_same_seed_same_samples_and_both_samplers(runs, tmp_path):
+    ckpt = str(runs / "ddpm" / "model.pth")
+    for name, extra in (("a", []), ("b", []), ("c", ["--seed", "1"]), ("d", ["--sampler", "ddpm"])):
+        sample.main([ckpt, "--num-samples", "3", "--out", str(tmp_path / f"{name}.png"), *extra])
+    a, b, c, d = (npz(tmp_path / f"{n}.npz")["images"] for n in "abcd")
+    assert np.array_equal(a, b) and not np.array_equal(a, c) and not np.array_equal(a, d)
+
+
+def test_reverse_figure_is_written(runs, tmp_path):
+    sample.main([str(runs / "ddpm" / "model.pth"), "--num-samples", "4", "--reverse", "--out", str(tmp_path / "r.png")])
+    assert Image.open(tmp_path / "r_reverse.png").size[0] > 300
+
+
+def test_class_rows_and_single_label(runs, tmp_path):
+    """Shapes has 3 classes: by default one row of 8 per class; --label 2 draws only class 2."""
+    ckpt = str(runs / "cond" / "model.pth")
+    sample.main([ckpt, "--out", str(tmp_path / "rows.png")])
+    assert npz(tmp_path / "rows.npz")["labels"].tolist() == [0] * 8 + [1] * 8 + [2] * 8
+    assert Image.open(tmp_path / "rows.png").size == (8 * 30 + 2, 3 * 30 + 2)
+    sample.main([ckpt, "--label", "2", "--num-samples", "5", "--guidance", "0", "--out", str(tmp_path / "two.png")])
+    assert npz(tmp_path / "two.npz")["labels"].tolist() == [2] * 5
+
+
+def test_mask_model_uses_held_out_masks_or_a_mask_folder(runs, tmp_path):
+    ckpt = str(runs / "mask" / "model.pth")
+    sample.main([ckpt, "--num-samples", "3", "--out", str(tmp_path / "held.png")])
+    assert npz(tmp_path / "held.npz")["masks"].shape == (3, 1, 16, 16)
+    (tmp_path / "masks").mkdir()
+    disc = np.zeros((40, 40), np.uint8)
+    disc[10:30, 10:30] = 255
+    Image.fromarray(disc).save(tmp_path / "masks" / "a.png")
+    sample.main([ckpt, "--mask-dir", str(tmp_path / "masks"), "--out", str(tmp_path / "dir.png")])
+    masks = npz(tmp_path / "dir.npz")["masks"]
+    assert masks.shape == (1, 1, 16, 16) and masks[0, 0, 8, 8] == 1 and masks[0, 0, 0, 0] == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--label", "7"], "--label must lie in 0..2"),
+    (["--steps", "50"], "--steps must lie in 1..20"),
+])
+def test_bad_options_one_line(runs, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        sample.main([str(runs / "cond" / "model.pth"), *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_not_a_checkpoint_one_line(tmp_path, capsys):
+    (tmp_path / "model.pth").write_bytes(b"not a checkpoint")
+    for path in (tmp_path / "model.pth", tmp_path / "missing.pth"):
+        with pytest.raises(SystemExit) as e:
+            sample.main([str(path)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1
+
+
+def test_metrics_cli_prints_one_line(runs, tmp_path, capsys):
+    sample.main([str(runs / "cond" / "model.pth"), "--out", str(tmp_path / "s.png")])
+    capsys.readouterr()
+    metrics.main([str(tmp_path / "s.npz"), "--dataset", "shapes", "--data-dir", str(tmp_path / "data")])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("n=24 fid=") and "fid_real=" in line and "class_accuracy=" in line
