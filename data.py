@@ -2,23 +2,30 @@
 masks (N, 1, H, W) in {0, 1} or None. Batches are drawn by random index (no per-image
 transforms in the training loop). This module owns the [0, 1] <-> [-1, 1] mapping.
 
-Datasets: mnist, shapes (synthetic), MedMNIST 2D subsets by name (pathmnist,
-pneumoniamnist, ...), csv, folder (images/ and optional masks/), phantom (synthetic heads
-with a lesion mask). Every problem with the files raises DataError with a one-line message.
+Datasets: mnist, MedMNIST 2D subsets by name (pathmnist, pneumoniamnist, ...), csv, folder
+(images/ and optional masks/); the synthetic shapes and phantom live in synthetic.py.
+Every loader checks what it reads (dtype, range, shape, finiteness, label values) and either
+converts it correctly or raises DataError with a one-line message naming the file; sizes are
+checked before anything large is allocated.
 """
 import csv
 import gzip
 import os
+import zlib
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from catalog import DATASETS
+
 MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 MEDMNIST_URL = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MAX_VALUES = 300_000_000   # pixels per split that fit comfortably in memory as float32 (1.2 GB)
+MAX_CLASSES = 1000
 
 
 class DataError(Exception):
@@ -39,29 +46,53 @@ def unnormalize_to_zero_to_one(x: Tensor) -> Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-def uint8_to_images(a: np.ndarray) -> Tensor:
-    """uint8 (N, H, W) or (N, H, W, C) -> float (N, C, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.array(a)).float() / 255
+def to_images(a: np.ndarray) -> Tensor:
+    """float (N, H, W) or (N, H, W, C) in [0, 1] -> float32 (N, C, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     x = x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)
     return normalize_to_neg_one_to_one(x.contiguous())
 
 
-def read_idx(path: str) -> np.ndarray:
-    """An IDX file (MNIST's format, optionally .gz): magic 0x0000 08 nd, nd big-endian sizes, uint8 data."""
+def uint8_to_images(a: np.ndarray) -> Tensor:
+    """uint8 (N, H, W) or (N, H, W, C) -> float (N, C, H, W) in [-1, 1]."""
+    return to_images(a.astype(np.float32) / 255)
+
+
+def check_labels(labels: np.ndarray, where: str) -> Tensor:
+    """Class labels must be whole numbers in 0..MAX_CLASSES-1 (NaN, 2.7, -1 or 1e9 are refused)."""
+    labels = np.asarray(labels)
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        if not np.issubdtype(labels.dtype, np.floating) or not np.isfinite(labels).all() \
+                or (labels != np.round(labels)).any():
+            raise DataError(f"{where}: labels must be whole numbers, found e.g. {labels.flat[0]!r}")
+    if labels.size and (labels.min() < 0 or labels.max() >= MAX_CLASSES):
+        raise DataError(f"{where}: labels must lie in 0..{MAX_CLASSES - 1}, found {labels.min()}..{labels.max()}")
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def read_idx(path: str, limit: int | None = None) -> np.ndarray:
+    """An IDX file (MNIST's format, optionally .gz): magic 0x0000 08 nd, nd big-endian sizes, uint8
+    data. The header is checked before the data are read; limit reads only the first items."""
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0:3] != b"\x00\x00\x08" or not 1 <= magic[3] <= 4:
+                raise DataError(f"{path} is not a uint8 IDX file (bad magic number): replace it")
+            shape = [int.from_bytes(f.read(4), "big") for _ in range(magic[3])]
+            if shape[0] == 0:
+                raise DataError(f"{path} holds no items (its header says 0): replace it")
+            count = min(shape[0], limit or shape[0])
+            size = count * int(np.prod(shape[1:]))
+            if size > MAX_VALUES:
+                raise DataError(f"{path} declares {shape[0]:,} items ({size:,} values), more than fit in memory: "
+                                "pass --limit N or replace the file")
+            raw = f.read(size)
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"cannot read {path} ({e}): delete it and download it again") from e
-    if len(raw) < 4 or raw[0:3] != b"\x00\x00\x08":
-        raise DataError(f"{path} is not a uint8 IDX file (bad magic number): replace it")
-    nd = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd))
-    values = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd)
-    if values.size != int(np.prod(shape)):
-        raise DataError(f"{path} is truncated: header says {shape}, file holds {values.size} values")
-    return values.reshape(shape)
+    if len(raw) != size:
+        raise DataError(f"{path} is truncated: header says {tuple(shape)}, file holds {len(raw)} of {size} values")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(count, *shape[1:])
 
 
 def find_file(folder: str, name: str) -> str | None:
@@ -71,13 +102,19 @@ def find_file(folder: str, name: str) -> str | None:
     return None
 
 
-def try_download(fetch) -> str | None:
-    """Run fetch(); None if it worked, else the first line of why not (offline, proxy, disk full...)."""
+def try_download(fetch, made: str) -> str | None:
+    """Run fetch(); None if it worked, else why not in one line (offline, proxy, disk full...).
+    On failure, removes the empty folders fetch left under `made` (nothing is left behind)."""
+    existed = {d for d in (made, *(os.path.join(made, s) for s in ("MNIST", "MNIST/raw"))) if os.path.isdir(d)}
     try:
         fetch()
         return None
     except Exception as e:
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
+        for d in (os.path.join(made, "MNIST", "raw"), os.path.join(made, "MNIST"), made):
+            if d not in existed and os.path.isdir(d) and not os.listdir(d):
+                os.rmdir(d)
+        message = " ".join(str(e).split()) or type(e).__name__
+        return message[:200] + ("..." if len(message) > 200 else "")
 
 
 def download_mnist(data_dir: str) -> None:
@@ -90,20 +127,21 @@ def download_medmnist(name: str, data_dir: str) -> None:
     download_url(MEDMNIST_URL.format(name=name), data_dir, f"{name}.npz")
 
 
-def load_mnist(data_dir: str, train: bool = True, download: bool = True) -> Dataset:
+def load_mnist(data_dir: str, train: bool = True, download: bool = True, limit: int | None = None) -> Dataset:
     """MNIST from the IDX files in data_dir/MNIST/raw/ (gzipped or not); downloads if absent."""
     raw = os.path.join(data_dir, "MNIST", "raw")
     names = MNIST_FILES[train]
     if any(find_file(raw, n) is None for n in names):
-        err = try_download(lambda: download_mnist(data_dir)) if download else "download disabled"
+        err = try_download(lambda: download_mnist(data_dir), data_dir) if download else "download disabled"
         if err is not None:
+            every = ", ".join(n + ".gz" for n in (*MNIST_FILES[True], *MNIST_FILES[False]))
             raise DataError(f"MNIST not found in {raw}/ and could not be downloaded ({err}): "
-                            f"put {', '.join(n + '.gz' for n in names)} there or pass --data-dir")
-    images = read_idx(find_file(raw, names[0]))
-    labels = read_idx(find_file(raw, names[1]))
+                            f"put {every} there, or pass --data-dir DIR with them in DIR/MNIST/raw/")
+    images = read_idx(find_file(raw, names[0]), limit)
+    labels = read_idx(find_file(raw, names[1]), limit)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"MNIST files in {raw} disagree: images {images.shape}, labels {labels.shape}")
-    return Dataset(uint8_to_images(images), torch.from_numpy(labels.astype(np.int64)), None)
+    return Dataset(uint8_to_images(images), check_labels(labels, raw), None)
 
 
 def read_npz(path: str) -> dict:
@@ -115,16 +153,17 @@ def read_npz(path: str) -> dict:
             return {k: npz[k] for k in npz.files}
     except (AttributeError, TypeError):  # np.load returned a plain array: a .npy file, not a .npz
         raise DataError(f"{path} is a single .npy array, not a .npz archive of named arrays") from None
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, RuntimeError, MemoryError) as e:
+        reason = " ".join(str(e).split())[:150] or type(e).__name__
         raise DataError(f"{path} is not a readable .npz file ({reason})") from e
 
 
-def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool = True) -> Dataset:
+def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool = True,
+                  limit: int | None = None) -> Dataset:
     """A 2D MedMNIST subset from data_dir/<name>.npz (keys train_images, train_labels, ...)."""
     path = os.path.join(data_dir, f"{name}.npz")
     if not os.path.isfile(path):
-        err = try_download(lambda: download_medmnist(name, data_dir)) if download else "download disabled"
+        err = try_download(lambda: download_medmnist(name, data_dir), data_dir) if download else "download disabled"
         if err is not None:
             raise DataError(f"{path} not found and could not be downloaded ({err}): "
                             f"get {name}.npz from MedMNIST (zenodo.org/records/10519652) into {data_dir}")
@@ -132,39 +171,64 @@ def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool =
     arrays = read_npz(path)
     if f"{split}_images" not in arrays or f"{split}_labels" not in arrays:
         raise DataError(f"{path} is not a MedMNIST .npz: it has no {split}_images/{split}_labels arrays")
-    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
-        raise DataError(f"{path}: expected uint8 images (N, H, W[, C]) and N labels, "
+    images, labels = arrays[f"{split}_images"][:limit], arrays[f"{split}_labels"][:limit]
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
+        images = images.transpose(0, 2, 3, 1)  # channels first (N, C, H, W) -> MedMNIST's (N, H, W, C)
+    if images.ndim == 4 and images.shape[3] == 1:
+        images = images[..., 0]
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) == 0 or len(images) != len(labels) \
+            or (images.ndim == 4 and images.shape[3] != 3):
+        raise DataError(f"{path}: expected uint8 images (N, H, W) or (N, H, W, 3) and N labels, "
                         f"got {images.dtype} {images.shape} and {labels.shape}")
-    labels = labels.reshape(len(labels), -1)[:, 0].astype(np.int64)  # (N, 1) -> (N,)
-    return Dataset(uint8_to_images(images), torch.from_numpy(labels), None)
+    labels = labels.reshape(len(labels), -1)[:, 0]  # (N, 1) -> (N,); multi-label sets: the first label
+    return Dataset(uint8_to_images(images), check_labels(labels, path), None)
 
 
-def load_csv(path: str, image_size: int, channels: int) -> Dataset:
-    """One image per row: H*W*C values 0..255 in (H, W, C) order, optionally preceded by a
-    label column (a first column named 'label' in a header row, or one extra value per row)."""
+def parse_csv_rows(path: str, limit: int | None) -> list:
+    """Rows of numbers as lists of strings; a first row with any non-number is a header and dropped."""
+    def is_number(cell):
+        try:
+            float(cell)
+            return True
+        except ValueError:
+            return False
     try:
         with open(path, newline="") as f:
-            rows = [r for r in csv.reader(f) if r]
-    except OSError as e:
+            rows = []
+            for r in csv.reader(f):
+                if r and (rows or all(map(is_number, r))):
+                    rows.append(r)
+                if limit and len(rows) >= limit:
+                    break
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"cannot read CSV file {path} ({e}): check --data-path") from e
-    if rows and not rows[0][0].strip().lstrip("-").replace(".", "", 1).isdigit():
-        rows = rows[1:]  # header row
+    return rows
+
+
+def load_csv(path: str, image_size: int, channels: int, limit: int | None = None) -> Dataset:
+    """One image per row: H*W*C values in (H, W, C) order, 0..255 (or 0..1 if no value exceeds 1),
+    optionally preceded by a whole-number label column (a first row with non-numbers is a header)."""
+    rows = parse_csv_rows(path, limit)
     n = image_size * image_size * channels
     if not rows or len(rows[0]) not in (n, n + 1):
         width = len(rows[0]) if rows else 0
         raise DataError(f"{path}: rows have {width} values, expected {n} (--image-size {image_size} "
                         f"--channels {channels}) or {n + 1} with a label first")
+    if len(rows) * n > MAX_VALUES:
+        raise DataError(f"{path}: {len(rows):,} images of {n} values do not fit in memory: pass --limit N")
     try:
         a = np.array(rows, dtype=np.float64)
     except ValueError as e:
         raise DataError(f"{path}: non-numeric or ragged rows ({e})") from e
-    labels = torch.from_numpy(a[:, 0].astype(np.int64)) if a.shape[1] == n + 1 else None
     pixels = a[:, -n:]
+    if not np.isfinite(a).all():
+        row = int(np.argwhere(~np.isfinite(a))[0, 0])
+        raise DataError(f"{path}: row {row + 1} of the data holds a non-finite value (nan/inf): fix or remove it")
     if pixels.min() < 0 or pixels.max() > 255:
-        raise DataError(f"{path}: pixel values must lie in 0..255, found {pixels.min()}..{pixels.max()}")
-    images = pixels.round().astype(np.uint8).reshape(len(a), image_size, image_size, channels)
-    return Dataset(uint8_to_images(images), labels, None)
+        raise DataError(f"{path}: pixel values must lie in 0..255 (or 0..1), found {pixels.min()}..{pixels.max()}")
+    scale = 1.0 if pixels.max() <= 1 else 255.0  # values in 0..1 are fractions, else 8-bit levels
+    labels = check_labels(a[:, 0], path) if a.shape[1] == n + 1 else None
+    return Dataset(to_images(pixels.reshape(len(a), image_size, image_size, channels) / scale), labels, None)
 
 
 def list_images(folder: str) -> dict:
@@ -173,26 +237,56 @@ def list_images(folder: str) -> dict:
             if f.lower().endswith(IMAGE_EXTENSIONS)}
 
 
-def read_resized(paths: list, image_size: int, mode: str | None) -> np.ndarray:
-    """Images resized to image_size x image_size, uint8 (N, H, W[, C]); mode "L", "RGB" or None
-    (grayscale stays "L", anything else becomes "RGB"). DataError names the unreadable files."""
+def read_image(path: str, mode: str | None) -> np.ndarray:
+    """One image as float32 (H, W) or (H, W, 3) in [0, 1]: 8-bit images / 255; 16-bit, 32-bit and
+    float images by their own range (min..max), as is usual for MRI and CT, unless already in [0, 1]."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            if mode == "RGB":
+                raise DataError(f"{path} is a {im.mode} (high bit depth) grayscale image: use --channels 1")
+            a = np.asarray(im, dtype=np.float32)
+            if not np.isfinite(a).all():
+                raise DataError(f"{path} holds non-finite pixels (nan/inf): fix or remove it")
+            lo, hi = float(a.min()), float(a.max())
+            return a if 0 <= lo and hi <= 1 else (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        im = im.convert(mode or ("L" if im.mode in ("1", "L", "LA") else "RGB"))
+        return np.asarray(im, dtype=np.float32) / 255
+
+
+def resize(a: np.ndarray, image_size: int) -> np.ndarray:
+    """Bilinear resize of a float (H, W[, 3]) image to image_size x image_size, channel by channel."""
+    from PIL import Image
+    if a.ndim == 2:
+        return np.asarray(Image.fromarray(a, mode="F").resize((image_size, image_size), Image.BILINEAR))
+    return np.stack([resize(np.ascontiguousarray(a[..., c]), image_size) for c in range(a.shape[2])], axis=-1)
+
+
+def read_resized(paths: list, image_size: int, mode: str | None, sizes: list | None = None) -> np.ndarray:
+    """Images resized to image_size x image_size, float32 (N, H, W[, C]) in [0, 1] (read_image); mode
+    "L", "RGB" or None (from the file). sizes, if a list, gets each file's (H, W). DataError names
+    unreadable, oversized (PIL's decompression-bomb limit) or non-finite files."""
     from PIL import Image
     out, bad = [], []
     for p in paths:
         try:
-            with Image.open(p) as im:
-                im = im.convert(mode or ("L" if im.mode in ("1", "L", "I", "I;16", "F") else "RGB"))
-                out.append(np.asarray(im.resize((image_size, image_size), Image.BILINEAR)))
-        except OSError:
-            bad.append(os.path.basename(p))
+            a = read_image(p, mode)
+        except (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError) as e:
+            bad.append(f"{os.path.basename(p)} ({type(e).__name__})")
+            continue
+        if sizes is not None:
+            sizes.append(a.shape[:2])
+        out.append(resize(a, image_size))
     if bad:
-        raise DataError(f"{len(bad)} image(s) cannot be read, e.g. {', '.join(bad[:5])}: remove or replace them")
-    return np.stack(out)
+        raise DataError(f"{len(bad)} image(s) cannot be read, e.g. {', '.join(bad[:3])}: remove or replace them")
+    return np.stack(out).clip(0, 1)  # bilinear resizing keeps [0, 1] up to round-off
 
 
-def load_folder(data_dir: str, image_size: int, channels: int | None, train: bool = True) -> Dataset:
-    """data_dir/images/ (+ optional data_dir/masks/ with the same file names). The last 10% of
-    the sorted names are held out (train=False). Masks are binarised at half intensity."""
+def load_folder(data_dir: str, image_size: int, channels: int | None, train: bool = True,
+                limit: int | None = None) -> Dataset:
+    """data_dir/images/ (+ optional data_dir/masks/ with the same file names and sizes). The last
+    10% of the sorted names are held out (train=False). Masks are binarised at half intensity."""
     image_dir, mask_dir = os.path.join(data_dir, "images"), os.path.join(data_dir, "masks")
     if not os.path.isdir(image_dir):
         raise DataError(f"no images/ folder in {data_dir}: put the images in {image_dir}")
@@ -206,98 +300,55 @@ def load_folder(data_dir: str, image_size: int, channels: int | None, train: boo
                         f"without image: {', '.join(only_m[:5]) or '-'} (names must match)")
     names = sorted(images)
     held_out = max(1, len(names) // 10) if len(names) > 1 else 0
-    names = names[:len(names) - held_out] if train else names[len(names) - held_out:] or names
+    names = (names[:len(names) - held_out] if train else names[len(names) - held_out:] or names)[:limit]
     if channels is None:  # grayscale if the first image is
         channels = 1 if read_resized([images[names[0]]], 1, None).ndim == 3 else 3
-    x = uint8_to_images(read_resized([images[n] for n in names], image_size, "L" if channels == 1 else "RGB"))
+    image_sizes, mask_sizes = [], []
+    x = to_images(read_resized([images[n] for n in names], image_size, "L" if channels == 1 else "RGB", image_sizes))
     m = None
     if masks is not None:
-        m = torch.from_numpy(read_resized([masks[n] for n in names], image_size, "L") >= 128)
-        m = m[:, None].float()
+        m = torch.from_numpy(read_resized([masks[n] for n in names], image_size, "L", mask_sizes) >= 0.5)[:, None]
+        for n, a, b in zip(names, image_sizes, mask_sizes):
+            if a != b:
+                raise DataError(f"mask {n} is {b[0]}x{b[1]} but its image is {a[0]}x{a[1]}: masks must have "
+                                "their image's size")
+        m = m.float()
     return Dataset(x, None, m)
 
 
-def grid_coordinates(size: int) -> tuple:
-    """Pixel-centre coordinates in [0, 1], each (1, size, size)."""
-    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-    yy, xx = torch.meshgrid(c, c, indexing="ij")
-    return xx[None], yy[None]
-
-
-def ellipse(xx: Tensor, yy: Tensor, cx: Tensor, cy: Tensor, a: Tensor, b: Tensor, angle: Tensor) -> Tensor:
-    """Boolean (N, H, W): inside the ellipse with centre (cx, cy), semi-axes a, b, rotated by angle."""
-    cx, cy, a, b, angle = (v.view(-1, 1, 1) for v in (cx, cy, a, b, angle))
-    u = (xx - cx) * angle.cos() + (yy - cy) * angle.sin()
-    v = -(xx - cx) * angle.sin() + (yy - cy) * angle.cos()
-    return (u / a) ** 2 + (v / b) ** 2 <= 1
-
-
-def make_shapes(n: int = 4096, size: int = 28, seed: int = 0) -> Dataset:
-    """Synthetic offline dataset: one disc (label 0), square (1) or bar (2) per image, random
-    position, size and brightness on black. Deterministic given the seed."""
-    g = torch.Generator().manual_seed(seed)
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
-    xx, yy = grid_coordinates(size)
-    labels = torch.randint(0, 3, (n,), generator=g)
-    cx, cy, r = u(0.3, 0.7).view(-1, 1, 1), u(0.3, 0.7).view(-1, 1, 1), u(0.12, 0.25).view(-1, 1, 1)
-    dx, dy = (xx - cx).abs(), (yy - cy).abs()
-    vertical = (torch.rand(n, generator=g) < 0.5).view(-1, 1, 1)
-    disc = dx ** 2 + dy ** 2 <= r ** 2
-    square = torch.maximum(dx, dy) <= 0.85 * r
-    bar = torch.where(vertical, (dx <= 0.3 * r) & (dy <= 1.4 * r), (dy <= 0.3 * r) & (dx <= 1.4 * r))
-    inside = torch.where(labels.view(-1, 1, 1) == 0, disc, torch.where(labels.view(-1, 1, 1) == 1, square, bar))
-    x01 = inside.float() * u(0.6, 1.0).view(-1, 1, 1)
-    return Dataset(normalize_to_neg_one_to_one(x01[:, None]), labels, None)
-
-
-PHANTOM_LESION, PHANTOM_SKULL, PHANTOM_BRAIN, PHANTOM_VENTRICLE = 1.0, 0.6, 0.35, 0.1
-
-
-def make_phantom(n: int = 2048, size: int = 64, seed: int = 0) -> Dataset:
-    """Synthetic head phantoms in the spirit of Shepp & Logan (1974): a skull ring, brain
-    tissue, two dark ventricles and one bright lesion (the only pixels brighter than 0.8 in
-    [0, 1]), whose binary mask is returned. Deterministic given the seed."""
-    g = torch.Generator().manual_seed(seed)
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
-    xx, yy = grid_coordinates(size)
-    cx, cy, a, b, tilt = u(0.47, 0.53), u(0.47, 0.53), u(0.36, 0.44), u(0.30, 0.36), u(-0.3, 0.3)
-    head = ellipse(xx, yy, cx, cy, a, b, tilt)
-    brain = ellipse(xx, yy, cx, cy, 0.88 * a, 0.86 * b, tilt)
-    x01 = PHANTOM_SKULL * head.float()
-    x01[brain] = PHANTOM_BRAIN
-    for side in (-1, 1):  # ventricles, left and right of the centre
-        v = ellipse(xx, yy, cx + side * u(0.05, 0.09), cy + u(-0.04, 0.04), u(0.03, 0.05), u(0.07, 0.11), tilt)
-        x01[v] = PHANTOM_VENTRICLE
-    radius, angle = u(0.0, 0.5), u(0.0, 6.2832)  # lesion centre inside the brain's inner half
-    lx, ly = cx + radius * 0.8 * a * angle.cos(), cy + radius * 0.8 * b * angle.sin()
-    lesion = ellipse(xx, yy, lx, ly, u(0.05, 0.11), u(0.05, 0.11), u(0.0, 3.1416)) & brain
-    x01[lesion] = PHANTOM_LESION
-    return Dataset(normalize_to_neg_one_to_one(x01[:, None]), None, lesion[:, None].float())
-
-
-MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
-               "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
-DATASETS = ("mnist", "shapes", "phantom", "folder", "csv", *MEDMNIST_2D)
-
-
 def load_dataset(name: str, data_dir: str = "data", train: bool = True, image_size: int | None = None,
-                 channels: int | None = None, data_path: str | None = None, download: bool = True) -> Dataset:
+                 channels: int | None = None, data_path: str | None = None, download: bool = True,
+                 limit: int | None = None) -> Dataset:
     """The one entry point: name in DATASETS. image_size applies to folder (default 64),
-    phantom (64) and csv (28); channels to folder (default: from the files) and csv (1)."""
+    phantom (64) and csv (28); channels to folder (default: from the files) and csv (1).
+    limit: the first N images only, read without the rest where the format allows."""
+    data = read_dataset(name, data_dir, train, image_size, channels, data_path, download, limit)
+    data = Dataset(*(None if a is None else a[:limit] for a in data))
+    N, C, H, W = data.images.shape  # count, channels, height, width
+    if N == 0:
+        raise DataError(f"{name}: no images to {'train on' if train else 'hold out'}")
+    if H != W:
+        raise DataError(f"{name}: images are {H}x{W}; this project trains on square images "
+                        "(--dataset folder resizes to --image-size)")
+    return data
+
+
+def read_dataset(name, data_dir, train, image_size, channels, data_path, download, limit) -> Dataset:
+    from synthetic import make_phantom, make_shapes
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     if image_size is not None and name not in ("folder", "phantom", "csv") and image_size != 28:
         raise DataError(f"{name} images are 28x28: --image-size applies to folder, phantom and csv only")
     if name == "mnist":
-        return load_mnist(data_dir, train, download)
+        return load_mnist(data_dir, train, download, limit)
     if name == "shapes":
         return make_shapes(seed=0 if train else 1)
     if name == "phantom":
         return make_phantom(n=8192 if train else 256, size=image_size or 64, seed=0 if train else 1)
     if name == "folder":
-        return load_folder(data_dir, image_size or 64, channels, train)
+        return load_folder(data_dir, image_size or 64, channels, train, limit)
     if name == "csv":
         if not data_path:
             raise DataError("--dataset csv needs --data-path FILE.csv")
-        return load_csv(data_path, image_size or 28, channels or 1)
-    return load_medmnist(name, data_dir, train, download)
+        return load_csv(data_path, image_size or 28, channels or 1, limit)
+    return load_medmnist(name, data_dir, train, download, limit)

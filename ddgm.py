@@ -25,6 +25,8 @@ Choices made here, where sources differ or are silent:
 - Precision: k, theta, kbar and the Gamma draws are float64 (kbar_T theta_T is about 1.6e5 for
   theta_0 = 1e-3, T = 1000; centring it in float32 would quantise the noise); cast only at the end.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,6 +50,18 @@ class DDGM(DDPM):
         self.register_buffer("theta", alpha_bar.sqrt() * theta_0)            # theta_t
         self.register_buffer("k", beta / (alpha_bar * theta_0 ** 2))         # k_t
         self.register_buffer("k_bar", torch.cumsum(self.k, dim=0))           # kbar_t
+        self.check_representable()
+
+    def check_representable(self) -> None:
+        """Refuse theta_0 and T whose Gamma noise float64 cannot draw: below shape k_t = 1e-4 the draws
+        underflow into a few subnormal values (100,000 draws of Gamma(1e-6) hold 59 distinct values, of
+        Gamma(1e-4) about 7,000), and kbar_T above 1e24 makes the centred draw gbar - kbar theta lose
+        all its digits (std / mean = 1 / sqrt(kbar) < 1e-12: every x_T the same)."""
+        k_min, k_bar_T = self.k.min().item(), self.k_bar[-1].item()
+        if not (math.isfinite(k_bar_T) and k_min >= 1e-4 and k_bar_T <= 1e24):
+            raise ValueError(f"DDGM cannot represent its Gamma noise in float64 for theta_0={self.theta_0:g} and "
+                             f"this schedule (smallest shape k_t={k_min:.3g}, kbar_T={k_bar_T:.3g}; needs k_t >= 1e-4 "
+                             "and kbar_T <= 1e24): use theta_0 in about 1e-5..1, or a smaller T or beta_T")
 
     def noise_like(self, x: Tensor, t: Tensor, generator=None, step: bool = False) -> Tensor:
         """Normalised centred Gamma noise shaped like x, for timestep indices t (B,).

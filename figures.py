@@ -3,25 +3,50 @@ visible, loss curves and mask-conditioned triplets. Inputs are tensors in [-1, 1
 import csv
 import json
 import os
+import tempfile
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.utils import save_image
 
 from data import unnormalize_to_zero_to_one
 
 
 def save_atomic(write, path: str) -> None:
-    """Run write(tmp_path), then rename onto path: an interrupted run never leaves half a file."""
-    tmp = f"{path}.tmp{os.path.splitext(path)[1]}"
-    write(tmp)
-    os.replace(tmp, path)
+    """Run write(tmp_path), then rename onto path: an interrupted run never leaves half a file.
+    The temporary file is created fresh (O_EXCL: a planted link is never followed) in the same
+    folder, and removed if writing fails."""
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{os.path.splitext(name)[1]}", dir=folder)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the user's other accounts and tools
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def make_grid(x: Tensor, nrow: int = 8, pad: int = 2) -> Tensor:
+    """Images (N, C, H, W) in [0, 1] tiled nrow per row with pad black pixels around each: (C, H', W')."""
+    N, C, H, W = x.shape  # count, channels, height, width
+    rows = -(-N // nrow)
+    grid = x.new_zeros(C, pad + rows * (H + pad), pad + min(N, nrow) * (W + pad))
+    for i in range(N):
+        top, left = pad + (i // nrow) * (H + pad), pad + (i % nrow) * (W + pad)
+        grid[:, top:top + H, left:left + W] = x[i]
+    return grid
 
 
 def save_grid(x: Tensor, path: str, nrow: int = 8) -> None:
-    """Images (N, C, H, W) in [-1, 1] as one PNG grid, mapped back to [0, 1]."""
-    save_atomic(lambda p: save_image(unnormalize_to_zero_to_one(x.float().cpu()), p, nrow=nrow), path)
+    """Images (N, C, H, W) in [-1, 1] as one PNG grid (8-bit), mapped back to [0, 1]."""
+    from PIL import Image
+    grid = make_grid(unnormalize_to_zero_to_one(x.float().cpu()), nrow)
+    pixels = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+    save_atomic(lambda p: image.save(p, format="PNG"), path)
 
 
 def class_grid_labels(num_classes: int, per_row: int = 8) -> Tensor:

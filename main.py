@@ -3,33 +3,26 @@
 Writes into --out (default contents_<MODEL>/): image_ep{E:03d}.png per epoch, loss.csv,
 loss_curve.png, metrics.csv (loss, seconds, fid), model.pth (atomic; --resume continues from
 it), forward_diffusion.png, schedules.png and config.json. See README.md and `--help`.
+The arguments are checked before torch is imported, so --help and mistakes answer at once.
 """
 import argparse
+import math
 import os
 import sys
 import time
 
-import torch
+from catalog import DATASETS, MODELS
 
-from data import DATASETS, DataError, load_dataset
-from figures import (
-    class_grid_labels,
-    mask_triplets,
-    save_atomic,
-    save_forward_diffusion,
-    save_grid,
-    save_loss_curve,
-    save_schedules,
-    write_json,
-    write_loss_csv,
-    write_metrics_csv,
-)
-from metrics import QualityScore, lesion_dice
-from models import ARCHITECTURE, EMA, build_model, draw, load_checkpoint, pick_device
-from progress import Progress
-from unet import count_parameters
+EXPLODED = 1e3  # the eps-prediction loss starts near 1 (or 2 for an untrained net); far above it, training diverged
 
-MODELS = ("DDPM", "DDGM", "COND")
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" for every option that has one and does not already say it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,36 +34,46 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> Parser:
     p = Parser(prog="main.py", description="Train DDPM (Ho et al. 2020), DDGM (Nachmani et al. 2021) "
                "or a conditional DDPM (COND) and write samples, losses and checkpoints.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               formatter_class=HelpFormatter)
     p.add_argument("model", type=str.upper, choices=MODELS, metavar="MODEL", help="DDPM, DDGM or COND")
     p.add_argument("--dataset", default="mnist", choices=DATASETS, metavar="NAME",
                    help="mnist, shapes, phantom, folder, csv or a MedMNIST 2D name (pathmnist, ...)")
     p.add_argument("--data-dir", default="./data", help="where datasets are read from / downloaded to")
     p.add_argument("--data-path", help="the CSV file for --dataset csv")
-    p.add_argument("--image-size", type=int, help="folder/phantom: resize to this (64); csv: side length (28)")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="folder/csv: 1 grayscale or 3 RGB")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--image-size", type=int,
+                   help="folder/phantom: resize to this (default: 64); csv: side length (28)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="folder/csv: 1 grayscale or 3 RGB (default: from the "
+                   "files; csv 1)")
+    p.add_argument("--epochs", type=int, default=20, help="train until this many epochs are done")
+    p.add_argument("--batch-size", type=int, default=128, help="images per training step")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate")
+    p.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up from 0 to --lr")
     p.add_argument("--ema-decay", type=float, default=0.999,
                    help="EMA of the weights used for sampling, with warm-up (0 disables)")
     p.add_argument("--n-T", type=int, default=1000, help="number of diffusion steps T")
-    p.add_argument("--betas", type=float, nargs=2, default=(1e-4, 0.02), metavar=("BETA_1", "BETA_T"))
-    p.add_argument("--schedule", choices=("linear", "cosine"), default="linear")
+    p.add_argument("--betas", type=float, nargs=2, default=(1e-4, 0.02), metavar=("BETA_1", "BETA_T"),
+                   help="ends of the linear beta schedule (Ho et al. Sec. 4)")
+    p.add_argument("--schedule", choices=("linear", "cosine"), default="linear",
+                   help="linear (Ho et al.) or cosine (Nichol & Dhariwal eq. 17)")
     p.add_argument("--net", choices=("cnn", "unet"), default="cnn",
                    help="cnn (the coursework CNN, fast epochs, learns slowly) or unet (digits sooner)")
+    p.add_argument("--unet-widths", type=int, nargs=3, default=(32, 64, 64), metavar=("C1", "C2", "C3"),
+                   help="U-Net channels at full, half and quarter resolution")
     p.add_argument("--sampler", choices=("ddim", "ddpm"),
                    help="per-epoch samples: ddim (Song et al., --sample-steps) or ddpm (Algorithm 2, T steps); "
-                   "default ddim, ddpm for DDGM")
-    p.add_argument("--sample-steps", type=int, help="DDIM steps for the per-epoch samples (default 50, at most T)")
-    p.add_argument("--clip-x0", action="store_true",
-                   help="clip the predicted x0 to [-1, 1] while sampling, as the authors' code does")
+                   "(default: ddim; ddpm for DDGM)")
+    p.add_argument("--sample-steps", type=int, help="DDIM steps for the per-epoch samples (default: 50, at most T)")
+    p.add_argument("--sample-eta", type=float, default=1.0,
+                   help="DDIM eta (Song et al. eq. 16): 0 deterministic, 1 the DDPM posterior variance")
+    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=True,
+                   help="clip the predicted x0 to [-1, 1] while sampling, as the authors' code does; "
+                   "--no-clip-x0 samples exactly as Algorithm 2 / eq. (12)")
     p.add_argument("--eval-samples", type=int,
-                   help="samples scored by metrics.py's fid each epoch (0: none); default 256, 64 with --sampler ddpm")
-    p.add_argument("--out", help="output folder (default contents_<MODEL>)")
+                   help="samples scored by metrics.py's fid each epoch (0: none; default: 256, 64 with --sampler ddpm)")
+    p.add_argument("--out", help="output folder (default: contents_<MODEL>)")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the initialisation, the batches and the sample noise")
     p.add_argument("--num-samples", type=int, default=64, help="per-epoch grid size (COND class: 8 per class)")
     p.add_argument("--limit", type=int, help="train on the first N images only")
     p.add_argument("--resume", action="store_true", help="continue from <out>/model.pth")
@@ -78,7 +81,7 @@ def build_parser() -> Parser:
     g.add_argument("--theta0", type=float, default=0.001, help="Gamma scale theta_0")
     g.add_argument("--loss", choices=("l1", "l2"), default="l2", help="DDGM loss norm")
     g = p.add_argument_group("COND")
-    g.add_argument("--cond", choices=("class", "mask"), help="default: class if the data has labels, else mask")
+    g.add_argument("--cond", choices=("class", "mask"), help="(default: class if the data has labels, else mask)")
     g.add_argument("--p-uncond", type=float, default=0.1, help="label-drop probability for guidance")
     g.add_argument("--guidance", type=float, default=2.0, help="guidance scale w (0: no guidance)")
     g.add_argument("--guidance-sweep", type=float, nargs="+", metavar="W",
@@ -87,28 +90,40 @@ def build_parser() -> Parser:
 
 
 def check_args(args, p: Parser) -> None:
-    """Impossible hyperparameters end here, with one line naming the fix."""
-    beta_1, beta_T = args.betas
+    """Impossible or memory-eating settings end here, with one line naming the fix, before torch loads."""
     if args.sampler is None:
         args.sampler = "ddpm" if args.model == "DDGM" else "ddim"
     if args.sample_steps is None:
         args.sample_steps = min(50, args.n_T)
     if args.eval_samples is None:
         args.eval_samples = 256 if args.sampler == "ddim" else 64
-    checks = [(args.epochs >= 1, "--epochs must be at least 1"),
-              (args.batch_size >= 1, "--batch-size must be at least 1"),
-              (args.lr > 0, "--lr must be positive"),
+    floats = [("--lr", args.lr), ("--ema-decay", args.ema_decay), ("--sample-eta", args.sample_eta),
+              ("--theta0", args.theta0),
+              ("--p-uncond", args.p_uncond), ("--guidance", args.guidance), *(("--betas", b) for b in args.betas),
+              *(("--guidance-sweep", w) for w in args.guidance_sweep or [])]
+    for name, value in floats:
+        if not math.isfinite(value):
+            p.error(f"{name} must be a finite number, got {value}")
+    beta_1, beta_T = args.betas
+    checks = [(1 <= args.epochs <= 100_000, "--epochs must lie in 1..100000"),
+              (1 <= args.batch_size <= 4096, "--batch-size must lie in 1..4096"),
+              (0 < args.lr <= 1, "--lr must lie in (0, 1]: Adam diverges far below 1 already (try 1e-3)"),
+              (0 <= args.warmup <= 1_000_000, "--warmup must lie in 0..1000000 steps"),
+              (1 <= min(args.unet_widths) and max(args.unet_widths) <= 1024, "--unet-widths must lie in 1..1024"),
               (0 <= args.ema_decay < 1, "--ema-decay must lie in [0, 1)"),
-              (args.n_T >= 2, "--n-T must be at least 2"),
+              (2 <= args.n_T <= 10_000, "--n-T must lie in 2..10000"),
               (0 < beta_1 <= beta_T < 1, "--betas needs 0 < BETA_1 <= BETA_T < 1"),
               (1 <= args.sample_steps <= args.n_T, "--sample-steps must lie in 1..T (--n-T)"),
-              (args.num_samples >= 1, "--num-samples must be at least 1"),
-              (args.eval_samples == 0 or args.eval_samples >= 2, "--eval-samples must be 0 (off) or at least 2"),
+              (0 <= args.sample_eta <= 1, "--sample-eta must lie in [0, 1]"),
+              (1 <= args.num_samples <= 10_000, "--num-samples must lie in 1..10000"),
+              (args.eval_samples == 0 or 2 <= args.eval_samples <= 10_000,
+               "--eval-samples must be 0 (off) or 2..10000"),
               (args.limit is None or args.limit >= 1, "--limit must be at least 1"),
-              (args.image_size is None or args.image_size >= 4, "--image-size must be at least 4"),
+              (args.image_size is None or 4 <= args.image_size <= 512, "--image-size must lie in 4..512"),
               (args.theta0 > 0, "--theta0 must be positive"),
               (0 <= args.p_uncond <= 1, "--p-uncond must lie in [0, 1]"),
-              (args.guidance >= 0 and min(args.guidance_sweep or [0]) >= 0, "guidance scales must be >= 0"),
+              (0 <= args.guidance <= 100 and all(0 <= w <= 100 for w in args.guidance_sweep or []),
+               "guidance scales must lie in 0..100"),
               (not (args.resume and args.overwrite), "--resume and --overwrite contradict each other: pick one")]
     for ok, message in checks:
         if not ok:
@@ -117,131 +132,41 @@ def check_args(args, p: Parser) -> None:
         p.error("--cond and --guidance-sweep apply to COND only")
     if args.model == "DDGM" and args.sampler == "ddim":
         p.error("DDIM is derived for Gaussian noise, not DDGM's Gamma noise: use --sampler ddpm")
-
-
-def make_config(args, train_set) -> dict:
-    """Everything needed to rebuild the model: the arguments plus what the data decided."""
-    config = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
-    N, C, H, W = train_set.images.shape  # count, channels, height, width
-    cond = args.cond or (None if args.model != "COND" else "class" if train_set.labels is not None else "mask")
-    if cond == "class" and train_set.labels is None:
-        raise DataError(f"--cond class needs labels, and {args.dataset} has none: use --cond mask or labelled data")
-    if cond == "mask" and train_set.masks is None:
-        raise DataError(f"--cond mask needs masks, and {args.dataset} has none: use folder (with masks/) or phantom")
-    if args.net == "unet" and (H % 4 or W % 4):
-        raise DataError(f"--net unet needs image sides divisible by 4, got {H}x{W}: set --image-size")
-    config.update(cond=cond, in_channels=C, image_size=H, betas=list(args.betas),
-                  num_classes=int(train_set.labels.max()) + 1 if cond == "class" else 0,
-                  cond_channels=1 if cond == "mask" else 0)
-    return config
-
-
-def sampling_setup(config: dict, held_out) -> dict:
-    """The fixed conditions of the per-epoch draw: n samples, the first n_grid shown in the grid,
-    the first eval_samples scored; class rows 0..K-1 (8 each) repeat, held-out masks cycle."""
-    n_grid = 8 * config["num_classes"] if config["cond"] == "class" else config["num_samples"]
-    n = max(n_grid, config["eval_samples"])
-    cond, masks = {}, None
-    if config["cond"] == "class":
-        cond["y"] = class_grid_labels(config["num_classes"]).repeat(-(-n // n_grid))[:n]
-    if held_out is not None and held_out.masks is not None:
-        masks = held_out.masks[torch.arange(n) % len(held_out.masks)]
-        if config["cond"] == "mask":
-            cond["mask"] = masks
-    return {"n": n, "n_grid": n_grid, "cond": cond, "masks": masks if config["dataset"] == "phantom" else None}
-
-
-def sample_and_score(model, config, setup, path, device, score=None) -> dict:
-    """Draw the per-epoch samples from fixed noise (same seed every call), save the grid, and
-    return its metrics (fid, class_accuracy, Dice for phantom)."""
-    g = torch.Generator(device).manual_seed(config["seed"] + 1)
-    cond = {k: v.to(device) for k, v in setup["cond"].items()}
-    shape = (config["in_channels"], config["image_size"], config["image_size"])
-    x = draw(model, setup["n"], shape, config["sampler"], config["sample_steps"], generator=g,
-             progress=True, **cond).cpu()
-    if not torch.isfinite(x).all():
-        raise DataError(f"the samples for {path} are not finite (NaN/inf): the network or the settings diverged")
-    k = setup["n_grid"]
-    if config["cond"] == "mask":
-        save_grid(mask_triplets(x[:min(k, 16)], setup["cond"]["mask"][:min(k, 16)]), path, nrow=6)
-    else:
-        save_grid(x[:k], path, nrow=8)
-    metrics = {}
-    if score is not None and config["eval_samples"]:
-        n = config["eval_samples"]
-        metrics.update(score(x[:n], setup["cond"]["y"][:n] if "y" in setup["cond"] else None))
-    if setup["masks"] is not None:  # phantom: the lesion is the only bright region
-        metrics["dice"] = round(lesion_dice(x, setup["masks"]), 4)
-        metrics["dice_shuffled_masks"] = round(lesion_dice(x, setup["masks"].roll(1, dims=0)), 4)
-    return metrics
-
-
-def prepare(args, out: str):
-    """Device, data (training set and held-out set), config, model, optimiser, EMA, and the state to
-    continue from: {"epoch", "losses", "metrics"}, from out/model.pth with --resume."""
-    device = pick_device(args.device)
-    data_kw = {"data_dir": args.data_dir, "image_size": args.image_size, "channels": args.channels,
-               "data_path": args.data_path}
-    train_set = load_dataset(args.dataset, train=True, **data_kw)
-    held_out = load_dataset(args.dataset, train=False, **data_kw) if args.dataset in ("phantom", "folder") else None
-    if args.limit:
-        train_set = type(train_set)(*(None if a is None else a[:args.limit] for a in train_set))
-    config = make_config(args, train_set)
-    torch.manual_seed(args.seed)
-    model = build_model(config).to(device)
-    optimizer = torch.optim.Adam(model.eps_model.parameters(), lr=args.lr)
-    ema = EMA(model, args.ema_decay) if args.ema_decay > 0 else None
-    state = {"epoch": 0, "losses": [], "metrics": []}
-    if args.resume:
-        state = load_checkpoint(os.path.join(out, "model.pth"))
-        for key in ARCHITECTURE:
-            if state["config"].get(key) != config.get(key):
-                raise DataError(f"--resume: {out}/model.pth was trained with {key}={state['config'].get(key)!r}, "
-                                f"not {config.get(key)!r}: pass the same options or another --out")
-        model.eps_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        elif ema is not None:  # a checkpoint from before EMA: start the average from its weights
-            ema.model.eps_model.load_state_dict(state["model"])
-    return device, train_set, held_out, config, model, optimizer, ema, state
-
-
-def claim_out_folder(out: str, args) -> None:
-    """A run folder belongs to one run: refuse to start afresh over a checkpoint unless --overwrite,
-    which removes that run's epoch images and files first."""
+    out = args.out or f"contents_{args.model}"
+    parent = os.path.dirname(os.path.abspath(out))
     if os.path.exists(out) and not os.path.isdir(out):
-        raise DataError(f"--out {out} is a file, not a folder: choose another --out")
-    if args.resume or not os.path.exists(os.path.join(out, "model.pth")):
-        return
-    if not args.overwrite:
-        raise DataError(f"{out}/ already holds a trained run (model.pth): continue it with --resume, "
-                        "choose another --out, or replace it with --overwrite")
-    for name in os.listdir(out):
-        if name.startswith(("image_ep", "guidance_w")) or name in ("model.pth", "loss.csv", "metrics.csv"):
-            os.remove(os.path.join(out, name))
-
-
-def save_epoch(out: str, model, optimizer, ema, epoch: int, config: dict, losses: list, metrics: list) -> None:
-    """loss.csv, loss_curve.png, metrics.csv and the self-describing checkpoint model.pth, all atomic."""
-    write_loss_csv(losses, os.path.join(out, "loss.csv"))
-    l1 = config["model"] == "DDGM" and config["loss"] == "l1"
-    save_loss_curve(losses, metrics, os.path.join(out, "loss_curve.png"), "L1 loss" if l1 else "MSE loss")
-    write_metrics_csv(metrics, os.path.join(out, "metrics.csv"))
-    state = {"model": model.eps_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-             "ema": ema.state_dict() if ema is not None else None,
-             "config": config, "losses": losses, "metrics": metrics}
-    save_atomic(lambda p: torch.save(state, p), os.path.join(out, "model.pth"))
+        p.error(f"--out {out} is a file, not a folder: choose another --out")
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    writable = os.path.isdir(parent) and os.access(parent, os.W_OK)
+    if not writable or (os.path.isdir(out) and not os.access(out, os.W_OK)):
+        p.error(f"--out {out} cannot be written here (a file in the path, or no permission): choose another --out")
 
 
 def train(args) -> None:
     """The whole run: per epoch, batches (Alg. 1), a sample figure with its scores, logs and a checkpoint."""
+    import torch
+
+    from data import DataError
+    from figures import save_forward_diffusion, save_schedules, write_json
+    from metrics import QualityScore
+    from progress import Progress
+    from training import check_process, claim_out_folder, prepare, sample_and_score, sampling_setup, save_epoch
+    from unet import count_parameters
+
     out = args.out or f"contents_{args.model}"
+    check_process(args)
     claim_out_folder(out, args)
     device, train_set, held_out, config, model, optimizer, ema, state = prepare(args, out)
     losses, metrics = state["losses"], state["metrics"]
+    if state["epoch"] >= args.epochs and not args.guidance_sweep:
+        print(f"{out}/model.pth has finished {state['epoch']} epochs already, so --epochs {args.epochs} leaves "
+              f"nothing to do: pass a larger --epochs to continue")
+        return
     os.makedirs(out, exist_ok=True)
-    steps = f"DDIM {args.sample_steps} steps" if args.sampler == "ddim" else f"Algorithm 2, {args.n_T} steps"
+    steps = f"DDIM {args.sample_steps} steps, eta {args.sample_eta:g}" if args.sampler == "ddim" else \
+        f"Algorithm 2, {args.n_T} steps"
+    steps += ", clipped x0" if args.clip_x0 else ""
     print(f"{args.model} with {type(model.eps_model).__name__} ({count_parameters(model.eps_model):,} parameters) "
           f"on {args.dataset} ({len(train_set.images)} images {tuple(train_set.images.shape[1:])}), "
           f"T={model.T}, device {device}, samples by {steps}, writing {out}/", flush=True)
@@ -268,10 +193,12 @@ def train(args) -> None:
             idx = perm[i:i + B]
             cond = {k: v[idx] for k, v in (("y", y_all), ("mask", m_all)) if v is not None}
             loss = model.loss(x_all[idx], **cond)
-            if not torch.isfinite(loss):
-                raise DataError(f"the loss became {loss.item()} at step {len(losses) + 1} (epoch {epoch}): training "
-                                f"diverged; lower --lr (now {args.lr:g}) or check the schedule and --theta0. "
+            if not torch.isfinite(loss) or loss.item() > EXPLODED:
+                raise DataError(f"the loss became {loss.item():.3g} at step {len(losses) + 1} (epoch {epoch}): "
+                                f"training diverged; lower --lr (now {args.lr:g}) or check the schedule and --theta0. "
                                 f"The last finished epoch is in {out}/model.pth")
+            for group in optimizer.param_groups:  # linear warm-up (Goyal et al. 2017), then constant
+                group["lr"] = args.lr * min(1.0, (len(losses) + 1) / args.warmup) if args.warmup else args.lr
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -299,10 +226,16 @@ def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(args, parser)
+    from data import DataError  # torch loads here, once the arguments are known to be good
     try:
         train(args)
     except (DataError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except OSError as e:  # disk full, permissions changed during the run, ...
+        parser.exit(2, f"{parser.prog}: error: could not read or write {e.filename or 'a file'} ({e.strerror or e}): "
+                    "free some space or choose another --out\n")
+    except MemoryError:
+        parser.exit(2, f"{parser.prog}: error: out of memory: lower --batch-size, --image-size or --num-samples\n")
     except KeyboardInterrupt:
         parser.exit(130, "\ninterrupted: the last finished epoch is in model.pth; continue with --resume\n")
 

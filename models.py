@@ -18,15 +18,17 @@ from ddpm import DDPM, cosine_beta_schedule, linear_beta_schedule
 from unet import CNN, UNet
 
 # Settings that shape the network or the process: a checkpoint resumes only with the same ones.
-ARCHITECTURE = ("model", "net", "n_T", "betas", "schedule", "theta0", "loss", "cond", "dataset",
+ARCHITECTURE = ("model", "net", "unet_widths", "n_T", "betas", "schedule", "theta0", "loss", "cond", "dataset",
                 "in_channels", "image_size", "num_classes", "cond_channels")
+
+REQUIRED = ("model", "net", "n_T", "betas", "schedule", "in_channels", "image_size", "num_classes", "cond_channels")
 
 
 def build_model(config: dict) -> DDPM:
     """Network and diffusion process from a config (main.make_config's, or a checkpoint's)."""
     kw = {"in_channels": config["in_channels"], "num_classes": config["num_classes"],
           "cond_channels": config["cond_channels"]}
-    net = CNN(**kw) if config["net"] == "cnn" else UNet(**kw)
+    net = CNN(**kw) if config["net"] == "cnn" else UNet(widths=tuple(config.get("unet_widths", (32, 64, 64))), **kw)
     T, (beta_1, beta_T) = config["n_T"], config["betas"]
     beta = linear_beta_schedule(T, beta_1, beta_T) if config["schedule"] == "linear" else cosine_beta_schedule(T)
     clip_x0 = config.get("clip_x0", False)
@@ -75,7 +77,7 @@ def load_checkpoint(path: str) -> dict:
         reason = str(e).strip().splitlines()[0][:150] if str(e).strip() else type(e).__name__
         raise DataError(f"{path} is not a checkpoint this project can load safely ({reason})") from e
     ok = (isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and isinstance(ckpt.get("model"), dict)
-          and all(k in ckpt["config"] for k in ARCHITECTURE))
+          and all(k in ckpt["config"] for k in REQUIRED))
     if not ok:
         raise DataError(f"{path} is not a main.py checkpoint (no model weights or config in it)")
     return ckpt
@@ -93,11 +95,19 @@ def model_from_checkpoint(ckpt: dict, device: torch.device, use_ema: bool = True
 
 
 def pick_device(name: str) -> torch.device:
+    """auto: cuda if available, else cpu; or a named device that must exist here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DataError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DataError("--device cuda but no CUDA GPU is available: use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise DataError(f"--device {name}: only cpu and cuda are supported")
     return device
 
 

@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, help="default 64; class-conditional: 8 per class")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), help="default: the run's (ddim; ddpm for DDGM)")
     p.add_argument("--steps", type=int, help="DDIM steps (default: the run's --sample-steps)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like noise")
+    p.add_argument("--eta", type=float, help="DDIM eta: 0 deterministic, 1 DDPM-like noise (default: the run's)")
+    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction,
+                   help="clip x0_hat to [-1, 1] (default: the run's)")
     p.add_argument("--guidance", type=float, help="COND: guidance scale w (default: the run's)")
     p.add_argument("--label", type=int, help="COND class: draw only this class")
     p.add_argument("--mask-dir", help="COND mask: a folder of PNG masks (default: the held-out masks of the data)")
@@ -42,7 +44,7 @@ def load_masks(config: dict, mask_dir: str | None) -> torch.Tensor:
     if mask_dir:
         if not os.path.isdir(mask_dir) or not list_images(mask_dir):
             raise DataError(f"--mask-dir {mask_dir} holds no mask images (.png, .jpg, .tif)")
-        masks = read_resized(list(list_images(mask_dir).values()), size, "L") >= 128
+        masks = read_resized(list(list_images(mask_dir).values()), size, "L") >= 0.5
         return torch.from_numpy(masks)[:, None].float()
     try:
         held_out = load_dataset(config["dataset"], config["data_dir"], train=False, image_size=size,
@@ -94,6 +96,11 @@ def run(args) -> None:
     model = model_from_checkpoint(ckpt, device, use_ema=not args.no_ema)
     sampler = args.sampler or config.get("sampler", "ddpm" if config["model"] == "DDGM" else "ddim")
     steps = args.steps or config.get("sample_steps", 50)
+    eta = config.get("sample_eta", 0.0) if args.eta is None else args.eta
+    if not 0 <= eta <= 1:
+        raise DataError("--eta must lie in [0, 1]")
+    if args.clip_x0 is not None:
+        model.clip_x0 = args.clip_x0
     if sampler == "ddim" and not 1 <= steps <= model.T:
         raise DataError(f"--steps must lie in 1..{model.T} (T of this model)")
     if args.guidance is not None:
@@ -110,9 +117,10 @@ def run(args) -> None:
         visited = model.ddim_timesteps(steps) if sampler == "ddim" else list(range(model.T - 1, -1, -1))
         record = sorted({visited[round(j * (len(visited) - 1) / 9)] for j in range(10)}, reverse=True)
     weights = "EMA" if ckpt.get("ema") and not args.no_ema else "raw"
-    how = f"DDIM, {steps} steps, eta {args.eta:g}" if sampler == "ddim" else f"Algorithm 2, {model.T} steps"
+    how = f"DDIM, {steps} steps, eta {eta:g}" if sampler == "ddim" else f"Algorithm 2, {model.T} steps"
+    how += ", clipped x0" if model.clip_x0 else ""
     print(f"{n} samples from {args.checkpoint} (epoch {ckpt.get('epoch')}, {weights} weights) by {how}", flush=True)
-    result = draw(model, n, shape, sampler, steps, args.eta, g, record, progress=True,
+    result = draw(model, n, shape, sampler, steps, eta, g, record, progress=True,
                   **{k: v.to(device) for k, v in cond.items()})
     x, kept = result if record else (result, None)
     x = x.cpu()

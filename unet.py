@@ -124,13 +124,13 @@ class SelfAttention(nn.Module):
 
 class UNet(nn.Module):
     """Two down/up levels with skips (H -> H/2 -> H/4 -> H/2 -> H), for H, W divisible by 4.
-    Widths base * (1, 2, 2); attention at H/4 when attention=True."""
+    widths: channels (c1, c2, c3) at H, H/2 and H/4; attention at H/4 when attention=True."""
 
-    def __init__(self, in_channels: int = 1, base: int = 32, attention: bool = True,
+    def __init__(self, in_channels: int = 1, widths: tuple = (32, 64, 64), attention: bool = True,
                  num_classes: int = 0, cond_channels: int = 0):
         super().__init__()
-        c1, c2, c3 = base, 2 * base, 2 * base
-        emb_dim = 4 * base
+        c1, c2, c3 = widths
+        emb_dim = 4 * c1
         self.cond_channels = cond_channels
         self.embed = Embedding(emb_dim, num_classes)
         self.inp = nn.Conv2d(in_channels + cond_channels, c1, 3, padding=1)

@@ -100,7 +100,7 @@ def cli(*args):
 @pytest.mark.parametrize("args, message", [
     (["GAN"], "invalid choice: 'GAN'"),
     (["DDPM", "--betas", "0.02", "0.0001"], "--betas needs 0 < BETA_1 <= BETA_T < 1"),
-    (["DDPM", "--epochs", "0"], "--epochs must be at least 1"),
+    (["DDPM", "--epochs", "0"], "--epochs must lie in 1..100000"),
     (["DDGM", "--theta0", "-1"], "--theta0 must be positive"),
     (["DDPM", "--cond", "class"], "COND only"),
 ])

@@ -16,7 +16,7 @@ def test_sinusoidal_embedding_values():
     assert torch.allclose(e[1], torch.cat([expected.sin(), expected.cos()]), atol=1e-6)
 
 
-@pytest.mark.parametrize("net", [CNN(in_channels=3), UNet(in_channels=3, base=16)])
+@pytest.mark.parametrize("net", [CNN(in_channels=3), UNet(in_channels=3, widths=(16, 32, 32))])
 def test_networks_keep_the_shape_and_use_t(net):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 28, 28)
@@ -26,10 +26,10 @@ def test_networks_keep_the_shape_and_use_t(net):
 
 def test_unet_refuses_sizes_not_divisible_by_4():
     with pytest.raises(ValueError, match="divisible by 4"):
-        UNet(base=8)(torch.randn(1, 1, 30, 30), torch.tensor([0]))
+        UNet(widths=(8, 16, 16))(torch.randn(1, 1, 30, 30), torch.tensor([0]))
 
 
-@pytest.mark.parametrize("make", [lambda: CNN(num_classes=3), lambda: UNet(base=16, num_classes=3)])
+@pytest.mark.parametrize("make", [lambda: CNN(num_classes=3), lambda: UNet(widths=(16, 32, 32), num_classes=3)])
 def test_output_depends_on_the_label_and_null_is_the_default(make):
     torch.manual_seed(0)
     net = make()
@@ -80,7 +80,7 @@ def test_class_grid_has_one_row_per_class():
     assert labels.view(10, 8).T.tolist() == [list(range(10))] * 8
 
 
-@pytest.mark.parametrize("make", [lambda: CNN(cond_channels=1), lambda: UNet(base=16, cond_channels=1)])
+@pytest.mark.parametrize("make", [lambda: CNN(cond_channels=1), lambda: UNet(widths=(16, 32, 32), cond_channels=1)])
 def test_mask_is_concatenated_as_extra_input_channels(make):
     torch.manual_seed(0)
     net = make()

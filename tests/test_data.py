@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 import data
-from data import DataError, load_dataset, make_phantom, make_shapes
+from data import DataError, load_dataset
+from synthetic import make_phantom, make_shapes
 
 
 def write_idx(path: str, a: np.ndarray, compress: bool = True) -> None:

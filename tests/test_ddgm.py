@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from data import make_shapes
 from ddgm import DDGM
 from ddpm import linear_beta_schedule
+from synthetic import make_shapes
 from test_ddpm import Recorder, fixed_loss, train_steps
 from unet import CNN
 
@@ -92,9 +92,10 @@ def test_noise_finite_for_every_t(theta_0):
 
 def test_ddgm_changes_only_the_noise_and_the_loss():
     """The paper's change, and nothing else: a reader diffing ddpm.py and ddgm.py sees just these
-    (plus ddim_sample, which only refuses: DDIM is derived for Gaussian noise)."""
+    (plus ddim_sample, which only refuses: DDIM is derived for Gaussian noise, and the check that
+    float64 can draw the Gamma noise at all)."""
     overridden = {k for k, v in vars(DDGM).items() if callable(v)}
-    assert overridden == {"__init__", "noise_like", "x_T_like", "eps_loss", "ddim_sample"}
+    assert overridden == {"__init__", "noise_like", "x_T_like", "eps_loss", "ddim_sample", "check_representable"}
 
 
 def test_training_on_shapes_lowers_the_loss():

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from data import make_shapes
 from ddpm import DDPM, cosine_beta_schedule, linear_beta_schedule
+from synthetic import make_shapes
 from unet import CNN
 
 

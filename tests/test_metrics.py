@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from data import make_phantom, make_shapes
 from metrics import FeatureNet, QualityScore, dice, feature_stats, frechet_distance, read_samples, train_classifier
+from synthetic import make_phantom, make_shapes
 
 
 def scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,0 +1,65 @@
+"""Synthetic datasets, made in memory and deterministic given a seed, for offline runs and for
+measuring what real data cannot: shapes (three labelled classes) and head phantoms with a lesion
+mask (the lesion is the only bright region, so mask adherence can be scored)."""
+import torch
+from torch import Tensor
+
+from data import Dataset, normalize_to_neg_one_to_one
+
+
+def grid_coordinates(size: int) -> tuple:
+    """Pixel-centre coordinates in [0, 1], each (1, size, size)."""
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    return xx[None], yy[None]
+
+
+def ellipse(xx: Tensor, yy: Tensor, cx: Tensor, cy: Tensor, a: Tensor, b: Tensor, angle: Tensor) -> Tensor:
+    """Boolean (N, H, W): inside the ellipse with centre (cx, cy), semi-axes a, b, rotated by angle."""
+    cx, cy, a, b, angle = (v.view(-1, 1, 1) for v in (cx, cy, a, b, angle))
+    u = (xx - cx) * angle.cos() + (yy - cy) * angle.sin()
+    v = -(xx - cx) * angle.sin() + (yy - cy) * angle.cos()
+    return (u / a) ** 2 + (v / b) ** 2 <= 1
+
+
+def make_shapes(n: int = 4096, size: int = 28, seed: int = 0) -> Dataset:
+    """Synthetic offline dataset: one disc (label 0), square (1) or bar (2) per image, random
+    position, size and brightness on black. Deterministic given the seed."""
+    g = torch.Generator().manual_seed(seed)
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
+    xx, yy = grid_coordinates(size)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    cx, cy, r = u(0.3, 0.7).view(-1, 1, 1), u(0.3, 0.7).view(-1, 1, 1), u(0.12, 0.25).view(-1, 1, 1)
+    dx, dy = (xx - cx).abs(), (yy - cy).abs()
+    vertical = (torch.rand(n, generator=g) < 0.5).view(-1, 1, 1)
+    disc = dx ** 2 + dy ** 2 <= r ** 2
+    square = torch.maximum(dx, dy) <= 0.85 * r
+    bar = torch.where(vertical, (dx <= 0.3 * r) & (dy <= 1.4 * r), (dy <= 0.3 * r) & (dx <= 1.4 * r))
+    inside = torch.where(labels.view(-1, 1, 1) == 0, disc, torch.where(labels.view(-1, 1, 1) == 1, square, bar))
+    x01 = inside.float() * u(0.6, 1.0).view(-1, 1, 1)
+    return Dataset(normalize_to_neg_one_to_one(x01[:, None]), labels, None)
+
+
+PHANTOM_LESION, PHANTOM_SKULL, PHANTOM_BRAIN, PHANTOM_VENTRICLE = 1.0, 0.6, 0.35, 0.1
+
+
+def make_phantom(n: int = 2048, size: int = 64, seed: int = 0) -> Dataset:
+    """Synthetic head phantoms in the spirit of Shepp & Logan (1974): a skull ring, brain
+    tissue, two dark ventricles and one bright lesion (the only pixels brighter than 0.8 in
+    [0, 1]), whose binary mask is returned. Deterministic given the seed."""
+    g = torch.Generator().manual_seed(seed)
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
+    xx, yy = grid_coordinates(size)
+    cx, cy, a, b, tilt = u(0.47, 0.53), u(0.47, 0.53), u(0.36, 0.44), u(0.30, 0.36), u(-0.3, 0.3)
+    head = ellipse(xx, yy, cx, cy, a, b, tilt)
+    brain = ellipse(xx, yy, cx, cy, 0.88 * a, 0.86 * b, tilt)
+    x01 = PHANTOM_SKULL * head.float()
+    x01[brain] = PHANTOM_BRAIN
+    for side in (-1, 1):  # ventricles, left and right of the centre
+        v = ellipse(xx, yy, cx + side * u(0.05, 0.09), cy + u(-0.04, 0.04), u(0.03, 0.05), u(0.07, 0.11), tilt)
+        x01[v] = PHANTOM_VENTRICLE
+    radius, angle = u(0.0, 0.5), u(0.0, 6.2832)  # lesion centre inside the brain's inner half
+    lx, ly = cx + radius * 0.8 * a * angle.cos(), cy + radius * 0.8 * b * angle.sin()
+    lesion = ellipse(xx, yy, lx, ly, u(0.05, 0.11), u(0.05, 0.11), u(0.0, 3.1416)) & brain
+    x01[lesion] = PHANTOM_LESION
+    return Dataset(normalize_to_neg_one_to_one(x01[:, None]), None, lesion[:, None].float())

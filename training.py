@@ -1,0 +1,147 @@
+"""What main.py's training loop calls besides Algorithm 1: the run's config and folder, the
+model, optimiser and EMA to start or resume from, the per-epoch samples with their scores, and
+the self-describing checkpoint written after every epoch."""
+import os
+
+import torch
+
+from data import DataError, load_dataset
+from figures import (
+    class_grid_labels,
+    mask_triplets,
+    save_atomic,
+    save_grid,
+    save_loss_curve,
+    write_loss_csv,
+    write_metrics_csv,
+)
+from metrics import lesion_dice
+from models import ARCHITECTURE, EMA, build_model, draw, load_checkpoint, pick_device
+
+# Settings that change what training does: --resume refuses a change (the rest, e.g. --epochs, may change).
+TRAINING = ("lr", "warmup", "batch_size", "limit", "seed", "ema_decay", "p_uncond")
+
+
+def check_process(args) -> None:
+    """Build the diffusion process alone (no data, no network) so that settings it cannot
+    represent, e.g. DDGM's Gamma noise for some theta_0 and T, are refused before loading data."""
+    from ddgm import DDGM
+    from ddpm import cosine_beta_schedule, linear_beta_schedule
+    if args.model == "DDGM":
+        beta = linear_beta_schedule(args.n_T, *args.betas) if args.schedule == "linear" else \
+            cosine_beta_schedule(args.n_T)
+        DDGM(torch.nn.Identity(), beta, theta_0=args.theta0, loss_type=args.loss)
+    pick_device(args.device)
+
+
+def make_config(args, train_set) -> dict:
+    """Everything needed to rebuild the model: the arguments plus what the data decided."""
+    config = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
+    N, C, H, W = train_set.images.shape  # count, channels, height, width
+    cond = args.cond or (None if args.model != "COND" else "class" if train_set.labels is not None else "mask")
+    if cond == "class" and train_set.labels is None:
+        raise DataError(f"--cond class needs labels, and {args.dataset} has none: use --cond mask or labelled data")
+    if cond == "mask" and train_set.masks is None:
+        raise DataError(f"--cond mask needs masks, and {args.dataset} has none: use folder (with masks/) or phantom")
+    if args.net == "unet" and (H % 4 or W % 4):
+        raise DataError(f"--net unet needs image sides divisible by 4, got {H}x{W}: set --image-size")
+    config.update(cond=cond, in_channels=C, image_size=H, betas=list(args.betas), unet_widths=list(args.unet_widths),
+                  num_classes=int(train_set.labels.max()) + 1 if cond == "class" else 0,
+                  cond_channels=1 if cond == "mask" else 0)
+    return config
+
+
+def sampling_setup(config: dict, held_out) -> dict:
+    """The fixed conditions of the per-epoch draw: n samples, the first n_grid shown in the grid,
+    the first eval_samples scored; class rows 0..K-1 (8 each) repeat, held-out masks cycle."""
+    n_grid = 8 * config["num_classes"] if config["cond"] == "class" else config["num_samples"]
+    n = max(n_grid, config["eval_samples"])
+    cond, masks = {}, None
+    if config["cond"] == "class":
+        cond["y"] = class_grid_labels(config["num_classes"]).repeat(-(-n // n_grid))[:n]
+    if held_out is not None and held_out.masks is not None:
+        masks = held_out.masks[torch.arange(n) % len(held_out.masks)]
+        if config["cond"] == "mask":
+            cond["mask"] = masks
+    return {"n": n, "n_grid": n_grid, "cond": cond, "masks": masks if config["dataset"] == "phantom" else None}
+
+
+def sample_and_score(model, config, setup, path, device, score=None) -> dict:
+    """Draw the per-epoch samples from fixed noise (same seed every call), save the grid, and
+    return its metrics (fid, class_accuracy, Dice for phantom)."""
+    g = torch.Generator(device).manual_seed(config["seed"] + 1)
+    cond = {k: v.to(device) for k, v in setup["cond"].items()}
+    shape = (config["in_channels"], config["image_size"], config["image_size"])
+    x = draw(model, setup["n"], shape, config["sampler"], config["sample_steps"], config.get("sample_eta", 0.0),
+             generator=g, progress=True, **cond).cpu()
+    if not torch.isfinite(x).all():
+        raise DataError(f"the samples for {path} are not finite (NaN/inf): the network or the settings diverged")
+    k = setup["n_grid"]
+    if config["cond"] == "mask":
+        save_grid(mask_triplets(x[:min(k, 16)], setup["cond"]["mask"][:min(k, 16)]), path, nrow=6)
+    else:
+        save_grid(x[:k], path, nrow=8)
+    metrics = {}
+    if score is not None and config["eval_samples"]:
+        n = config["eval_samples"]
+        metrics.update(score(x[:n], setup["cond"]["y"][:n] if "y" in setup["cond"] else None))
+    if setup["masks"] is not None:  # phantom: the lesion is the only bright region
+        metrics["dice"] = round(lesion_dice(x, setup["masks"]), 4)
+        metrics["dice_shuffled_masks"] = round(lesion_dice(x, setup["masks"].roll(1, dims=0)), 4)
+    return metrics
+
+
+def prepare(args, out: str):
+    """Device, data (training set and held-out set), config, model, optimiser, EMA, and the state to
+    continue from: {"epoch", "losses", "metrics"}, from out/model.pth with --resume."""
+    device = pick_device(args.device)
+    data_kw = {"data_dir": args.data_dir, "image_size": args.image_size, "channels": args.channels,
+               "data_path": args.data_path}
+    train_set = load_dataset(args.dataset, train=True, limit=args.limit, **data_kw)
+    held_out = load_dataset(args.dataset, train=False, **data_kw) if args.dataset in ("phantom", "folder") else None
+    config = make_config(args, train_set)
+    torch.manual_seed(args.seed)
+    model = build_model(config).to(device)
+    optimizer = torch.optim.Adam(model.eps_model.parameters(), lr=args.lr)
+    ema = EMA(model, args.ema_decay) if args.ema_decay > 0 else None
+    state = {"epoch": 0, "losses": [], "metrics": []}
+    if args.resume:
+        state = load_checkpoint(os.path.join(out, "model.pth"))
+        for key in ARCHITECTURE + TRAINING:
+            if state["config"].get(key, config.get(key)) != config.get(key):
+                raise DataError(f"--resume: {out}/model.pth was trained with {key}={state['config'].get(key)!r}, "
+                                f"not {config.get(key)!r}: resume with the same setting, or start another --out")
+        model.eps_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
+        elif ema is not None:  # a checkpoint from before EMA: start the average from its weights
+            ema.model.eps_model.load_state_dict(state["model"])
+    return device, train_set, held_out, config, model, optimizer, ema, state
+
+
+def claim_out_folder(out: str, args) -> None:
+    """A run folder belongs to one run: refuse to start afresh over a checkpoint unless --overwrite,
+    which removes that run's epoch images and files first."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DataError(f"--out {out} is a file, not a folder: choose another --out")
+    if args.resume or not os.path.exists(os.path.join(out, "model.pth")):
+        return
+    if not args.overwrite:
+        raise DataError(f"{out}/ already holds a trained run (model.pth): continue it with --resume, "
+                        "choose another --out, or replace it with --overwrite")
+    for name in os.listdir(out):
+        if name.startswith(("image_ep", "guidance_w")) or name in ("model.pth", "loss.csv", "metrics.csv"):
+            os.remove(os.path.join(out, name))
+
+
+def save_epoch(out: str, model, optimizer, ema, epoch: int, config: dict, losses: list, metrics: list) -> None:
+    """loss.csv, loss_curve.png, metrics.csv and the self-describing checkpoint model.pth, all atomic."""
+    write_loss_csv(losses, os.path.join(out, "loss.csv"))
+    l1 = config["model"] == "DDGM" and config["loss"] == "l1"
+    save_loss_curve(losses, metrics, os.path.join(out, "loss_curve.png"), "L1 loss" if l1 else "MSE loss")
+    write_metrics_csv(metrics, os.path.join(out, "metrics.csv"))
+    state = {"model": model.eps_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+             "ema": ema.state_dict() if ema is not None else None,
+             "config": config, "losses": losses, "metrics": metrics}
+    save_atomic(lambda p: torch.save(state, p), os.path.join(out, "model.pth"))
