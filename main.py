@@ -173,6 +173,10 @@ def train(args) -> None:
     score = None
     if args.eval_samples and train_set.labels is not None and args.dataset not in ("folder", "csv"):
         score = QualityScore(args.dataset, args.data_dir, image_size=args.image_size)
+    elif args.eval_samples:
+        print(f"no fid for {args.dataset}: metrics.py scores labelled datasets with a test split (mnist, shapes, "
+              "MedMNIST)")
+        config["eval_samples"] = 0  # draw the grid only
     write_json(config, os.path.join(out, "config.json"))
     x_all = train_set.images.to(device)
     y_all = train_set.labels.to(device) if config["cond"] == "class" else None

@@ -186,7 +186,7 @@ def main(argv=None) -> None:
         images, labels = read_samples(args.samples)
         score = QualityScore(args.dataset, args.data_dir, log=lambda m: print(m, file=sys.stderr))
         result = score(images, labels)
-    except DataError as e:
+    except (DataError, OSError) as e:
         p.exit(2, f"metrics.py: error: {e}\n")
     print(" ".join(f"{k}={v}" for k, v in {"n": len(images), **result}.items()))
 

@@ -86,6 +86,9 @@ def main(argv=None) -> None:
         run(args)
     except (DataError, ValueError) as e:
         p.exit(2, f"sample.py: error: {e}\n")
+    except OSError as e:
+        where = e.filename or "a file"
+        p.exit(2, f"sample.py: error: could not write {where} ({e.strerror or e}): choose another --out\n")
     except KeyboardInterrupt:
         p.exit(130, "\ninterrupted\n")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -304,3 +305,23 @@ def test_fuzzed_files_give_one_line_or_load(tmp_path_factory, which, how, where,
         main.main(args)
     except SystemExit as e:
         assert e.code == 2
+
+
+def test_sigkill_leaves_a_loadable_checkpoint_and_resume_is_exact(tmp_path):
+    """Kill -9 after the first checkpoint: model.pth loads, and --resume reproduces an uninterrupted run."""
+    import signal
+    import time
+    args = [*TINY, "--epochs", "3"]
+    args[args.index("--limit") + 1] = "128"
+    proc = subprocess.Popen([sys.executable, "main.py", "DDPM", *args, "--out", str(tmp_path / "killed")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (tmp_path / "killed" / "model.pth").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epoch = torch.load(tmp_path / "killed" / "model.pth", weights_only=True)["epoch"]
+    assert 1 <= epoch <= 3
+    main.main(["DDPM", *args, "--out", str(tmp_path / "killed"), "--resume"])
+    main.main(["DDPM", *args, "--out", str(tmp_path / "straight")])
+    a, b = ((tmp_path / d / "loss.csv").read_text() for d in ("killed", "straight"))
+    assert a == b
