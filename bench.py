@@ -135,7 +135,8 @@ def main(argv=None) -> None:
     print(header)
     for channels in (1,) if args.quick else (1, 3):
         torch.manual_seed(0)
-        nets = {"CNN (coursework)": CNN(in_channels=channels), f"UNet {DEFAULT_WIDTHS}": UNet(channels, DEFAULT_WIDTHS)}
+        nets = {"CNN (coursework)": CNN(in_channels=channels), f"UNet {DEFAULT_WIDTHS}": UNet(channels, DEFAULT_WIDTHS),
+                "UNet (16, 32, 32)": UNet(channels, (16, 32, 32))}
         nets.update(peers(channels))
         fp32 = interleaved_img_per_s(nets, channels, 128, steps, warmup, bf16=False)
         bf16 = interleaved_img_per_s(nets, channels, 128, steps, warmup, bf16=True) if bf16_ok else {}
@@ -152,7 +153,7 @@ def main(argv=None) -> None:
                   f"{ms:11.1f} {row['grid_seconds_ddim50']:7.1f}")
         ours = fp32[f"UNet {DEFAULT_WIDTHS}"]
         for name in nets:
-            if name not in ("CNN (coursework)", f"UNet {DEFAULT_WIDTHS}"):
+            if not name.startswith(("CNN", "UNet")):
                 print(f"  our UNet / {name}: {ours / fp32[name]:.2f}x training img/s")
     print("grid s: 64 samples x 50 DDIM steps (main.py's per-epoch default) from ms/step")
     save_atomic(lambda path: open(path, "w").write(json.dumps(results, indent=2)), args.out)

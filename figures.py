@@ -142,9 +142,10 @@ def save_loss_curve(losses: list, metrics: list, path: str, ylabel: str = "loss"
     if fids:
         ax = axes[0, 1]
         ax.plot([m["epoch"] for m in fids], [m["fid"] for m in fids], "o-", label="fid (samples)")
-        ax.plot([m["epoch"] for m in fids], [m["fid_real"] for m in fids], "--", color="grey",
+        ax.plot([m["epoch"] for m in fids], [m["fid_real"] for m in fids], "x--", color="grey",
                 label="fid_real (as many real test images)")
-        ax.set(xlabel="epoch", ylabel="Frechet distance (metrics.py)", yscale="log", title="sample quality")
+        ax.set(xlabel="epoch", ylabel="Frechet distance (metrics.py)", yscale="log", title="sample quality",
+               xticks=[m["epoch"] for m in fids])
         ax.legend()
     fig.tight_layout()
     save_figure(fig, path)

@@ -158,6 +158,7 @@ def train(args) -> None:
     check_process(args)
     claim_out_folder(out, args)
     device, train_set, held_out, config, model, optimizer, ema, state = prepare(args, out)
+    claim_out_folder(out, args, clear=True)
     losses, metrics = state["losses"], state["metrics"]
     if state["epoch"] >= args.epochs and not args.guidance_sweep:
         print(f"{out}/model.pth has finished {state['epoch']} epochs already, so --epochs {args.epochs} leaves "

@@ -113,10 +113,13 @@ class QualityScore:
         from figures import save_atomic  # only here: metrics.py must not need matplotlib to import
         path = os.path.join(data_dir, "classifiers", f"{dataset}-{fingerprint(train.images, train.labels)}.pt")
         if os.path.isfile(path):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            net = FeatureNet(train.images.shape[1], state["num_classes"])
-            net.load_state_dict(state["weights"])
-            return net.eval(), state["test_accuracy"]
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                net = FeatureNet(train.images.shape[1], state["num_classes"])
+                net.load_state_dict(state["weights"])
+                return net.eval(), state["test_accuracy"]
+            except Exception as e:  # a damaged cache is rebuilt, never trusted
+                log(f"{path} is not a usable classifier ({type(e).__name__}): training it again")
         log(f"training the {dataset} feature classifier for fid (once; cached as {path})")
         net, acc = train_classifier(train, test)
         log(f"{dataset} classifier: test accuracy {acc:.4f}")

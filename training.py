@@ -120,9 +120,9 @@ def prepare(args, out: str):
     return device, train_set, held_out, config, model, optimizer, ema, state
 
 
-def claim_out_folder(out: str, args) -> None:
-    """A run folder belongs to one run: refuse to start afresh over a checkpoint unless --overwrite,
-    which removes that run's epoch images and files first."""
+def claim_out_folder(out: str, args, clear: bool = False) -> None:
+    """A run folder belongs to one run: refuse to start afresh over a checkpoint unless --overwrite.
+    clear=True (called once the data have loaded) removes that old run's epoch images and files."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataError(f"--out {out} is a file, not a folder: choose another --out")
     if args.resume or not os.path.exists(os.path.join(out, "model.pth")):
@@ -130,7 +130,7 @@ def claim_out_folder(out: str, args) -> None:
     if not args.overwrite:
         raise DataError(f"{out}/ already holds a trained run (model.pth): continue it with --resume, "
                         "choose another --out, or replace it with --overwrite")
-    for name in os.listdir(out):
+    for name in os.listdir(out) if clear else []:
         if name.startswith(("image_ep", "guidance_w")) or name in ("model.pth", "loss.csv", "metrics.csv"):
             os.remove(os.path.join(out, name))
 

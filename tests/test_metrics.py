@@ -91,3 +91,14 @@ def test_dice_closed_forms():
     a[..., 0:2, 0:2], b[..., 0:2, 1:3] = 1, 1
     assert dice(a, b).item() == 0.5 and dice(a, 1 - a).item() == 0.0
     assert dice(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)).item() == 1.0
+
+
+def test_damaged_classifier_cache_is_rebuilt(tmp_path):
+    """A cache file that is not a classifier (or would run code) is retrained, never trusted."""
+    score = QualityScore("shapes", str(tmp_path), log=lambda m: None)
+    cached = next((tmp_path / "classifiers").glob("shapes-*.pt"))
+    cached.write_bytes(b"garbage")
+    messages = []
+    again = QualityScore("shapes", str(tmp_path), log=messages.append)
+    assert any("not a usable classifier" in m for m in messages)
+    assert again.test_accuracy == score.test_accuracy  # same seed, same data: the same classifier

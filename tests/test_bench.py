@@ -1,0 +1,15 @@
+"""bench.py end to end at its smallest: it runs and writes every promised figure (no time is asserted)."""
+import json
+
+import bench
+
+
+def test_quick_bench_writes_a_row_per_network(tmp_path, capsys):
+    bench.main(["--quick", "--steps", "1", "--out", str(tmp_path / "bench.json")])
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["machine"]["matmul_gflops"]["fp32"] > 0
+    names = {row["network"] for row in result["networks"]}
+    assert {"CNN (coursework)", "UNet (32, 64, 64)"} <= names
+    for row in result["networks"]:
+        assert row["flops_per_image"] > 0 and row["img_per_s_fp32"] > 0 and row["ms_per_sampling_step_64"] > 0
+    assert "img/s fp32" in capsys.readouterr().out
