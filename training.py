@@ -125,6 +125,8 @@ def claim_out_folder(out: str, args, clear: bool = False) -> None:
     clear=True (called once the data have loaded) removes that old run's epoch images and files."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataError(f"--out {out} is a file, not a folder: choose another --out")
+    if args.resume and not os.path.isfile(os.path.join(out, "model.pth")):
+        raise DataError(f"--resume: no checkpoint at {out}/model.pth: run once without --resume first")
     if args.resume or not os.path.exists(os.path.join(out, "model.pth")):
         return
     if not args.overwrite:

@@ -325,3 +325,9 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_resume_is_exact(tmp_path):
     main.main(["DDPM", *args, "--out", str(tmp_path / "straight")])
     a, b = ((tmp_path / d / "loss.csv").read_text() for d in ("killed", "straight"))
     assert a == b
+
+
+def test_resume_without_a_checkpoint_says_so_before_loading_data(tmp_path):
+    one_line_error(cli("DDPM", "--resume", "--out", tmp_path / "none", "--data-dir", tmp_path / "nodata"),
+                   "no checkpoint at")
+    assert not (tmp_path / "nodata").exists()
