@@ -9,7 +9,6 @@ When diffusers or denoising_diffusion_pytorch are installed, their U-Nets of abo
 are measured interleaved with ours and the ratios printed. Nothing here is a test: no assertions.
 """
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -19,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm import DDPM, linear_beta_schedule
-from figures import save_atomic
+from figures import write_json
 from unet import CNN, UNet, count_parameters
 
 DEFAULT_WIDTHS = (32, 64, 64)  # main.py --unet-widths default
@@ -119,6 +118,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, help="timed training steps per network (default 20; --quick 5)")
     p.add_argument("--out", default="bench.json")
     args = p.parse_args(argv)
+    if args.steps is not None and not 1 <= args.steps <= 1000:
+        p.error("--steps must lie in 1..1000")
     steps = args.steps or (5 if args.quick else 20)
     warmup = 1 if args.quick else 3
     print(f"bench.py: torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -156,7 +157,7 @@ def main(argv=None) -> None:
             if not name.startswith(("CNN", "UNet")):
                 print(f"  our UNet / {name}: {ours / fp32[name]:.2f}x training img/s")
     print("grid s: 64 samples x 50 DDIM steps (main.py's per-epoch default) from ms/step")
-    save_atomic(lambda path: open(path, "w").write(json.dumps(results, indent=2)), args.out)
+    write_json(results, args.out)
     print(f"wrote {args.out}")
 
 

@@ -3,8 +3,8 @@ that load safely (tensors and plain containers only, never code), and the EMA of
 
 A checkpoint (model.pth) is a dict: model (the network's state dict), ema (the averaged
 weights and their update count, or None), optimizer, epoch, config (everything needed to
-rebuild the model, see build_model), losses and metrics. main.py writes it; main.py --resume,
-sample.py and anomaly.py read it with load_checkpoint.
+rebuild the model, see build_model), losses and metrics. main.py writes it; main.py --resume
+and sample.py read it with load_checkpoint.
 """
 import copy
 import os
@@ -21,6 +21,8 @@ from unet import CNN, UNet
 ARCHITECTURE = ("model", "net", "unet_widths", "n_T", "betas", "schedule", "theta0", "loss", "cond", "dataset",
                 "in_channels", "image_size", "num_classes", "cond_channels")
 
+# The config keys build_model cannot do without; checkpoints from before a setting existed lack
+# the newer ARCHITECTURE keys (e.g. unet_widths) and still load.
 REQUIRED = ("model", "net", "n_T", "betas", "schedule", "in_channels", "image_size", "num_classes", "cond_channels")
 
 

@@ -6,6 +6,7 @@ mask | sample | outline) and FILE.npz (images float32 (N, C, H, W) in [-1, 1], p
 masks). --reverse also writes FILE_reverse.png: x_t and the network's x0_hat along the way.
 """
 import argparse
+import math
 import os
 import sys
 
@@ -98,7 +99,7 @@ def run(args) -> None:
     config, device = ckpt["config"], pick_device(args.device)
     model = model_from_checkpoint(ckpt, device, use_ema=not args.no_ema)
     sampler = args.sampler or config.get("sampler", "ddpm" if config["model"] == "DDGM" else "ddim")
-    steps = args.steps or config.get("sample_steps", 50)
+    steps = config.get("sample_steps", 50) if args.steps is None else args.steps
     eta = config.get("sample_eta", 0.0) if args.eta is None else args.eta
     if not 0 <= eta <= 1:
         raise DataError("--eta must lie in [0, 1]")
@@ -107,12 +108,11 @@ def run(args) -> None:
     if sampler == "ddim" and not 1 <= steps <= model.T:
         raise DataError(f"--steps must lie in 1..{model.T} (T of this model)")
     if args.guidance is not None:
-        if not (args.guidance >= 0 and args.guidance < float("inf")) or config["model"] != "COND":
+        if not (math.isfinite(args.guidance) and args.guidance >= 0) or config["model"] != "COND":
             raise DataError("--guidance needs a COND checkpoint and a finite w >= 0")
         model.guidance_scale = args.guidance
     n, cond = conditions(args, config, args.num_samples)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "samples.png")
-    stem = os.path.splitext(out)[0]
     shape = (config["in_channels"], config["image_size"], config["image_size"])
     g = torch.Generator(device).manual_seed(args.seed)
     record = ()
@@ -126,7 +126,15 @@ def run(args) -> None:
     result = draw(model, n, shape, sampler, steps, eta, g, record, progress=True,
                   **{k: v.to(device) for k, v in cond.items()})
     x, kept = result if record else (result, None)
-    x = x.cpu()
+    save_samples(x.cpu(), cond, out)
+    if kept is not None:
+        save_reverse_process(kept, x.cpu(), model.T, os.path.splitext(out)[0] + "_reverse.png")
+        print(f"wrote {os.path.splitext(out)[0]}_reverse.png", flush=True)
+
+
+def save_samples(x: torch.Tensor, cond: dict, out: str) -> None:
+    """out (grid, 8 per row or mask triplets) and out's .npz: images float32 (N, C, H, W) in [-1, 1],
+    plus labels or masks. Non-finite samples are refused, not saved as black cells."""
     if not torch.isfinite(x).all():
         raise DataError("the samples are not finite (NaN/inf): this checkpoint's network diverged")
     if "mask" in cond:
@@ -138,15 +146,13 @@ def run(args) -> None:
         arrays["labels"] = cond["y"].numpy().astype(np.int64)
     if "mask" in cond:
         arrays["masks"] = cond["mask"].numpy().astype(np.float32)
+
     def write_npz(path):
         with open(path, "wb") as f:
             np.savez(f, **arrays)
-    save_atomic(write_npz, stem + ".npz")
-    print(f"wrote {out} and {stem}.npz", flush=True)
-    if kept is not None:
-        save_reverse_process(kept, x, model.T, stem + "_reverse.png")
-        print(f"wrote {stem}_reverse.png", flush=True)
-
+    npz = os.path.splitext(out)[0] + ".npz"
+    save_atomic(write_npz, npz)
+    print(f"wrote {out} and {npz}", flush=True)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

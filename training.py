@@ -111,12 +111,16 @@ def prepare(args, out: str):
             if state["config"].get(key, config.get(key)) != config.get(key):
                 raise DataError(f"--resume: {out}/model.pth was trained with {key}={state['config'].get(key)!r}, "
                                 f"not {config.get(key)!r}: resume with the same setting, or start another --out")
-        model.eps_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        elif ema is not None:  # a checkpoint from before EMA: start the average from its weights
-            ema.model.eps_model.load_state_dict(state["model"])
+        try:
+            model.eps_model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if ema is not None and state.get("ema"):
+                ema.load_state_dict(state["ema"])
+            elif ema is not None:  # a checkpoint from before EMA: start the average from its weights
+                ema.model.eps_model.load_state_dict(state["model"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise DataError(f"--resume: the weights in {out}/model.pth do not fit this network "
+                            f"({type(e).__name__}): pass the options it was trained with, or another --out") from e
     return device, train_set, held_out, config, model, optimizer, ema, state
 
 

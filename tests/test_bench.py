@@ -13,3 +13,10 @@ def test_quick_bench_writes_a_row_per_network(tmp_path, capsys):
     for row in result["networks"]:
         assert row["flops_per_image"] > 0 and row["img_per_s_fp32"] > 0 and row["ms_per_sampling_step_64"] > 0
     assert "img/s fp32" in capsys.readouterr().out
+
+
+def test_zero_steps_is_refused_not_replaced(capsys):
+    import pytest
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--steps", "0"])
+    assert e.value.code == 2 and "--steps must lie in 1..1000" in capsys.readouterr().err

@@ -331,3 +331,19 @@ def test_resume_without_a_checkpoint_says_so_before_loading_data(tmp_path):
     one_line_error(cli("DDPM", "--resume", "--out", tmp_path / "none", "--data-dir", tmp_path / "nodata"),
                    "no checkpoint at")
     assert not (tmp_path / "nodata").exists()
+
+
+def test_resume_of_an_older_checkpoint_with_other_widths_is_one_line(tmp_path, capsys):
+    """A checkpoint from before --unet-widths existed has no such key: weights that do not fit the
+    network asked for end in one line, not a load_state_dict traceback."""
+    args = [*TINY, "--image-size", "8"]
+    args[args.index("--net") + 1], args[args.index("--dataset") + 1] = "unet", "phantom"
+    main.main(["DDPM", *args, "--unet-widths", "8", "8", "8", "--epochs", "1", "--out", str(tmp_path)])
+    ckpt = torch.load(tmp_path / "model.pth", weights_only=True)
+    del ckpt["config"]["unet_widths"]
+    torch.save(ckpt, tmp_path / "model.pth")
+    with pytest.raises(SystemExit) as e:
+        main.main(["DDPM", *args, "--unet-widths", "8", "16", "16", "--epochs", "2", "--out", str(tmp_path),
+                   "--resume"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "do not fit this network" in err and err.count("\n") == 1

@@ -75,6 +75,8 @@ def test_mask_model_uses_held_out_masks_or_a_mask_folder(runs, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--label", "7"], "--label must lie in 0..2"),
     (["--steps", "50"], "--steps must lie in 1..20"),
+    (["--steps", "0"], "--steps must lie in 1..20"),
+    (["--eta", "nan"], "--eta must lie in [0, 1]"),
 ])
 def test_bad_options_one_line(runs, capsys, args, message):
     with pytest.raises(SystemExit) as e:
