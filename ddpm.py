@@ -56,6 +56,7 @@ class DDPM(nn.Module):
         if not (beta.dim() == 1 and len(beta) >= 2 and 0 < beta.min() and beta.max() < 1):
             raise ValueError("beta must be a 1-D schedule of at least 2 values in (0, 1)")
         self.eps_model, self.clip_x0 = eps_model, clip_x0
+        self.min_snr_gamma = 0.0  # > 0: weight the loss by min_snr_weight (not in Ho et al.)
         beta = beta.double()
         alpha = 1 - beta                                   # alpha_t = 1 - beta_t
         alpha_bar = torch.cumprod(alpha, dim=0)            # alpha_bar_t = prod_{s<=t} alpha_s
@@ -95,7 +96,18 @@ class DDPM(nn.Module):
         t = torch.randint(0, self.T, (B,), device=x0.device, generator=generator)  # line 3
         eps = self.noise_like(x0, t, generator)                                      # line 4
         x_t = self.q_sample(x0, t, eps)
-        return self.eps_loss(self.eps_model(x_t, t, **cond), eps)                   # line 5
+        eps_hat = self.eps_model(x_t, t, **cond)
+        if not self.min_snr_gamma:
+            return self.eps_loss(eps_hat, eps)                                       # line 5
+        per_image = ((eps - eps_hat) ** 2).flatten(1).mean(1)
+        return (self.min_snr_weight(t) * per_image).mean()
+
+    def min_snr_weight(self, t: Tensor) -> Tensor:
+        """Min-SNR-gamma weighting for the eps loss (Hang et al. 2023, arXiv:2303.09556, Sec. 3.4):
+        w_t = min(SNR(t), gamma) / SNR(t), SNR(t) = alpha_bar_t / (1 - alpha_bar_t). Steps with little
+        noise (SNR above gamma) count less, so training spends itself where samples are decided."""
+        snr = self.alpha_bar[t] / (1 - self.alpha_bar[t])
+        return snr.clamp(max=self.min_snr_gamma) / snr
 
     def p_sample_step(self, x_t: Tensor, t: Tensor, eps_hat: Tensor, z: Tensor) -> Tensor:
         """Alg. 2 line 4: x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_hat)
@@ -132,15 +144,27 @@ class DDPM(nn.Module):
         t = torch.full((x.shape[0],), self.T - 1, device=x.device, dtype=torch.long)
         return self.noise_like(x, t, generator)
 
+    def start(self, n: int, shape: tuple, generator=None, x_start: Tensor | None = None,
+              t_start: int | None = None) -> tuple:
+        """Where the reverse process begins: x_T ~ N(0, I) at index T - 1 (Alg. 2 line 1), or a given
+        x_t at index t_start (partial reverse: SDEdit, Meng et al. 2021; AnoDDPM, Wyatt et al. 2022)."""
+        if x_start is None:
+            return self.x_T_like(torch.empty((n, *shape), device=self.beta.device), generator), self.T - 1
+        if t_start is None or not 0 <= t_start < self.T:
+            raise ValueError(f"starting from a given x_t needs 0 <= t_start < T = {self.T}, got {t_start}")
+        return x_start, t_start
+
     @torch.no_grad()
-    def sample(self, n: int, shape: tuple, generator=None, record=(), progress: bool = False, **cond):
+    def sample(self, n: int, shape: tuple, generator=None, record=(), progress: bool = False,
+               x_start: Tensor | None = None, t_start: int | None = None, **cond):
         """Algorithm 2: n samples of shape (C, H, W), returned (n, C, H, W) in about [-1, 1].
         record: timestep indices at which to keep (t, x_t, x0_hat) on the CPU; if given, returns
-        (x_0, that list) so the reverse process can be shown (sample.py --reverse)."""
-        device = self.beta.device
-        x_t = self.x_T_like(torch.empty((n, *shape), device=device), generator)       # line 1
+        (x_0, that list) so the reverse process can be shown (sample.py --reverse).
+        x_start, t_start: run only lines 2-5 from t = t_start + 1 down to 1, starting from x_start."""
+        x_t, top = self.start(n, shape, generator, x_start, t_start)                  # line 1
+        n, device = x_t.shape[0], x_t.device
         kept = []
-        for i in Progress(reversed(range(self.T)), self.T, "sampling", "steps", show=progress):
+        for i in Progress(reversed(range(top + 1)), top + 1, "sampling", "steps", show=progress):
             t = torch.full((n,), i, device=device, dtype=torch.long)                # line 2: t = T..1
             z = self.noise_like(x_t, t, generator, step=True)                       # line 3
             eps_hat = self.eps_for_sampling(x_t, t, **cond)
@@ -160,22 +184,23 @@ class DDPM(nn.Module):
         direction = (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps_hat       # "direction pointing to x_t"
         return a_prev.sqrt() * x0_hat + direction + sigma * z                      # eq. (12)
 
-    def ddim_timesteps(self, steps: int) -> list:
-        """Song et al. Sec. 4.2, "linear" tau: `steps` indices evenly spaced from T - 1 (paper t = T)
-        down to 0 (paper t = 1)."""
-        return torch.linspace(self.T - 1, 0, steps).round().long().unique_consecutive().tolist()
+    def ddim_timesteps(self, steps: int, top: int | None = None) -> list:
+        """Song et al. Sec. 4.2, "linear" tau: `steps` indices evenly spaced from top (default T - 1,
+        paper t = T) down to 0 (paper t = 1)."""
+        top = self.T - 1 if top is None else top
+        return torch.linspace(top, 0, steps).round().long().unique_consecutive().tolist()
 
     @torch.no_grad()
     def ddim_sample(self, n: int, shape: tuple, steps: int, eta: float = 0.0, generator=None, record=(),
-                    progress: bool = False, **cond):
+                    progress: bool = False, x_start: Tensor | None = None, t_start: int | None = None, **cond):
         """DDIM (Song et al. Sec. 4): n samples (n, C, H, W) through `steps` timesteps tau of 1..T,
         evenly spaced from paper t = T down to t = 1 (Sec. 4.2). eta = 0: deterministic given x_T;
-        eta = 1: the DDPM posterior variance. record: as in sample()."""
-        if not 1 <= steps <= self.T:
-            raise ValueError(f"DDIM needs 1 <= steps <= T = {self.T}, got {steps}")
-        device = self.beta.device
-        tau = self.ddim_timesteps(steps)
-        x_t = self.x_T_like(torch.empty((n, *shape), device=device), generator)
+        eta = 1: the DDPM posterior variance. record, x_start, t_start: as in sample()."""
+        x_t, top = self.start(n, shape, generator, x_start, t_start)
+        if not 1 <= steps <= top + 1:
+            raise ValueError(f"DDIM needs 1 <= steps <= {top + 1} (the timesteps to go), got {steps}")
+        n, device = x_t.shape[0], x_t.device
+        tau = self.ddim_timesteps(steps, top)
         kept = []
         for j, i in enumerate(Progress(tau, len(tau), "sampling (DDIM)", "steps", show=progress)):
             t = torch.full((n,), i, device=device, dtype=torch.long)

@@ -37,9 +37,12 @@ def build_model(config: dict) -> DDPM:
     if config["model"] == "DDGM":
         return DDGM(net, beta, theta_0=config["theta0"], loss_type=config["loss"], clip_x0=clip_x0)
     if config["model"] == "COND":
-        return ConditionalDDPM(net, beta, config["num_classes"], config["p_uncond"], config["guidance"],
-                               clip_x0=clip_x0)
-    return DDPM(net, beta, clip_x0=clip_x0)
+        model = ConditionalDDPM(net, beta, config["num_classes"], config["p_uncond"], config["guidance"],
+                                clip_x0=clip_x0)
+    else:
+        model = DDPM(net, beta, clip_x0=clip_x0)
+    model.min_snr_gamma = config.get("min_snr", 0.0)
+    return model
 
 
 class EMA:

@@ -157,6 +157,25 @@ def test_training_on_shapes_lowers_the_loss():
     assert before > 0.5 and after < 0.5 * before
 
 
+def test_min_snr_weight_is_min_snr_gamma_over_snr():
+    """Hang et al. Sec. 3.4: w_t = min(SNR(t), gamma) / SNR(t), SNR(t) = alpha_bar_t / (1 - alpha_bar_t):
+    1 where SNR <= gamma (noisy steps), gamma / SNR below that; a huge gamma gives back L_simple exactly."""
+    model = DDPM(CNN(hidden=(8, 16, 8)), linear_beta_schedule(1000))
+    model.min_snr_gamma = 5.0
+    t = torch.arange(1000)
+    ab = model.alpha_bar.double()
+    snr = ab / (1 - ab)
+    expected = torch.where(snr > 5, 5 / snr, torch.ones_like(snr))
+    assert torch.allclose(model.min_snr_weight(t).double(), expected, rtol=1e-5)
+    assert model.min_snr_weight(torch.tensor([0]))[0] == pytest.approx(5 * 1e-4 / (1 - 1e-4), rel=1e-3)
+    x = make_shapes(n=16).images
+    losses = []
+    for gamma in (0.0, 1e30, 5.0):
+        model.min_snr_gamma = gamma
+        losses.append(model.loss(x, torch.Generator().manual_seed(3)).item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6) and losses[2] < losses[0]
+
+
 def test_sample_shape_finite_and_reproducible():
     """Alg. 2 from x_T ~ N(0, I): right shape, finite, same output for the same seeded generator."""
     torch.manual_seed(0)
