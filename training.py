@@ -19,7 +19,13 @@ from metrics import lesion_dice
 from models import ARCHITECTURE, EMA, build_model, draw, load_checkpoint, pick_device
 
 # Settings that change what training does: --resume refuses a change (the rest, e.g. --epochs, may change).
-TRAINING = ("lr", "warmup", "batch_size", "limit", "seed", "ema_decay", "p_uncond")
+TRAINING = ("lr", "warmup", "batch_size", "limit", "seed", "ema_decay", "p_uncond", "min_snr")
+
+
+def warmup_lr(lr: float, warmup: int, step: int) -> float:
+    """The learning rate of training step `step` (1, 2, ...): linear warm-up from 0 over `warmup` steps
+    (Goyal et al. 2017), then constant."""
+    return lr * min(1.0, step / warmup) if warmup else lr
 
 
 def check_process(args) -> None:
@@ -98,7 +104,8 @@ def prepare(args, out: str):
     data_kw = {"data_dir": args.data_dir, "image_size": args.image_size, "channels": args.channels,
                "data_path": args.data_path}
     train_set = load_dataset(args.dataset, train=True, limit=args.limit, **data_kw)
-    held_out = load_dataset(args.dataset, train=False, **data_kw) if args.dataset in ("phantom", "folder") else None
+    with_masks = ("phantom", "phantom-anomaly", "folder")
+    held_out = load_dataset(args.dataset, train=False, **data_kw) if args.dataset in with_masks else None
     config = make_config(args, train_set)
     torch.manual_seed(args.seed)
     model = build_model(config).to(device)

@@ -103,6 +103,8 @@ def cli(*args):
     (["DDPM", "--epochs", "0"], "--epochs must lie in 1..100000"),
     (["DDGM", "--theta0", "-1"], "--theta0 must be positive"),
     (["DDPM", "--cond", "class"], "COND only"),
+    (["DDGM", "--min-snr", "5"], "--min-snr applies to DDPM and COND, not DDGM"),
+    (["DDPM", "--min-snr", "-1"], "--min-snr must lie in 0..1e6"),
 ])
 def test_bad_arguments_one_line_exit_2(args, message):
     r = cli(*args)
@@ -193,3 +195,21 @@ def test_a_checkpoint_cannot_run_code(tmp_path, capsys):
 def test_ddim_for_ddgm_is_refused_in_one_line():
     r = cli("DDGM", "--sampler", "ddim")
     assert r.returncode == 2 and "Gaussian" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_defaults_are_the_recipe_and_paper_settings_one_flag_away(tmp_path):
+    """No option: main.RECIPE in config.json. --paper-settings: Ho et al.'s lr, batch, warm-up, EMA and
+    Algorithm 2, except for options given explicitly; DDGM always samples by Algorithm 2."""
+    tiny = ["--dataset", "shapes", "--limit", "16", "--n-T", "10", "--num-samples", "4", "--eval-samples", "0",
+            "--epochs", "1"]
+    configs = {}
+    runs = {"recipe": [], "paper": ["--paper-settings"], "mixed": ["--paper-settings", "--lr", "1e-3"], "ddgm": []}
+    for name, extra in runs.items():
+        run("DDGM" if name == "ddgm" else "DDPM", *tiny, *extra, "--out", tmp_path / name)
+        configs[name] = json.loads((tmp_path / name / "config.json").read_text())
+    for key, value in main.RECIPE.items():
+        expected = list(value) if isinstance(value, tuple) else value
+        assert configs["recipe"][key] == expected
+        assert configs["paper"][key] == main.PAPER.get(key, expected)
+    assert configs["mixed"]["lr"] == 1e-3 and configs["mixed"]["batch_size"] == main.PAPER["batch_size"]
+    assert configs["ddgm"]["sampler"] == "ddpm" and configs["recipe"]["sampler"] == "ddim"
