@@ -4,4 +4,5 @@ imports, so that `python main.py --help` and argument errors answer at once, bef
 MODELS = ("DDPM", "DDGM", "COND")
 MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
                "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
-DATASETS = ("mnist", "shapes", "phantom", "folder", "csv", *MEDMNIST_2D)
+PHANTOMS = ("phantom", "phantom-healthy", "phantom-anomaly")  # synthetic.make_phantom: bright, no, hidden lesion
+DATASETS = ("mnist", "shapes", *PHANTOMS, "folder", "csv", *MEDMNIST_2D)

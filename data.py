@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from catalog import DATASETS
+from catalog import DATASETS, PHANTOMS
 
 MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -337,14 +337,15 @@ def read_dataset(name, data_dir, train, image_size, channels, data_path, downloa
     from synthetic import make_phantom, make_shapes
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-    if image_size is not None and name not in ("folder", "phantom", "csv") and image_size != 28:
-        raise DataError(f"{name} images are 28x28: --image-size applies to folder, phantom and csv only")
+    if image_size is not None and name not in ("folder", *PHANTOMS, "csv") and image_size != 28:
+        raise DataError(f"{name} images are 28x28: --image-size applies to folder, phantoms and csv only")
     if name == "mnist":
         return load_mnist(data_dir, train, download, limit)
     if name == "shapes":
         return make_shapes(seed=0 if train else 1)
-    if name == "phantom":
-        return make_phantom(n=8192 if train else 256, size=image_size or 64, seed=0 if train else 1)
+    if name in PHANTOMS:
+        lesion = {"phantom": "bright", "phantom-healthy": "none", "phantom-anomaly": "hidden"}[name]
+        return make_phantom(n=8192 if train else 256, size=image_size or 64, seed=0 if train else 1, lesion=lesion)
     if name == "folder":
         return load_folder(data_dir, image_size or 64, channels, train, limit)
     if name == "csv":

@@ -199,3 +199,53 @@ def save_reverse_process(kept: list, x0: Tensor, T: int, path: str, rows: int = 
     fig.suptitle(f"reverse process, T = {T}: x_t (upper) and the network's x0_hat, eq. (15) (lower)", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def show_image(ax, img: Tensor) -> None:
+    """One image (C, H, W) in [-1, 1] on an axis, gray for one channel, no ticks."""
+    img = unnormalize_to_zero_to_one(img.float()).clamp(0, 1)
+    ax.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def save_anomaly_figure(scans: Tensor, recs: Tensor, maps: Tensor, masks: Tensor | None, path: str,
+                        rows: int = 6) -> None:
+    """anomaly.py's figure, one scan per row: scan | reconstruction | anomaly map | scan with the true
+    lesion mask outlined (when masks are known). The maps share one colour scale."""
+    plt = pyplot()
+    rows = min(rows, len(scans))
+    cols = 4 if masks is not None else 3
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2 * rows), squeeze=False)
+    top = float(maps[:rows].max()) or 1.0
+    for r in range(rows):
+        show_image(axes[r, 0], scans[r])
+        show_image(axes[r, 1], recs[r])
+        axes[r, 2].imshow(maps[r].numpy(), cmap="inferno", vmin=0, vmax=top)
+        axes[r, 2].set_xticks([])
+        axes[r, 2].set_yticks([])
+        if masks is not None:
+            show_image(axes[r, 3], scans[r])
+            if masks[r].any():
+                axes[r, 3].contour(masks[r, 0].numpy(), levels=[0.5], colors="red", linewidths=1)
+    for c, title in enumerate(("scan", "reconstruction", "anomaly map", "true lesion")[:cols]):
+        axes[0, c].set_title(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_anomaly_sweep(rows: list, baselines: dict, T: int, path: str) -> None:
+    """AUROC and Dice of the diffusion map against t_lambda (rows: [(t_lambda, {"auroc", "dice"})]),
+    with the baselines as horizontal lines: small t_lambda keeps the lesion, large loses the anatomy."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    t = [r[0] for r in rows]
+    for ax, key in zip(axes, ("auroc", "dice")):
+        ax.plot(t, [r[1][key] for r in rows], "o-", lw=2, label="diffusion reconstruction")
+        for (name, b), style in zip(baselines.items(), ("--", ":")):
+            ax.axhline(b[key], ls=style, color="grey", label=f"baseline: {name}")
+        ax.set(xlabel=f"t_lambda (of T = {T})", ylabel=key, title=f"pixel {key} on the test scans",
+               ylim=(0, 1.02))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,6 +1,6 @@
 """Synthetic datasets, made in memory and deterministic given a seed, for offline runs and for
 measuring what real data cannot: shapes (three labelled classes) and head phantoms with a lesion
-mask (the lesion is the only bright region, so mask adherence can be scored)."""
+mask: bright lesions (mask adherence can be scored), none (healthy) or hidden ones (anomaly.py)."""
 import torch
 from torch import Tensor
 
@@ -43,10 +43,17 @@ def make_shapes(n: int = 4096, size: int = 28, seed: int = 0) -> Dataset:
 PHANTOM_LESION, PHANTOM_SKULL, PHANTOM_BRAIN, PHANTOM_VENTRICLE = 1.0, 0.6, 0.35, 0.1
 
 
-def make_phantom(n: int = 2048, size: int = 64, seed: int = 0) -> Dataset:
-    """Synthetic head phantoms in the spirit of Shepp & Logan (1974): a skull ring, brain
-    tissue, two dark ventricles and one bright lesion (the only pixels brighter than 0.8 in
-    [0, 1]), whose binary mask is returned. Deterministic given the seed."""
+def make_phantom(n: int = 2048, size: int = 64, seed: int = 0, lesion: str = "bright") -> Dataset:
+    """Synthetic head phantoms in the spirit of Shepp & Logan (1974): a skull ring, brain tissue,
+    two dark ventricles and, unless lesion="none", one lesion inside the brain, whose binary mask
+    is returned. Deterministic given the seed. lesion:
+    - "bright": the lesion is the only region brighter than 0.8 in [0, 1] (COND's mask Dice);
+    - "none": healthy anatomy only (--dataset phantom-healthy, the anomaly detector's training set);
+    - "hidden": the lesion has an intensity healthy anatomy also has, skull-bright or ventricle-dark
+      (half each), so no threshold finds it (--dataset phantom-anomaly). Its mask is the pixels that
+      differ from the same head without it (a dark lesion over a ventricle changes nothing there)."""
+    if lesion not in ("bright", "none", "hidden"):
+        raise ValueError(f"lesion must be bright, none or hidden, got {lesion!r}")
     g = torch.Generator().manual_seed(seed)
     u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
     xx, yy = grid_coordinates(size)
@@ -58,8 +65,19 @@ def make_phantom(n: int = 2048, size: int = 64, seed: int = 0) -> Dataset:
     for side in (-1, 1):  # ventricles, left and right of the centre
         v = ellipse(xx, yy, cx + side * u(0.05, 0.09), cy + u(-0.04, 0.04), u(0.03, 0.05), u(0.07, 0.11), tilt)
         x01[v] = PHANTOM_VENTRICLE
+    if lesion == "none":
+        return Dataset(normalize_to_neg_one_to_one(x01[:, None]), None, None)
     radius, angle = u(0.0, 0.5), u(0.0, 6.2832)  # lesion centre inside the brain's inner half
     lx, ly = cx + radius * 0.8 * a * angle.cos(), cy + radius * 0.8 * b * angle.sin()
-    lesion = ellipse(xx, yy, lx, ly, u(0.05, 0.11), u(0.05, 0.11), u(0.0, 3.1416)) & brain
-    x01[lesion] = PHANTOM_LESION
-    return Dataset(normalize_to_neg_one_to_one(x01[:, None]), None, lesion[:, None].float())
+    region = ellipse(xx, yy, lx, ly, u(0.05, 0.11), u(0.05, 0.11), u(0.0, 3.1416)) & brain
+    if lesion == "bright":
+        x01[region] = PHANTOM_LESION
+        return Dataset(normalize_to_neg_one_to_one(x01[:, None]), None, region[:, None].float())
+    value = torch.where(torch.rand(n, generator=g) < 0.5, PHANTOM_SKULL, PHANTOM_VENTRICLE).view(-1, 1, 1)
+    scan = torch.where(region, value, x01)
+    return Dataset(normalize_to_neg_one_to_one(scan[:, None]), None, (scan != x01)[:, None].float())
+
+
+def head_region(x: Tensor) -> Tensor:
+    """Boolean: the pixels inside a phantom's head (the background is exactly -1, every tissue above it)."""
+    return x > -1 + 0.05

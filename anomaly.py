@@ -1,0 +1,262 @@
+"""Where is the lesion? Anomaly localisation by diffusion reconstruction:
+python anomaly.py CHECKPOINT --dataset phantom-anomaly [--t-lambda T] [--sampler ddpm|ddim] [--steps S]
+                  [--repeats K] [--out FILE.png] [--sweep]
+
+A model trained on healthy anatomy only (main.py DDPM --dataset phantom-healthy) cannot draw a
+lesion. Noise a scan part of the way, x_t = q_sample(x_0, t_lambda) (Ho et al. eq. 4), run the
+reverse process from t_lambda down to 0, and the reconstruction shows healthy anatomy where the scan
+had a lesion: the anomaly map is |x_0 - x0_rec|, averaged over K noise draws (Wyatt et al. 2022,
+"AnoDDPM"; the partial noising is SDEdit, Meng et al. 2021). Small t_lambda keeps the lesion; large
+t_lambda loses the patient's own anatomy: --sweep shows the trade-off.
+
+On the phantoms (true masks, a validation split) it prints the pixel AUROC over all test pixels
+inside the head and the Dice at the threshold that is best on the validation split, for the
+diffusion map and for two baselines: the best single intensity threshold and |x_0 - mean healthy
+scan|. On other data (e.g. --dataset folder) it writes the figure only.
+"""
+import argparse
+import math
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from catalog import PHANTOMS
+from data import DataError, load_dataset
+from models import load_checkpoint, model_from_checkpoint, pick_device
+from progress import Progress
+
+SWEEP = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6)  # t_lambda / T for --sweep
+VALIDATION_SEED = 2  # the phantom-anomaly scans used to choose thresholds (test scans: seed 1)
+
+
+# --- the detector -------------------------------------------------------------------------------
+
+@torch.no_grad()
+def reconstruct(model, x0: Tensor, t_lambda: int, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+                generator=None) -> Tensor:
+    """Noise x0 to paper time t_lambda with eq. (4), then denoise back to t = 0 with Algorithm 2
+    (t_lambda steps) or DDIM (`steps` steps): the healthy anatomy the model believes in."""
+    i = t_lambda - 1  # the index of paper time t_lambda (ddpm.py: index i is t = i + 1)
+    t = torch.full((x0.shape[0],), i, device=x0.device, dtype=torch.long)
+    x_t = model.q_sample(x0, t, model.noise_like(x0, t, generator))  # eq. (4)
+    shape = tuple(x0.shape[1:])
+    if sampler == "ddim":
+        return model.ddim_sample(len(x0), shape, min(steps, t_lambda), eta, generator, x_start=x_t, t_start=i)
+    return model.sample(len(x0), shape, generator, x_start=x_t, t_start=i)
+
+
+def gaussian_blur(m: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian smoothing of maps (N, H, W) with std sigma pixels (0: unchanged)."""
+    if sigma <= 0:
+        return m
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=m.dtype, device=m.device) ** 2 / (2 * sigma ** 2))
+    k = (k / k.sum()).view(1, 1, 1, -1)
+    x = F.conv2d(F.pad(m[:, None], (r, r, 0, 0), mode="replicate"), k)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.transpose(2, 3))[:, 0]
+
+
+def anomaly_maps(model, x0: Tensor, t_lambda: int, sampler: str, steps: int, eta: float, repeats: int,
+                 smooth: float, generator=None, batch: int = 256, label: str = "scans") -> tuple:
+    """(maps (N, H, W), one reconstruction per scan (N, C, H, W)): |x_0 - x0_rec| averaged over channels
+    and `repeats` noise draws, then smoothed by a Gaussian of std `smooth` pixels."""
+    device = model.beta.device
+    maps, recs = [], []
+    bar = Progress(range(0, len(x0), batch), -(-len(x0) // batch), f"reconstructing {label}", "batches")
+    for s in bar:
+        x = x0[s:s + batch].to(device)
+        total = torch.zeros(x.shape[0], *x.shape[2:], device=device)
+        for k in range(repeats):
+            rec = reconstruct(model, x, t_lambda, sampler, steps, eta, generator)
+            total += (x - rec).abs().mean(1)
+            if k == 0:
+                recs.append(rec.cpu())
+        maps.append(gaussian_blur(total / repeats, smooth).cpu())
+    return torch.cat(maps), torch.cat(recs)
+
+
+# --- the scores -----------------------------------------------------------------------------------
+
+def auroc(scores: Tensor, labels: Tensor) -> float:
+    """Area under the ROC curve = P(score of a lesion pixel > score of a healthy one), ties counting
+    half: the Mann-Whitney U statistic over the rank sum of the positives."""
+    from scipy.stats import rankdata
+    s, y = scores.flatten().double().numpy(), labels.flatten().bool().numpy()
+    P, N = int(y.sum()), int((~y).sum())
+    if P == 0 or N == 0:
+        raise ValueError("AUROC needs both lesion and healthy pixels")
+    ranks = rankdata(s)  # average ranks for ties
+    return float((ranks[y].sum() - P * (P + 1) / 2) / (P * N))
+
+
+def dice(pred: Tensor, labels: Tensor) -> float:
+    """2 |A and B| / (|A| + |B|), pooled over all pixels given (1.0 when both are empty)."""
+    a, b = pred.flatten().bool(), labels.flatten().bool()
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2 * int((a & b).sum()) / total
+
+
+def best_threshold(scores: Tensor, labels: Tensor) -> float:
+    """The threshold thr that maximises the Dice of (scores >= thr) against labels: scores sorted
+    descending, Dice after the first k pixels is 2 TP_k / (k + P), taken only where the score changes."""
+    s, order = scores.flatten().double().sort(descending=True)
+    tp = labels.flatten().double()[order].cumsum(0)
+    k = torch.arange(1, len(s) + 1, dtype=torch.float64)
+    d = 2 * tp / (k + labels.sum().double())
+    last_of_tie = torch.ones_like(s, dtype=torch.bool)
+    last_of_tie[:-1] = s[:-1] != s[1:]
+    return float(s[torch.where(last_of_tie, d, torch.full_like(d, -1)).argmax()])
+
+
+def score(val_map: Tensor, val_mask: Tensor, val_head: Tensor, test_map: Tensor, test_mask: Tensor,
+          test_head: Tensor) -> dict:
+    """Test AUROC over pixels inside the head, and test Dice at the validation split's best threshold."""
+    thr = best_threshold(val_map[val_head], val_mask[val_head])
+    return {"auroc": auroc(test_map[test_head], test_mask[test_head]),
+            "dice": dice(test_map[test_head] >= thr, test_mask[test_head]), "threshold": thr}
+
+
+def baselines(val: Tensor, val_mask: Tensor, val_head: Tensor, test: Tensor, test_mask: Tensor,
+              test_head: Tensor, healthy_mean: Tensor) -> dict:
+    """Maps that need no model, scored the same way: the intensity itself (bright lesions) or its
+    negative (dark ones), whichever scores the higher AUROC on the validation split, and the
+    absolute difference from the mean healthy scan."""
+    up = auroc(val[val_head], val_mask[val_head]) >= 0.5
+    sign = 1 if up else -1
+    return {f"intensity ({'bright' if up else 'dark'} = lesion)":
+            score(sign * val, val_mask, val_head, sign * test, test_mask, test_head),
+            "|x - mean healthy scan|":
+            score((val - healthy_mean).abs(), val_mask, val_head, (test - healthy_mean).abs(), test_mask, test_head)}
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anomaly.py", description="Anomaly maps by partial noising and denoising "
+                                "(AnoDDPM) with a main.py checkpoint trained on healthy scans.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="a model.pth written by main.py (e.g. trained on --dataset phantom-healthy)")
+    p.add_argument("--dataset", default="phantom-anomaly", choices=(*PHANTOMS, "folder"),
+                   help="test scans: a phantom (scored) or folder (figure only)")
+    p.add_argument("--data-dir", default="./data", help="--dataset folder: images/ (and masks/ for the outline)")
+    p.add_argument("--t-lambda", type=int, help="paper time to noise to, 1..T (default: T/4)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
+                   help="reverse process: ddim (--steps, --eta) or ddpm (Algorithm 2, t_lambda steps)")
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps from t_lambda to 0")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic given x_t)")
+    p.add_argument("--repeats", type=int, default=4, help="noise draws K averaged per map")
+    p.add_argument("--smooth", type=float, default=1.0, help="Gaussian std in pixels applied to the map (0: none)")
+    p.add_argument("--n", type=int, default=256, help="test scans (phantoms)")
+    p.add_argument("--n-val", type=int, default=128, help="validation scans that choose the Dice thresholds")
+    p.add_argument("--sweep", action="store_true", help=f"also write FILE_sweep.png: AUROC and Dice against t_lambda "
+                   f"at {', '.join(f'{f:g}' for f in SWEEP)} x T")
+    p.add_argument("--seed", type=int, default=0, help="seeds the noise draws")
+    p.add_argument("--out", help="output PNG (default: anomaly.png beside the checkpoint)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights are saved")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    return p
+
+
+def check(args) -> None:
+    """Numbers out of range end here with one line (exit 2), before the checkpoint is read."""
+    checks = [(args.t_lambda is None or args.t_lambda >= 1, "--t-lambda must be at least 1"),
+              (1 <= args.steps <= 10_000, "--steps must lie in 1..10000"),
+              (math.isfinite(args.eta) and 0 <= args.eta <= 1, "--eta must lie in [0, 1]"),
+              (1 <= args.repeats <= 100, "--repeats must lie in 1..100"),
+              (math.isfinite(args.smooth) and 0 <= args.smooth <= 20, "--smooth must lie in 0..20 pixels"),
+              (1 <= args.n <= 100_000 and 1 <= args.n_val <= 100_000, "--n and --n-val must lie in 1..100000")]
+    for ok, message in checks:
+        if not ok:
+            raise DataError(message)
+
+
+def main(argv=None) -> None:
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        check(args)
+        run(args)
+    except (DataError, ValueError) as e:
+        p.exit(2, f"anomaly.py: error: {e}\n")
+    except OSError as e:
+        p.exit(2, f"anomaly.py: error: could not write {e.filename or 'a file'} ({e.strerror or e}): "
+                  "choose another --out\n")
+    except KeyboardInterrupt:
+        p.exit(130, "\ninterrupted\n")
+
+
+def test_scans(args, config: dict) -> tuple:
+    """(test set, validation set or None, mean healthy scan or None) at the model's image size."""
+    size, C = config["image_size"], config["in_channels"]
+    if args.dataset == "folder":
+        return load_dataset("folder", args.data_dir, train=True, image_size=size, channels=C), None, None
+    if C != 1:
+        raise DataError(f"the phantoms are grayscale and this model takes {C} channels")
+    from synthetic import make_phantom
+    lesion = {"phantom": "bright", "phantom-anomaly": "hidden", "phantom-healthy": "none"}[args.dataset]
+    test = make_phantom(args.n, size, seed=1, lesion=lesion)
+    if lesion == "none":
+        return test, None, None
+    val = make_phantom(args.n_val, size, seed=VALIDATION_SEED, lesion=lesion)
+    healthy_mean = make_phantom(2048, size, seed=0, lesion="none").images.mean(0)
+    return test, val, healthy_mean
+
+
+def run(args) -> None:
+    from figures import save_anomaly_figure, save_anomaly_sweep
+    from synthetic import head_region
+    ckpt = load_checkpoint(args.checkpoint)
+    config, device = ckpt["config"], pick_device(args.device)
+    if config.get("cond"):
+        raise DataError("anomaly.py needs an unconditional model (main.py DDPM or DDGM), not a COND one")
+    model = model_from_checkpoint(ckpt, device, use_ema=not args.no_ema)
+    t_lambda = args.t_lambda or max(1, round(model.T / 4))
+    if t_lambda > model.T:
+        raise DataError(f"--t-lambda must lie in 1..{model.T} (T of this model)")
+    if args.sampler == "ddim" and config["model"] == "DDGM":
+        raise DataError("DDIM is derived for Gaussian noise, not DDGM's Gamma noise: use --sampler ddpm")
+    test, val, healthy_mean = test_scans(args, config)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "anomaly.png")
+    g = torch.Generator(device).manual_seed(args.seed)
+    how = f"DDIM {min(args.steps, t_lambda)} steps, eta {args.eta:g}" if args.sampler == "ddim" else \
+        f"Algorithm 2, {t_lambda} steps"
+    print(f"{len(test.images)} {args.dataset} scans: noise to t_lambda={t_lambda} of T={model.T}, denoise by {how}, "
+          f"{args.repeats} draws per map, Gaussian smoothing sigma {args.smooth:g} px", flush=True)
+
+    def maps_at(t, x, label):
+        return anomaly_maps(model, x, t, args.sampler, args.steps, args.eta, args.repeats, args.smooth, g,
+                            label=label)
+    test_map, recs = maps_at(t_lambda, test.images, "test scans")
+    save_anomaly_figure(test.images, recs, test_map, test.masks, out)
+    if val is None or test.masks is None:
+        print(f"wrote {out} (scan | reconstruction | anomaly map | true mask outline); no score: "
+              f"{args.dataset} has no validation split with lesion masks", flush=True)
+        return
+    head = lambda d: head_region(d.images[:, 0])  # noqa: E731
+    masks = lambda d: d.masks[:, 0].bool()  # noqa: E731
+    val_map, _ = maps_at(t_lambda, val.images, "validation scans")
+    r = score(val_map, masks(val), head(val), test_map, masks(test), head(test))
+    print(f"n={len(test.images)} auroc={r['auroc']:.4f} dice={r['dice']:.4f} t_lambda={t_lambda}", flush=True)
+    base = baselines(val.images[:, 0], masks(val), head(val), test.images[:, 0], masks(test), head(test),
+                     healthy_mean[0])
+    for name, b in base.items():
+        print(f"  baseline {name}: auroc={b['auroc']:.4f} dice={b['dice']:.4f}", flush=True)
+    print(f"wrote {out} (scan | reconstruction | anomaly map | true mask outline)", flush=True)
+    if args.sweep:
+        ts = sorted({max(1, round(f * model.T)) for f in SWEEP})
+        rows = []
+        for t in ts:
+            tm, _ = maps_at(t, test.images, f"test scans, t_lambda={t}")
+            vm, _ = maps_at(t, val.images, f"validation scans, t_lambda={t}")
+            rows.append((t, score(vm, masks(val), head(val), tm, masks(test), head(test))))
+            print(f"  sweep t_lambda={t}: auroc={rows[-1][1]['auroc']:.4f} dice={rows[-1][1]['dice']:.4f}", flush=True)
+        sweep = os.path.splitext(out)[0] + "_sweep.png"
+        save_anomaly_sweep(rows, base, model.T, sweep)
+        print(f"wrote {sweep}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
