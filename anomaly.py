@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from catalog import PHANTOMS
-from data import DataError, load_dataset
+from data import DataError, Dataset, load_dataset
 from models import load_checkpoint, model_from_checkpoint, pick_device
 from progress import Progress
 
 SWEEP = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6)  # t_lambda / T for --sweep
 VALIDATION_SEED = 2  # the phantom-anomaly scans used to choose thresholds (test scans: seed 1)
+FIGURE_ROWS = 6  # scans shown in the figure
 
 
 # --- the detector -------------------------------------------------------------------------------
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a model.pth written by main.py (e.g. trained on --dataset phantom-healthy)")
     p.add_argument("--dataset", default="phantom-anomaly", choices=(*PHANTOMS, "folder"),
-                   help="test scans: a phantom (scored) or folder (figure only)")
+                   help="test scans: a phantom (scored) or folder (figure of its first 6 images only)")
     p.add_argument("--data-dir", default="./data", help="--dataset folder: images/ (and masks/ for the outline)")
     p.add_argument("--t-lambda", type=int, help="paper time to noise to, 1..T (default: T/4)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
@@ -219,6 +220,8 @@ def run(args) -> None:
     if args.sampler == "ddim" and config["model"] == "DDGM":
         raise DataError("DDIM is derived for Gaussian noise, not DDGM's Gamma noise: use --sampler ddpm")
     test, val, healthy_mean = test_scans(args, config)
+    if val is None:  # nothing to score: map only the scans the figure shows
+        test = Dataset(*(None if a is None else a[:FIGURE_ROWS] for a in test))
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "anomaly.png")
     g = torch.Generator(device).manual_seed(args.seed)
     how = f"DDIM {min(args.steps, t_lambda)} steps, eta {args.eta:g}" if args.sampler == "ddim" else \
@@ -230,7 +233,7 @@ def run(args) -> None:
         return anomaly_maps(model, x, t, args.sampler, args.steps, args.eta, args.repeats, args.smooth, g,
                             label=label)
     test_map, recs = maps_at(t_lambda, test.images, "test scans")
-    save_anomaly_figure(test.images, recs, test_map, test.masks, out)
+    save_anomaly_figure(test.images, recs, test_map, test.masks, out, rows=FIGURE_ROWS)
     if val is None or test.masks is None:
         print(f"wrote {out} (scan | reconstruction | anomaly map | true mask outline); no score: "
               f"{args.dataset} has no validation split with lesion masks", flush=True)

@@ -182,8 +182,8 @@ def fid_after(nets: dict, images: int, data_dir: str, device: torch.device, seed
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer steps, 1 channel only, sampling time estimated")
-    p.add_argument("--steps", type=int, help="timed training steps per network (default 20; --quick 5)")
+    p.add_argument("--quick", action="store_true", help="3 timed steps, 1 channel, 3 timed sampling steps")
+    p.add_argument("--steps", type=int, help="timed training steps per network (default 20; --quick 3)")
     p.add_argument("--quality", action="store_true", help="also train each network on --images MNIST images and "
                    "print the fid it reaches (needs MNIST in --data-dir)")
     p.add_argument("--images", type=int, default=60000, help="--quality: training images per network")
@@ -198,7 +198,7 @@ def main(argv=None) -> None:
         p.error(f"--images must lie in {RECIPE['batch_size']}..10000000")
     from models import pick_device
     device = pick_device(args.device)
-    steps = args.steps or (5 if args.quick else 20)
+    steps = args.steps or (3 if args.quick else 20)
     warmup = 1 if args.quick else 3
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {platform.processor() or platform.machine()}"
