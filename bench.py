@@ -20,9 +20,10 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from catalog import RECIPE
+from data import DataError
 from ddpm import DDPM, linear_beta_schedule
 from figures import write_json
-from main import RECIPE
 from unet import CNN, UNet, count_parameters
 
 DEFAULT = f"UNet {RECIPE['unet_widths']} (default)"
@@ -181,6 +182,15 @@ def fid_after(nets: dict, images: int, data_dir: str, device: torch.device, seed
 
 
 def main(argv=None) -> None:
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        run(args, p)
+    except DataError as e:  # a device that is not here, MNIST missing for --quality
+        p.exit(2, f"bench.py: error: {e}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="3 timed steps, 1 channel, 3 timed sampling steps")
     p.add_argument("--steps", type=int, help="timed training steps per network (default 20; --quick 3)")
@@ -191,13 +201,19 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="--quality: seeds the initialisation, batches and samples")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--out", default="bench.json")
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args, p: argparse.ArgumentParser) -> None:
     if args.steps is not None and not 1 <= args.steps <= 1000:
         p.error("--steps must lie in 1..1000")
     if not RECIPE["batch_size"] <= args.images <= 10_000_000:
         p.error(f"--images must lie in {RECIPE['batch_size']}..10000000")
     from models import pick_device
     device = pick_device(args.device)
+    if args.quality:  # fail now, not after the speed part: --quality needs MNIST on disk
+        from data import load_dataset
+        load_dataset("mnist", args.data_dir, train=True, download=False, limit=1)
     steps = args.steps or (3 if args.quick else 20)
     warmup = 1 if args.quick else 3
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \

@@ -1,8 +1,19 @@
-"""The names a user can type on the command line: models and datasets. Plain constants with no
-imports, so that `python main.py --help` and argument errors answer at once, before torch loads."""
+"""The names a user can type on the command line (models, datasets) and the training defaults. Plain
+constants with no imports, so that `python main.py --help` and argument errors answer at once, before
+torch loads; main.py and bench.py read them from here."""
 
 MODELS = ("DDPM", "DDGM", "COND")
 MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
                "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
 PHANTOMS = ("phantom", "phantom-healthy", "phantom-anomaly")  # synthetic.make_phantom: bright, no, hidden lesion
 DATASETS = ("mnist", "shapes", *PHANTOMS, "folder", "csv", *MEDMNIST_2D)
+
+# The defaults, chosen by measurement on a 2-core CPU (README, "How the defaults were chosen"): digits
+# after one MNIST epoch of about 4 minutes. An option given on the command line always wins.
+RECIPE = {"net": "unet", "unet_widths": (16, 32, 32), "lr": 2e-3, "batch_size": 32, "warmup": 100,
+          "ema_decay": 0.999, "min_snr": 5.0, "sampler": "ddim"}
+# --paper-settings: Ho et al. 2020 Sec. 4 and App. B (Adam 2e-4, batch 128, 5000 warm-up steps, EMA 0.9999,
+# Algorithm 2 with T = 1000 steps). Their 35.7M-parameter network is out of reach on a CPU: the net stays ours.
+PAPER = {"lr": 2e-4, "min_snr": 0.0, "batch_size": 128, "warmup": 5000,
+         "ema_decay": 0.9999, "sampler": "ddpm"}
+

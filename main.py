@@ -11,18 +11,9 @@ import os
 import sys
 import time
 
-from catalog import DATASETS, MODELS
+from catalog import DATASETS, MODELS, PAPER, RECIPE
 
 EXPLODED = 1e3  # the eps-prediction loss starts near 1 (or 2 for an untrained net); far above it, training diverged
-
-# The defaults, chosen by measurement on a 2-core CPU (README, "How the defaults were chosen"): digits
-# after one MNIST epoch of about 4 minutes. An option given on the command line always wins.
-RECIPE = {"net": "unet", "unet_widths": (16, 32, 32), "lr": 2e-3, "batch_size": 32, "warmup": 100,
-          "ema_decay": 0.999, "min_snr": 5.0, "sampler": "ddim"}
-# --paper-settings: Ho et al. 2020 Sec. 4 and App. B (Adam 2e-4, batch 128, 5000 warm-up steps, EMA 0.9999,
-# Algorithm 2 with T = 1000 steps). Their 35.7M-parameter network is out of reach on a CPU: the net stays ours.
-PAPER = {"lr": 2e-4, "min_snr": 0.0, "batch_size": 128, "warmup": 5000,
-         "ema_decay": 0.9999, "sampler": "ddpm"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

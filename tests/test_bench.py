@@ -20,3 +20,13 @@ def test_zero_steps_is_refused_not_replaced(capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(["--steps", "0"])
     assert e.value.code == 2 and "--steps must lie in 1..1000" in capsys.readouterr().err
+
+
+def test_bad_device_and_missing_mnist_are_one_line(tmp_path, capsys):
+    import pytest
+    cases = ((["--device", "foo"], "is not a device"), (["--quality", "--data-dir", str(tmp_path)], "MNIST"))
+    for args, message in cases:
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--quick", "--steps", "1", "--out", str(tmp_path / "b.json"), *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
