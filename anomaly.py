@@ -25,8 +25,11 @@ from torch import Tensor
 
 from catalog import PHANTOMS
 from data import DataError, Dataset, load_dataset
+from errors import Parser, run_script
+from files import check_outputs, png_out
 from models import load_checkpoint, model_from_checkpoint, pick_device
 from progress import Progress
+from settings import SEED_MAX
 
 SWEEP = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6)  # t_lambda / T for --sweep
 VALIDATION_SEED = 2  # the phantom-anomaly scans used to choose thresholds (test scans: seed 1)
@@ -76,7 +79,10 @@ def anomaly_maps(model, x0: Tensor, t_lambda: int, sampler: str, steps: int, eta
             if k == 0:
                 recs.append(rec.cpu())
         maps.append(gaussian_blur(total / repeats, smooth).cpu())
-    return torch.cat(maps), torch.cat(recs)
+    maps = torch.cat(maps)
+    if not torch.isfinite(maps).all():
+        raise DataError("the anomaly maps are not finite (NaN/inf): the model's reconstructions diverged")
+    return maps, torch.cat(recs)
 
 
 # --- the scores -----------------------------------------------------------------------------------
@@ -136,9 +142,8 @@ def baselines(val: Tensor, val_mask: Tensor, val_head: Tensor, test: Tensor, tes
 # --- the command line -----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="anomaly.py", description="Anomaly maps by partial noising and denoising "
-                                "(AnoDDPM) with a main.py checkpoint trained on healthy scans.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="anomaly.py", description="Anomaly maps by partial noising and denoising (AnoDDPM) with a "
+               "main.py checkpoint trained on healthy scans.")
     p.add_argument("checkpoint", help="a model.pth written by main.py (e.g. trained on --dataset phantom-healthy)")
     p.add_argument("--dataset", default="phantom-anomaly", choices=(*PHANTOMS, "folder"),
                    help="test scans: a phantom (scored) or folder (figure of its first 6 images only)")
@@ -168,7 +173,8 @@ def check(args) -> None:
               (math.isfinite(args.eta) and 0 <= args.eta <= 1, "--eta must lie in [0, 1]"),
               (1 <= args.repeats <= 100, "--repeats must lie in 1..100"),
               (math.isfinite(args.smooth) and 0 <= args.smooth <= 20, "--smooth must lie in 0..20 pixels"),
-              (1 <= args.n <= 100_000 and 1 <= args.n_val <= 100_000, "--n and --n-val must lie in 1..100000")]
+              (1 <= args.n <= 100_000 and 1 <= args.n_val <= 100_000, "--n and --n-val must lie in 1..100000"),
+              (0 <= args.seed <= SEED_MAX, f"--seed must lie in 0..{SEED_MAX}")]
     for ok, message in checks:
         if not ok:
             raise DataError(message)
@@ -177,16 +183,7 @@ def check(args) -> None:
 def main(argv=None) -> None:
     p = build_parser()
     args = p.parse_args(argv)
-    try:
-        check(args)
-        run(args)
-    except (DataError, ValueError) as e:
-        p.exit(2, f"anomaly.py: error: {e}\n")
-    except OSError as e:
-        p.exit(2, f"anomaly.py: error: could not write {e.filename or 'a file'} ({e.strerror or e}): "
-                  "choose another --out\n")
-    except KeyboardInterrupt:
-        p.exit(130, "\ninterrupted\n")
+    run_script(p, lambda a: (check(a), run(a)), args)
 
 
 def test_scans(args, config: dict) -> tuple:
@@ -209,11 +206,14 @@ def test_scans(args, config: dict) -> tuple:
 def run(args) -> None:
     from figures import save_anomaly_figure, save_anomaly_sweep
     from synthetic import head_region
+    out = png_out("--out", args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "anomaly.png"))
+    check_outputs({"--out": out, **({"--out (its _sweep.png)": os.path.splitext(out)[0] + "_sweep.png"}
+                                    if args.sweep else {})}, [args.checkpoint])
     ckpt = load_checkpoint(args.checkpoint)
     config, device = ckpt["config"], pick_device(args.device)
     if config.get("cond"):
         raise DataError("anomaly.py needs an unconditional model (main.py DDPM or DDGM), not a COND one")
-    model = model_from_checkpoint(ckpt, device, use_ema=not args.no_ema)
+    model = model_from_checkpoint(ckpt, device, use_ema=not args.no_ema, path=args.checkpoint)
     t_lambda = args.t_lambda or max(1, round(model.T / 4))
     if t_lambda > model.T:
         raise DataError(f"--t-lambda must lie in 1..{model.T} (T of this model)")
@@ -222,7 +222,6 @@ def run(args) -> None:
     test, val, healthy_mean = test_scans(args, config)
     if val is None:  # nothing to score: map only the scans the figure shows
         test = Dataset(*(None if a is None else a[:FIGURE_ROWS] for a in test))
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "anomaly.png")
     g = torch.Generator(device).manual_seed(args.seed)
     how = f"DDIM {min(args.steps, t_lambda)} steps, eta {args.eta:g}" if args.sampler == "ddim" else \
         f"Algorithm 2, {t_lambda} steps"

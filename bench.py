@@ -21,9 +21,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from catalog import RECIPE
-from data import DataError
 from ddpm import DDPM, linear_beta_schedule
-from figures import write_json
+from errors import Parser, run_script
+from files import write_json
+from settings import SEED_MAX
 from unet import CNN, UNet, count_parameters
 
 DEFAULT = f"UNet {RECIPE['unet_widths']} (default)"
@@ -184,14 +185,11 @@ def fid_after(nets: dict, images: int, data_dir: str, device: torch.device, seed
 def main(argv=None) -> None:
     p = build_parser()
     args = p.parse_args(argv)
-    try:
-        run(args, p)
-    except DataError as e:  # a device that is not here, MNIST missing for --quality
-        p.exit(2, f"bench.py: error: {e}\n")
+    run_script(p, lambda a: run(a, p), args)  # a device that is not here, MNIST missing for --quality, ...
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.splitlines()[0])
+    p = Parser(prog="bench.py", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="3 timed steps, 1 channel, 3 timed sampling steps")
     p.add_argument("--steps", type=int, help="timed training steps per network (default 20; --quick 3)")
     p.add_argument("--quality", action="store_true", help="also train each network on --images MNIST images and "
@@ -209,6 +207,8 @@ def run(args, p: argparse.ArgumentParser) -> None:
         p.error("--steps must lie in 1..1000")
     if not RECIPE["batch_size"] <= args.images <= 10_000_000:
         p.error(f"--images must lie in {RECIPE['batch_size']}..10000000")
+    if not 0 <= args.seed <= SEED_MAX:
+        p.error(f"--seed must lie in 0..{SEED_MAX}")
     from models import pick_device
     device = pick_device(args.device)
     if args.quality:  # fail now, not after the speed part: --quality needs MNIST on disk

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from catalog import DATASETS, PHANTOMS
+from errors import DataError, one_line
 
 MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -26,10 +27,7 @@ MEDMNIST_URL = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_VALUES = 300_000_000   # pixels per split that fit comfortably in memory as float32 (1.2 GB)
 MAX_CLASSES = 1000
-
-
-class DataError(Exception):
-    """A missing, corrupt or inconsistent data file; the message says how to fix it."""
+MAX_NPZ_BYTES = 2 ** 31    # decoded size of all arrays in one .npz, read from the headers before any data
 
 
 class Dataset(NamedTuple):
@@ -58,13 +56,16 @@ def uint8_to_images(a: np.ndarray) -> Tensor:
     return to_images(a.astype(np.float32) / 255)
 
 
-def check_labels(labels: np.ndarray, where: str) -> Tensor:
+def check_labels(labels: np.ndarray, where: str, item: str = "item") -> Tensor:
     """Class labels must be whole numbers in 0..MAX_CLASSES-1 (NaN, 2.7, -1 or 1e9 are refused)."""
     labels = np.asarray(labels)
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        if not np.issubdtype(labels.dtype, np.floating) or not np.isfinite(labels).all() \
-                or (labels != np.round(labels)).any():
-            raise DataError(f"{where}: labels must be whole numbers, found e.g. {labels.flat[0]!r}")
+        bad = ~np.isfinite(labels) | (labels != np.round(labels)) if np.issubdtype(labels.dtype, np.floating) \
+            else np.ones(labels.shape, dtype=bool)
+        if bad.any():
+            i = int(np.argmax(bad.reshape(-1)))
+            raise DataError(f"{where}: labels must be whole numbers, but {item} {i + 1} has label "
+                            f"{labels.reshape(-1)[i].item()}")
     if labels.size and (labels.min() < 0 or labels.max() >= MAX_CLASSES):
         raise DataError(f"{where}: labels must lie in 0..{MAX_CLASSES - 1}, found {labels.min()}..{labels.max()}")
     return torch.from_numpy(labels.astype(np.int64))
@@ -113,8 +114,7 @@ def try_download(fetch, made: str) -> str | None:
         for d in (os.path.join(made, "MNIST", "raw"), os.path.join(made, "MNIST"), made):
             if d not in existed and os.path.isdir(d) and not os.listdir(d):
                 os.rmdir(d)
-        message = " ".join(str(e).split()) or type(e).__name__
-        return message[:200] + ("..." if len(message) > 200 else "")
+        return one_line(str(e), 200) or type(e).__name__
 
 
 def download_mnist(data_dir: str) -> None:
@@ -144,18 +144,51 @@ def load_mnist(data_dir: str, train: bool = True, download: bool = True, limit: 
     return Dataset(uint8_to_images(images), check_labels(labels, raw), None)
 
 
+def npz_sizes(path: str) -> dict:
+    """{array name: decoded bytes} from the .npy headers inside a .npz, reading no array data.
+    Duplicate member names (np.load would silently use one of them) are refused."""
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise DataError(f"{path} holds two arrays named {twice[0]!r}: which one is meant is unknown; "
+                            "write the file again with one array per name")
+        sizes = {}
+        for name in names:
+            with z.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+            if dtype.hasobject:
+                raise DataError(f"{path}: array {name} holds Python objects, which would need pickle: refused")
+            sizes[name.removesuffix(".npy")] = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    return sizes
+
+
 def read_npz(path: str) -> dict:
-    """All arrays of a .npz file, loaded without pickle; anything else (a .npy, an empty, truncated
-    or corrupt zip) raises DataError naming the file."""
+    """All arrays of a .npz file, loaded without pickle, after their declared sizes were checked
+    against MAX_NPZ_BYTES; anything else (a .npy, an empty, truncated or corrupt zip) raises
+    DataError naming the file."""
     import zipfile
     try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                npy = f.read(6) == b"\x93NUMPY"
+            raise DataError(f"{path} is a single .npy array, not a .npz archive of named arrays" if npy else
+                            f"{path} is not a readable .npz file (not a zip archive of .npy arrays)")
+        total = sum(npz_sizes(path).values())
+        if total > MAX_NPZ_BYTES:
+            raise DataError(f"{path} would take {total / 2 ** 30:.1f} GiB once decoded (its headers say so), more "
+                            f"than the {MAX_NPZ_BYTES / 2 ** 30:.0f} GiB this project reads: use a smaller file")
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    except (AttributeError, TypeError):  # np.load returned a plain array: a .npy file, not a .npz
-        raise DataError(f"{path} is a single .npy array, not a .npz archive of named arrays") from None
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, RuntimeError, MemoryError) as e:
-        reason = " ".join(str(e).split())[:150] or type(e).__name__
-        raise DataError(f"{path} is not a readable .npz file ({reason})") from e
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, RuntimeError, MemoryError,
+            SyntaxError) as e:
+        raise DataError(f"{path} is not a readable .npz file ({one_line(str(e), 150) or type(e).__name__})") from e
 
 
 def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool = True,
@@ -171,6 +204,7 @@ def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool =
     arrays = read_npz(path)
     if f"{split}_images" not in arrays or f"{split}_labels" not in arrays:
         raise DataError(f"{path} is not a MedMNIST .npz: it has no {split}_images/{split}_labels arrays")
+    check_splits(arrays, path)
     images, labels = arrays[f"{split}_images"][:limit], arrays[f"{split}_labels"][:limit]
     if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
         images = images.transpose(0, 2, 3, 1)  # channels first (N, C, H, W) -> MedMNIST's (N, H, W, C)
@@ -184,6 +218,22 @@ def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool =
     return Dataset(uint8_to_images(images), check_labels(labels, path), None)
 
 
+def check_splits(arrays: dict, path: str) -> None:
+    """Every split of a MedMNIST file (train, val, test) must hold images of one shape and dtype and
+    as many labels as images, so that no split is found to differ after minutes of training."""
+    splits = [s for s in ("train", "val", "test") if f"{s}_images" in arrays]
+    shapes = {s: (arrays[f"{s}_images"].shape[1:], arrays[f"{s}_images"].dtype) for s in splits}
+    if len(set(shapes.values())) > 1:
+        told = ", ".join(f"{s} {shape} {dtype}" for s, (shape, dtype) in shapes.items())
+        raise DataError(f"{path}: its splits disagree in image shape or type ({told}): the file is damaged; "
+                        "download it again")
+    for s in splits:
+        labels, n = arrays.get(f"{s}_labels"), len(arrays[f"{s}_images"])
+        if labels is None or len(labels) != n:
+            raise DataError(f"{path}: {s}_images has {n} images but {'no' if labels is None else len(labels)} "
+                            "labels: the file is damaged; download it again")
+
+
 def parse_csv_rows(path: str, limit: int | None) -> list:
     """Rows of numbers as lists of strings; a first row with any non-number is a header and dropped."""
     def is_number(cell):
@@ -193,11 +243,12 @@ def parse_csv_rows(path: str, limit: int | None) -> list:
         except ValueError:
             return False
     try:
-        with open(path, newline="") as f:
-            rows = []
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
+            rows, first = [], True
             for r in csv.reader(f):
-                if r and (rows or all(map(is_number, r))):
+                if r and not (first and not all(map(is_number, r))):
                     rows.append(r)
+                first = first and not r
                 if limit and len(rows) >= limit:
                     break
     except (OSError, UnicodeDecodeError, csv.Error) as e:
@@ -227,32 +278,77 @@ def load_csv(path: str, image_size: int, channels: int, limit: int | None = None
     if pixels.min() < 0 or pixels.max() > 255:
         raise DataError(f"{path}: pixel values must lie in 0..255 (or 0..1), found {pixels.min()}..{pixels.max()}")
     scale = 1.0 if pixels.max() <= 1 else 255.0  # values in 0..1 are fractions, else 8-bit levels
-    labels = check_labels(a[:, 0], path) if a.shape[1] == n + 1 else None
+    labels = check_labels(a[:, 0], path, "data row") if a.shape[1] == n + 1 else None
     return Dataset(to_images(pixels.reshape(len(a), image_size, image_size, channels) / scale), labels, None)
 
 
 def list_images(folder: str) -> dict:
-    """{file stem: path} of the image files in folder."""
-    return {os.path.splitext(f)[0]: os.path.join(folder, f) for f in sorted(os.listdir(folder))
-            if f.lower().endswith(IMAGE_EXTENSIONS)}
+    """{file stem: path} of the image files in folder; two files with one stem (0.png and 0.jpg) are
+    refused, since the masks and the held-out split go by stem."""
+    files = [f for f in sorted(os.listdir(folder)) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    found = {}
+    for f in files:
+        stem = os.path.splitext(f)[0]
+        if stem in found:
+            raise DataError(f"{folder} holds {os.path.basename(found[stem])} and {f}: two files with one name; "
+                            "keep one of them")
+        found[stem] = os.path.join(folder, f)
+    return found
 
 
-def read_image(path: str, mode: str | None) -> np.ndarray:
-    """One image as float32 (H, W) or (H, W, 3) in [0, 1]: 8-bit images / 255; 16-bit, 32-bit and
-    float images by their own range (min..max), as is usual for MRI and CT, unless already in [0, 1]."""
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def scale_high_bit(a: np.ndarray, mode: str, path: str, constant: list) -> np.ndarray:
+    """A 16-bit, 32-bit or float image to [0, 1] by its own range (min..max), as is usual for MRI and
+    CT, unless already in [0, 1]. A constant image has no range: integer images map to value / 65535
+    (their place in the 16-bit range), others to 0.5; its path is added to `constant` for a note."""
+    if not np.isfinite(a).all():
+        raise DataError(f"{path} holds non-finite pixels (nan/inf): fix or remove it")
+    lo, hi = float(a.min()), float(a.max())
+    if 0 <= lo and hi <= 1:
+        return a
+    if hi > lo:
+        return (a - lo) / (hi - lo)
+    constant.append(path)
+    value = lo / 65535 if mode != "F" and 0 <= lo <= 65535 else 0.5
+    return np.full_like(a, value)
+
+
+def read_image(path: str, mode: str | None, constant: list) -> np.ndarray:
+    """One image as float32 (H, W) or (H, W, 3) in [0, 1]: 8-bit images / 255; high bit depths by
+    scale_high_bit. mode: "L", "RGB" or None (from the file)."""
     from PIL import Image
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        if im.mode in HIGH_BIT_MODES:
             if mode == "RGB":
                 raise DataError(f"{path} is a {im.mode} (high bit depth) grayscale image: use --channels 1")
-            a = np.asarray(im, dtype=np.float32)
-            if not np.isfinite(a).all():
-                raise DataError(f"{path} holds non-finite pixels (nan/inf): fix or remove it")
-            lo, hi = float(a.min()), float(a.max())
-            return a if 0 <= lo and hi <= 1 else (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+            return scale_high_bit(np.asarray(im, dtype=np.float32), im.mode, path, constant)
         im = im.convert(mode or ("L" if im.mode in ("1", "L", "LA") else "RGB"))
         return np.asarray(im, dtype=np.float32) / 255
+
+
+def binarize_mask(a: np.ndarray) -> np.ndarray:
+    """A mask by its own values: with one or two values, the higher one (if above 0) is the lesion, so
+    0/1 and 0/255 masks alike are read as drawn; with more (JPEG, anti-aliased edges), the values at or
+    above half the highest. Float (H, W) in {0, 1}."""
+    values = np.unique(a)
+    top = values[-1]
+    if len(values) <= 2:
+        return ((a == top) & (top > values[0] if len(values) == 2 else top > 0)).astype(np.float32)
+    return (a >= top / 2).astype(np.float32)
+
+
+def read_mask(path: str, constant: list) -> np.ndarray:
+    """One mask file as float32 (H, W) in {0, 1} (binarize_mask), at its own resolution."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im.load()
+        a = np.asarray(im if im.mode in HIGH_BIT_MODES else im.convert("L"), dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise DataError(f"{path} holds non-finite values (nan/inf): fix or remove it")
+    return binarize_mask(a)
 
 
 def resize(a: np.ndarray, image_size: int) -> np.ndarray:
@@ -265,13 +361,14 @@ def resize(a: np.ndarray, image_size: int) -> np.ndarray:
 
 def read_resized(paths: list, image_size: int, mode: str | None, sizes: list | None = None) -> np.ndarray:
     """Images resized to image_size x image_size, float32 (N, H, W[, C]) in [0, 1] (read_image); mode
-    "L", "RGB" or None (from the file). sizes, if a list, gets each file's (H, W). DataError names
-    unreadable, oversized (PIL's decompression-bomb limit) or non-finite files."""
+    "L", "RGB", None (from the file) or "mask" (read_mask, then resized and cut at 0.5 again: {0, 1}).
+    sizes, if a list, gets each file's (H, W). DataError names unreadable, oversized (PIL's
+    decompression-bomb limit) or non-finite files."""
     from PIL import Image
-    out, bad = [], []
+    out, bad, constant = [], [], []
     for p in paths:
         try:
-            a = read_image(p, mode)
+            a = read_mask(p, constant) if mode == "mask" else read_image(p, mode, constant)
         except (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError) as e:
             bad.append(f"{os.path.basename(p)} ({type(e).__name__})")
             continue
@@ -280,13 +377,18 @@ def read_resized(paths: list, image_size: int, mode: str | None, sizes: list | N
         out.append(resize(a, image_size))
     if bad:
         raise DataError(f"{len(bad)} image(s) cannot be read, e.g. {', '.join(bad[:3])}: remove or replace them")
-    return np.stack(out).clip(0, 1)  # bilinear resizing keeps [0, 1] up to round-off
+    if constant:
+        print(f"note: {len(constant)} high-bit-depth image(s) hold a single value, e.g. {constant[0]}: with no "
+              "range to scale by, integer ones were mapped to value / 65535, others to 0.5", flush=True)
+    x = np.stack(out).clip(0, 1)  # bilinear resizing keeps [0, 1] up to round-off
+    return (x >= 0.5).astype(np.float32) if mode == "mask" else x
 
 
 def load_folder(data_dir: str, image_size: int, channels: int | None, train: bool = True,
                 limit: int | None = None) -> Dataset:
     """data_dir/images/ (+ optional data_dir/masks/ with the same file names and sizes). The last
-    10% of the sorted names are held out (train=False). Masks are binarised at half intensity."""
+    10% of the sorted names are held out (train=False). Masks are binarised by their own values
+    (binarize_mask)."""
     image_dir, mask_dir = os.path.join(data_dir, "images"), os.path.join(data_dir, "masks")
     if not os.path.isdir(image_dir):
         raise DataError(f"no images/ folder in {data_dir}: put the images in {image_dir}")
@@ -307,7 +409,7 @@ def load_folder(data_dir: str, image_size: int, channels: int | None, train: boo
     x = to_images(read_resized([images[n] for n in names], image_size, "L" if channels == 1 else "RGB", image_sizes))
     m = None
     if masks is not None:
-        m = torch.from_numpy(read_resized([masks[n] for n in names], image_size, "L", mask_sizes) >= 0.5)[:, None]
+        m = torch.from_numpy(read_resized([masks[n] for n in names], image_size, "mask", mask_sizes))[:, None]
         for n, a, b in zip(names, image_sizes, mask_sizes):
             if a != b:
                 raise DataError(f"mask {n} is {b[0]}x{b[1]} but its image is {a[0]}x{a[1]}: masks must have "

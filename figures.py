@@ -1,32 +1,11 @@
 """The figures a run writes into contents_<MODEL>/: sample grids, the forward process made
 visible, loss curves and mask-conditioned triplets. Inputs are tensors in [-1, 1] unless said."""
-import csv
-import json
-import os
-import tempfile
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from data import unnormalize_to_zero_to_one
-
-
-def save_atomic(write, path: str) -> None:
-    """Run write(tmp_path), then rename onto path: an interrupted run never leaves half a file.
-    The temporary file is created fresh (O_EXCL: a planted link is never followed) in the same
-    folder, and removed if writing fails."""
-    folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{os.path.splitext(name)[1]}", dir=folder)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the user's other accounts and tools
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+from files import save_atomic
 
 
 def make_grid(x: Tensor, nrow: int = 8, pad: int = 2) -> Tensor:
@@ -80,34 +59,6 @@ def mask_triplets(x: Tensor, masks: Tensor) -> Tensor:
     red = torch.tensor([1.0, -1.0, -1.0], device=x.device).view(1, 3, 1, 1)
     overlay = torch.where(outline, red, image)
     return torch.stack([(masks * 2 - 1).expand(-1, 3, -1, -1), image, overlay], dim=1).flatten(0, 1)
-
-
-def write_json(obj, path: str) -> None:
-    def write(p):
-        with open(p, "w") as f:
-            json.dump(obj, f, indent=2)
-    save_atomic(write, path)
-
-
-def write_loss_csv(losses: list, path: str) -> None:
-    """losses: [(step, epoch, loss)] as step,epoch,loss rows."""
-    def write(p):
-        with open(p, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["step", "epoch", "loss"])
-            w.writerows(losses)
-    save_atomic(write, path)
-
-
-def write_metrics_csv(rows: list, path: str) -> None:
-    """rows: list of dicts, one per epoch, written with the union of their keys as header."""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    def write(p):
-        with open(p, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-    save_atomic(write, path)
 
 
 def pyplot():

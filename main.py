@@ -12,23 +12,10 @@ import sys
 import time
 
 from catalog import DATASETS, MODELS, PAPER, RECIPE
+from errors import HelpFormatter, Parser, run_script
+from settings import option, problems
 
 EXPLODED = 1e3  # the eps-prediction loss starts near 1 (or 2 for an untrained net); far above it, training diverged
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: ...)" for every option that has one and does not already say it."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        """Bad arguments: one line and exit code 2."""
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def recipe_help(text: str, key: str) -> str:
@@ -112,43 +99,16 @@ def check_args(args, p: Parser) -> None:
         args.sample_steps = min(50, args.n_T)
     if args.eval_samples is None:
         args.eval_samples = 256 if args.sampler == "ddim" else 64
-    floats = [("--lr", args.lr), ("--ema-decay", args.ema_decay), ("--min-snr", args.min_snr),
-              ("--sample-eta", args.sample_eta), ("--theta0", args.theta0),
-              ("--p-uncond", args.p_uncond), ("--guidance", args.guidance), *(("--betas", b) for b in args.betas),
-              *(("--guidance-sweep", w) for w in args.guidance_sweep or [])]
-    for name, value in floats:
-        if not math.isfinite(value):
-            p.error(f"{name} must be a finite number, got {value}")
-    beta_1, beta_T = args.betas
-    checks = [(1 <= args.epochs <= 100_000, "--epochs must lie in 1..100000"),
-              (1 <= args.batch_size <= 4096, "--batch-size must lie in 1..4096"),
-              (0 < args.lr <= 1, "--lr must lie in (0, 1]: Adam diverges far below 1 already (try 1e-3)"),
-              (0 <= args.warmup <= 1_000_000, "--warmup must lie in 0..1000000 steps"),
-              (1 <= min(args.unet_widths) and max(args.unet_widths) <= 1024, "--unet-widths must lie in 1..1024"),
-              (0 <= args.ema_decay < 1, "--ema-decay must lie in [0, 1)"),
-              (0 <= args.min_snr <= 1e6, "--min-snr must lie in 0..1e6 (0: off; Hang et al. use 5)"),
-              (args.min_snr == 0 or args.model != "DDGM", "--min-snr applies to DDPM and COND, not DDGM"),
-              (2 <= args.n_T <= 10_000, "--n-T must lie in 2..10000"),
-              (0 < beta_1 <= beta_T < 1, "--betas needs 0 < BETA_1 <= BETA_T < 1"),
-              (1 <= args.sample_steps <= args.n_T, "--sample-steps must lie in 1..T (--n-T)"),
-              (0 <= args.sample_eta <= 1, "--sample-eta must lie in [0, 1]"),
-              (1 <= args.num_samples <= 10_000, "--num-samples must lie in 1..10000"),
-              (args.eval_samples == 0 or 2 <= args.eval_samples <= 10_000,
-               "--eval-samples must be 0 (off) or 2..10000"),
-              (args.limit is None or args.limit >= 1, "--limit must be at least 1"),
-              (args.image_size is None or 4 <= args.image_size <= 512, "--image-size must lie in 4..512"),
-              (args.theta0 > 0, "--theta0 must be positive"),
-              (0 <= args.p_uncond <= 1, "--p-uncond must lie in [0, 1]"),
-              (0 <= args.guidance <= 100 and all(0 <= w <= 100 for w in args.guidance_sweep or []),
-               "guidance scales must lie in 0..100"),
-              (not (args.resume and args.overwrite), "--resume and --overwrite contradict each other: pick one")]
-    for ok, message in checks:
-        if not ok:
-            p.error(message)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    for key, message in problems(given):  # the same bounds as a checkpoint's config (settings.py)
+        p.error(f"{option(key)} {message}")
+    for w in args.guidance_sweep or []:
+        if not math.isfinite(w) or not 0 <= w <= 100:
+            p.error(f"--guidance-sweep must be a finite number in 0..100, got {w}")
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite contradict each other: pick one")
     if args.model != "COND" and (args.cond or args.guidance_sweep):
         p.error("--cond and --guidance-sweep apply to COND only")
-    if args.model == "DDGM" and args.sampler == "ddim":
-        p.error("DDIM is derived for Gaussian noise, not DDGM's Gamma noise: use --sampler ddpm")
     out = args.out or f"contents_{args.model}"
     parent = os.path.dirname(os.path.abspath(out))
     if os.path.exists(out) and not os.path.isdir(out):
@@ -160,36 +120,42 @@ def check_args(args, p: Parser) -> None:
         p.error(f"--out {out} cannot be written here (a file in the path, or no permission): choose another --out")
 
 
-def train(args) -> None:
-    """The whole run: per epoch, batches (Alg. 1), a sample figure with its scores, logs and a checkpoint."""
+def train(args, done: dict) -> None:
+    """The whole run, in a run folder locked for it (runfolder.py); done["epoch"] follows the last saved epoch."""
+    from runfolder import RunFolder
+    from training import check_process
+    check_process(args)
+    folder = RunFolder(args.out or f"contents_{args.model}", args.resume, args.overwrite)
+    folder.check()
+    folder.lock()
+    try:
+        train_in(folder, args, done)
+    finally:
+        folder.release()
+
+
+def train_in(folder, args, done: dict) -> None:
+    """Per epoch: batches (Alg. 1), a sample figure with its scores, then the epoch's checkpoint, logs
+    and grid saved together (all or nothing)."""
     import torch
 
     from data import DataError
-    from figures import save_forward_diffusion, save_schedules, write_json
+    from figures import save_forward_diffusion, save_schedules
+    from files import save_atomic, write_json
     from metrics import QualityScore
     from progress import Progress
-    from training import (
-        check_process,
-        claim_out_folder,
-        prepare,
-        sample_and_score,
-        sampling_setup,
-        save_epoch,
-        warmup_lr,
-    )
+    from training import prepare, sample_and_score, sampling_setup, save_epoch, warmup_lr
     from unet import count_parameters
 
-    out = args.out or f"contents_{args.model}"
-    check_process(args)
-    claim_out_folder(out, args)
+    out = folder.out
     device, train_set, held_out, config, model, optimizer, ema, state = prepare(args, out)
-    claim_out_folder(out, args, clear=True)
+    folder.clear()
     losses, metrics = state["losses"], state["metrics"]
+    done["epoch"] = state["epoch"]
     if state["epoch"] >= args.epochs and not args.guidance_sweep:
         print(f"{out}/model.pth has finished {state['epoch']} epochs already, so --epochs {args.epochs} leaves "
               f"nothing to do: pass a larger --epochs to continue")
         return
-    os.makedirs(out, exist_ok=True)
     steps = f"DDIM {args.sample_steps} steps, eta {args.sample_eta:g}" if args.sampler == "ddim" else \
         f"Algorithm 2, {args.n_T} steps"
     steps += ", clipped x0" if args.clip_x0 else ""
@@ -203,13 +169,13 @@ def train(args) -> None:
         print(f"no fid for {args.dataset}: metrics.py scores labelled datasets with a test split (mnist, shapes, "
               "MedMNIST)")
         config["eval_samples"] = 0  # draw the grid only
-    write_json(config, os.path.join(out, "config.json"))
+    write_json(config, folder.path("config.json"))
     x_all = train_set.images.to(device)
     y_all = train_set.labels.to(device) if config["cond"] == "class" else None
     m_all = train_set.masks.to(device) if config["cond"] == "mask" else None
     g = torch.Generator(device).manual_seed(args.seed)
-    save_forward_diffusion(model, x_all[:8], os.path.join(out, "forward_diffusion.png"), g)
-    save_schedules(args.n_T, args.schedule, args.betas, os.path.join(out, "schedules.png"))
+    save_forward_diffusion(model, x_all[:8], folder.path("forward_diffusion.png"), g)
+    save_schedules(args.n_T, args.schedule, args.betas, folder.path("schedules.png"))
     setup = sampling_setup(config, held_out)
     sampler = ema.model if ema is not None else model
     N, B = len(x_all), args.batch_size
@@ -226,7 +192,7 @@ def train(args) -> None:
             if not torch.isfinite(loss) or loss.item() > EXPLODED:
                 raise DataError(f"the loss became {loss.item():.3g} at step {len(losses) + 1} (epoch {epoch}): "
                                 f"training diverged; lower --lr (now {args.lr:g}) or check the schedule and --theta0. "
-                                f"The last finished epoch is in {out}/model.pth")
+                                f"{finished(out, done['epoch'])}")
             for group in optimizer.param_groups:
                 group["lr"] = warmup_lr(args.lr, args.warmup, len(losses) + 1)
             optimizer.zero_grad(set_to_none=True)
@@ -238,36 +204,36 @@ def train(args) -> None:
             losses.append((len(losses) + 1, epoch, epoch_losses[-1]))
             bar.note(loss=f"{sum(epoch_losses[-50:]) / len(epoch_losses[-50:]):.4f}")
         train_s, t0 = time.time() - t0, time.time()
-        image = f"image_ep{epoch:03d}.png"
-        row = sample_and_score(sampler, config, setup, os.path.join(out, image), device, score)
+        write_grid, row = sample_and_score(sampler, config, setup, device, score)
         metrics.append({"epoch": epoch, "loss": round(sum(epoch_losses) / len(epoch_losses), 6),
                         "train_seconds": round(train_s, 1), "sample_seconds": round(time.time() - t0, 1), **row})
-        save_epoch(out, model, optimizer, ema, epoch, config, losses, metrics)
-        print(", ".join(f"{k} {v}" for k, v in metrics[-1].items()) + f" -> {out}/{image}, model.pth", flush=True)
+        save_epoch(folder, model, optimizer, ema, epoch, config, losses, metrics, write_grid, done)
+        done["epoch"] = epoch
+        print(", ".join(f"{k} {v}" for k, v in metrics[-1].items()) + f" -> {out}/image_ep{epoch:03d}.png, "
+              "model.pth", flush=True)
     for w in args.guidance_sweep or []:
         sampler.guidance_scale = w
-        sample_and_score(sampler, config, setup, os.path.join(out, f"guidance_w{w:g}.png"), device)
+        write_grid, _ = sample_and_score(sampler, config, setup, device)
+        save_atomic(write_grid, folder.path(f"guidance_w{w:g}.png"))
         print(f"wrote {out}/guidance_w{w:g}.png", flush=True)
     print(f"done: samples {out}/image_ep*.png, scores {out}/metrics.csv, curves {out}/loss_curve.png. "
           f"Sample more with: python sample.py {out}/model.pth", flush=True)
+
+
+def finished(out: str, epoch: int) -> str:
+    """Where the run stands, for messages that end it early."""
+    if not epoch:
+        return f"No epoch has finished yet, so {out}/ holds no checkpoint of this run"
+    return f"The last finished epoch, {epoch}, is in {out}/model.pth; continue with --resume"
 
 
 def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(args, parser)
-    from data import DataError  # torch loads here, once the arguments are known to be good
-    try:
-        train(args)
-    except (DataError, ValueError) as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    except OSError as e:  # disk full, permissions changed during the run, ...
-        parser.exit(2, f"{parser.prog}: error: could not read or write {e.filename or 'a file'} ({e.strerror or e}): "
-                    "free some space or choose another --out\n")
-    except MemoryError:
-        parser.exit(2, f"{parser.prog}: error: out of memory: lower --batch-size, --image-size or --num-samples\n")
-    except KeyboardInterrupt:
-        parser.exit(130, "\ninterrupted: the last finished epoch is in model.pth; continue with --resume\n")
+    done = {"epoch": 0}
+    out = args.out or f"contents_{args.model}"
+    run_script(parser, lambda a: train(a, done), args, interrupted=lambda: f"interrupted. {finished(out, done['epoch'])}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ on the training split (cached under DATA_DIR/classifiers/, retrained when the da
 - class_accuracy: for class-conditional samples, how often the classifier sees the requested class.
 Also the mask Dice used for the phantom data set (lesion_dice).
 """
-import argparse
 import hashlib
 import os
 import sys
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data import DataError, load_dataset, read_npz, unnormalize_to_zero_to_one
+from errors import Parser, run_script
 
 FEATURES = 128
 
@@ -96,12 +96,16 @@ def train_classifier(train, test, epochs: int = 2, batch_size: int = 128, min_st
 class QualityScore:
     """fid, fid_real and class_accuracy for samples of one labelled dataset (see the module docstring)."""
 
-    def __init__(self, dataset: str, data_dir: str, log=print, **data_kw):
+    def __init__(self, dataset: str, data_dir: str, log=print, sample_shape: tuple | None = None, **data_kw):
+        """sample_shape (C, H, W), if given, is checked against the data before any classifier is trained."""
         train = load_dataset(dataset, data_dir, train=True, **data_kw)
         test = load_dataset(dataset, data_dir, train=False, **data_kw)
         if train.labels is None or test.labels is None:
             raise DataError(f"{dataset} has no labels, so no feature classifier for fid can be trained: "
-                            "use a labelled dataset (mnist, shapes, a MedMNIST set) or --eval-samples 0")
+                            "fid needs a labelled dataset (mnist, shapes, a MedMNIST set)")
+        if sample_shape is not None and tuple(sample_shape) != tuple(test.images.shape[1:]):
+            raise DataError(f"the samples are {tuple(sample_shape)} (C, H, W) but {dataset}'s images are "
+                            f"{tuple(test.images.shape[1:])}: score them against the dataset they were trained on")
         self.net, self.test_accuracy = self.load_or_train(dataset, data_dir, train, test, log)
         self.shape, self.num_classes = tuple(test.images.shape[1:]), self.net.head.out_features
         self.test_images = test.images
@@ -138,16 +142,36 @@ class QualityScore:
             raise DataError(f"samples of shape {tuple(samples.shape[1:])} do not match this dataset's {self.shape}")
         if len(samples) < 2:
             raise DataError("fid needs at least 2 samples")
-        x = samples.float().cpu().clamp(-1, 1)
+        check_range(samples)
+        if labels is not None and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:
+            raise DataError(f"the labels lie in {int(labels.min())}..{int(labels.max())}, but this dataset's classes "
+                            f"are 0..{self.num_classes - 1}")
+        x = samples.float().cpu().clamp(-1, 1)  # round-off only: check_range allows RANGE_SLACK
         real = self.test_features[torch.randperm(len(self.test_features), generator=torch.Generator().manual_seed(0))
                                   [:len(x)]]
         result = {"fid": round(frechet_distance(*feature_stats(self.features(x)), *self.reference), 2),
                   "fid_real": round(frechet_distance(*feature_stats(real), *self.reference), 2)}
+        if not all(np.isfinite(v) for v in result.values()):
+            raise DataError(f"fid came out as {result['fid']} (fid_real {result['fid_real']}): not a number; the "
+                            "samples or the classifier are damaged")
         if labels is not None:
             with torch.no_grad():
                 predicted = torch.cat([self.net(b).argmax(1) for b in x.split(1000)])
             result["class_accuracy"] = round((predicted == labels.cpu()).float().mean().item(), 4)
         return result
+
+
+RANGE_SLACK = 1e-3  # float round-off tolerated beyond [-1, 1]
+
+
+def check_range(samples: Tensor) -> None:
+    """Samples must be finite and in [-1, 1] (as sample.py writes them), never silently clipped."""
+    if not torch.isfinite(samples).all():
+        raise DataError("the samples hold NaN or inf: they cannot be scored")
+    lo, hi = samples.min().item(), samples.max().item()
+    if lo < -1 - RANGE_SLACK or hi > 1 + RANGE_SLACK:
+        hint = ": images in 0..255 map to [-1, 1] as x / 127.5 - 1" if hi > 1.5 else ""
+        raise DataError(f"the samples lie in {lo:.4g}..{hi:.4g}, but metrics.py expects [-1, 1]{hint}")
 
 
 def dice(pred: Tensor, target: Tensor) -> Tensor:
@@ -179,18 +203,20 @@ def read_samples(path: str) -> tuple:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="metrics.py", description="fid, fid_real (and class_accuracy) of samples "
-                                "in the features of a small classifier trained on the dataset.")
+    p = Parser(prog="metrics.py", description="fid, fid_real (and class_accuracy) of samples in the features of a "
+               "small classifier trained on the dataset.")
     p.add_argument("samples", help="a .npz written by sample.py (images in [-1, 1], optional labels)")
     p.add_argument("--dataset", required=True, help="mnist, shapes or a MedMNIST 2D name")
-    p.add_argument("--data-dir", default="./data", help="where the dataset is read from (default ./data)")
-    args = p.parse_args(argv)
-    try:
-        images, labels = read_samples(args.samples)
-        score = QualityScore(args.dataset, args.data_dir, log=lambda m: print(m, file=sys.stderr))
-        result = score(images, labels)
-    except (DataError, OSError) as e:
-        p.exit(2, f"metrics.py: error: {e}\n")
+    p.add_argument("--data-dir", default="./data", help="where the dataset is read from")
+    run_script(p, score_file, p.parse_args(argv))
+
+
+def score_file(args) -> None:
+    images, labels = read_samples(args.samples)
+    check_range(images)
+    score = QualityScore(args.dataset, args.data_dir, log=lambda m: print(m, file=sys.stderr),
+                         sample_shape=tuple(images.shape[1:]))
+    result = score(images, labels)
     print(" ".join(f"{k}={v}" for k, v in {"n": len(images), **result}.items()))
 
 

@@ -12,19 +12,15 @@ import os
 import torch
 
 from cond import ConditionalDDPM
-from data import DataError
+from errors import DataError, cause
 from ddgm import DDGM
 from ddpm import DDPM, cosine_beta_schedule, linear_beta_schedule
+from settings import checkpoint_problem
 from unet import CNN, UNet
 
 # Settings that shape the network or the process: a checkpoint resumes only with the same ones.
 ARCHITECTURE = ("model", "net", "unet_widths", "n_T", "betas", "schedule", "theta0", "loss", "cond", "dataset",
                 "in_channels", "image_size", "num_classes", "cond_channels")
-
-# The config keys build_model cannot do without; checkpoints from before a setting existed lack
-# the newer ARCHITECTURE keys (e.g. unet_widths) and still load.
-REQUIRED = ("model", "net", "n_T", "betas", "schedule", "in_channels", "image_size", "num_classes", "cond_channels")
-
 
 def build_model(config: dict) -> DDPM:
     """Network and diffusion process from a config (main.make_config's, or a checkpoint's)."""
@@ -72,30 +68,67 @@ class EMA:
 
 
 def load_checkpoint(path: str) -> dict:
-    """A checkpoint written by main.py, loaded with weights_only=True: a file that is not one
-    (or that would run code when unpickled) raises DataError with one line."""
+    """A checkpoint written by main.py, loaded with weights_only=True and checked like the command
+    line (settings.py) before anything is built: a file that is not one, would run code when
+    unpickled, or holds an edited config or damaged weights raises DataError with one line."""
     if not os.path.isfile(path):
         raise DataError(f"no checkpoint at {path}: train one with main.py first, or check the path")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:150] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path} is not a checkpoint this project can load safely ({reason})") from e
-    ok = (isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and isinstance(ckpt.get("model"), dict)
-          and all(k in ckpt["config"] for k in REQUIRED))
-    if not ok:
+        raise DataError(f"{path} is not a checkpoint this project can load safely ({cause(e)})") from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "config" not in ckpt:
         raise DataError(f"{path} is not a main.py checkpoint (no model weights or config in it)")
+    problem = checkpoint_problem(ckpt["config"], path)
+    if problem:
+        raise DataError(problem)
+    epoch, ema = ckpt.get("epoch", 0), ckpt.get("ema")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= 100_000:
+        raise DataError(f"{path}: its epoch {epoch!r} is not a whole number in 0..100000: the checkpoint was edited")
+    if ema is not None and not (isinstance(ema, dict) and isinstance(ema.get("n"), int) and "weights" in ema):
+        raise DataError(f"{path}: its EMA entry has no weights and update count: the checkpoint was edited or "
+                        "damaged; sample with --no-ema, or retrain")
+    losses, metrics = ckpt.get("losses", []), ckpt.get("metrics", [])
+    if not (isinstance(losses, list) and all(isinstance(r, (list, tuple)) and len(r) == 3 for r in losses)
+            and isinstance(metrics, list) and all(isinstance(m, dict) for m in metrics)):
+        raise DataError(f"{path}: its losses or metrics are not the lists main.py writes: the checkpoint was edited")
+    check_weights(ckpt["model"], path, "weights")
+    if ema is not None:
+        check_weights(ema["weights"], path, "EMA weights")
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict, device: torch.device, use_ema: bool = True) -> DDPM:
+def check_weights(weights, path: str, what: str) -> None:
+    """A state dict of finite tensors, or DataError."""
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise DataError(f"{path}: its {what} are not a dict of named tensors: the checkpoint was edited or damaged")
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise DataError(f"{path}: its {what} hold NaN or inf (e.g. {bad}): that run diverged; use an earlier "
+                        "checkpoint or retrain with a lower --lr")
+
+
+def load_weights(net: torch.nn.Module, weights: dict, where: str) -> None:
+    """load_state_dict, with a mismatch told in one line: "N tensors differ, e.g. `name` (16, 1, 3, 3) vs ..."."""
+    expected = net.state_dict()
+    differ = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    missing = [k for k in expected if k not in weights]
+    extra = [k for k in weights if k not in expected]
+    if differ or missing or extra:
+        k = (differ or missing or extra)[0]
+        example = f"`{k}` {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}" if differ else \
+            f"`{k}` {'missing' if missing else 'not in this network'}"
+        raise DataError(f"{where}: {len(differ) + len(missing) + len(extra)} tensors differ from the network its "
+                        f"config describes, e.g. {example}")
+    net.load_state_dict(weights)
+
+
+def model_from_checkpoint(ckpt: dict, device: torch.device, use_ema: bool = True, path: str = "the checkpoint") -> DDPM:
     """The model a checkpoint describes, in eval mode, with its EMA weights when present and use_ema."""
     model = build_model(ckpt["config"])
     weights = ckpt["ema"]["weights"] if use_ema and ckpt.get("ema") else ckpt["model"]
-    try:
-        model.eps_model.load_state_dict(weights)
-    except (RuntimeError, KeyError, TypeError) as e:
-        raise DataError(f"the checkpoint's weights do not fit the network its config describes ({e})") from e
+    load_weights(model.eps_model, weights, path)
     return model.to(device).eval()
 
 

@@ -14,13 +14,15 @@ import numpy as np
 import torch
 
 from data import DataError, list_images, load_dataset, read_resized
-from figures import class_grid_labels, mask_triplets, save_atomic, save_grid, save_reverse_process
+from errors import Parser, run_script
+from figures import class_grid_labels, mask_triplets, save_grid, save_reverse_process
+from files import check_outputs, png_out, save_atomic
 from models import draw, load_checkpoint, model_from_checkpoint, pick_device
+from settings import SEED_MAX
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sample.py", description="Draw samples from a main.py checkpoint.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="sample.py", description="Draw samples from a main.py checkpoint.")
     p.add_argument("checkpoint", help="a model.pth written by main.py")
     p.add_argument("--num-samples", type=int, help="default 64; class-conditional: 8 per class")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), help="default: the run's (ddim; ddpm for DDGM)")
@@ -45,8 +47,7 @@ def load_masks(config: dict, mask_dir: str | None) -> torch.Tensor:
     if mask_dir:
         if not os.path.isdir(mask_dir) or not list_images(mask_dir):
             raise DataError(f"--mask-dir {mask_dir} holds no mask images (.png, .jpg, .tif)")
-        masks = read_resized(list(list_images(mask_dir).values()), size, "L") >= 0.5
-        return torch.from_numpy(masks)[:, None].float()
+        return torch.from_numpy(read_resized(list(list_images(mask_dir).values()), size, "mask"))[:, None]
     try:
         held_out = load_dataset(config["dataset"], config["data_dir"], train=False, image_size=size,
                                 channels=config.get("channels"), data_path=config.get("data_path"), download=False)
@@ -82,22 +83,29 @@ def main(argv=None) -> None:
     p = build_parser()
     args = p.parse_args(argv)
     if args.num_samples is not None and not 1 <= args.num_samples <= 100_000:
-        p.exit(2, "sample.py: error: --num-samples must lie in 1..100000\n")
-    try:
-        run(args)
-    except (DataError, ValueError) as e:
-        p.exit(2, f"sample.py: error: {e}\n")
-    except OSError as e:
-        where = e.filename or "a file"
-        p.exit(2, f"sample.py: error: could not write {where} ({e.strerror or e}): choose another --out\n")
-    except KeyboardInterrupt:
-        p.exit(130, "\ninterrupted\n")
+        p.error("--num-samples must lie in 1..100000")
+    if not 0 <= args.seed <= SEED_MAX:
+        p.error(f"--seed must lie in 0..{SEED_MAX}")
+    run_script(p, run, args)
+
+
+def outputs(args) -> dict:
+    """{option: path} of every file this run writes, checked before any sample is drawn."""
+    out = png_out("--out", args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "samples.png"))
+    files = {"--out": out, "--out (its .npz)": os.path.splitext(out)[0] + ".npz"}
+    if args.reverse:
+        files["--out (its _reverse.png)"] = os.path.splitext(out)[0] + "_reverse.png"
+    inputs = [args.checkpoint, *(list_images(args.mask_dir).values() if args.mask_dir and
+                                 os.path.isdir(args.mask_dir) else [])]
+    check_outputs(files, inputs)
+    return files
 
 
 def run(args) -> None:
+    files = outputs(args)
     ckpt = load_checkpoint(args.checkpoint)
     config, device = ckpt["config"], pick_device(args.device)
-    model = model_from_checkpoint(ckpt, device, use_ema=not args.no_ema)
+    model = model_from_checkpoint(ckpt, device, use_ema=not args.no_ema, path=args.checkpoint)
     sampler = args.sampler or config.get("sampler", "ddpm" if config["model"] == "DDGM" else "ddim")
     steps = config.get("sample_steps", 50) if args.steps is None else args.steps
     eta = config.get("sample_eta", 0.0) if args.eta is None else args.eta
@@ -112,7 +120,7 @@ def run(args) -> None:
             raise DataError("--guidance needs a COND checkpoint and a finite w >= 0")
         model.guidance_scale = args.guidance
     n, cond = conditions(args, config, args.num_samples)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "samples.png")
+    out = files["--out"]
     shape = (config["in_channels"], config["image_size"], config["image_size"])
     g = torch.Generator(device).manual_seed(args.seed)
     record = ()

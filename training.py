@@ -6,17 +6,11 @@ import os
 import torch
 
 from data import DataError, load_dataset
-from figures import (
-    class_grid_labels,
-    mask_triplets,
-    save_atomic,
-    save_grid,
-    save_loss_curve,
-    write_loss_csv,
-    write_metrics_csv,
-)
+from errors import cause, is_disk_full
+from figures import class_grid_labels, mask_triplets, save_grid, save_loss_curve
+from files import commit, discard, stage, write_loss_csv, write_metrics_csv
 from metrics import lesion_dice
-from models import ARCHITECTURE, EMA, build_model, draw, load_checkpoint, pick_device
+from models import ARCHITECTURE, EMA, build_model, draw, load_checkpoint, load_weights, pick_device
 
 # Settings that change what training does: --resume refuses a change (the rest, e.g. --epochs, may change).
 TRAINING = ("lr", "warmup", "batch_size", "limit", "seed", "ema_decay", "p_uncond", "min_snr")
@@ -72,29 +66,29 @@ def sampling_setup(config: dict, held_out) -> dict:
     return {"n": n, "n_grid": n_grid, "cond": cond, "masks": masks if config["dataset"] == "phantom" else None}
 
 
-def sample_and_score(model, config, setup, path, device, score=None) -> dict:
-    """Draw the per-epoch samples from fixed noise (same seed every call), save the grid, and
-    return its metrics (fid, class_accuracy, Dice for phantom)."""
+def sample_and_score(model, config, setup, device, score=None) -> tuple:
+    """Draw the per-epoch samples from fixed noise (same seed every call) and return (write_grid,
+    metrics): write_grid(path) saves their grid; metrics holds fid, class_accuracy, Dice for phantom."""
     g = torch.Generator(device).manual_seed(config["seed"] + 1)
     cond = {k: v.to(device) for k, v in setup["cond"].items()}
     shape = (config["in_channels"], config["image_size"], config["image_size"])
     x = draw(model, setup["n"], shape, config["sampler"], config["sample_steps"], config.get("sample_eta", 0.0),
              generator=g, progress=True, **cond).cpu()
     if not torch.isfinite(x).all():
-        raise DataError(f"the samples for {path} are not finite (NaN/inf): the network or the settings diverged")
+        raise DataError("the samples of this epoch are not finite (NaN/inf): the network or the settings diverged")
     k = setup["n_grid"]
     if config["cond"] == "mask":
-        save_grid(mask_triplets(x[:min(k, 16)], setup["cond"]["mask"][:min(k, 16)]), path, nrow=6)
+        grid, nrow = mask_triplets(x[:min(k, 16)], setup["cond"]["mask"][:min(k, 16)]), 6
     else:
-        save_grid(x[:k], path, nrow=8)
+        grid, nrow = x[:k], 8
     metrics = {}
     if score is not None and config["eval_samples"]:
         n = config["eval_samples"]
-        metrics.update(score(x[:n], setup["cond"]["y"][:n] if "y" in setup["cond"] else None))
+        metrics.update(score(x[:n].clamp(-1, 1), setup["cond"]["y"][:n] if "y" in setup["cond"] else None))
     if setup["masks"] is not None:  # phantom: the lesion is the only bright region
         metrics["dice"] = round(lesion_dice(x, setup["masks"]), 4)
         metrics["dice_shuffled_masks"] = round(lesion_dice(x, setup["masks"].roll(1, dims=0)), 4)
-    return metrics
+    return (lambda path: save_grid(grid, path, nrow=nrow)), metrics
 
 
 def prepare(args, out: str):
@@ -118,43 +112,45 @@ def prepare(args, out: str):
             if state["config"].get(key, config.get(key)) != config.get(key):
                 raise DataError(f"--resume: {out}/model.pth was trained with {key}={state['config'].get(key)!r}, "
                                 f"not {config.get(key)!r}: resume with the same setting, or start another --out")
+        where = f"--resume: the weights in {out}/model.pth do not fit this network"
+        load_weights(model.eps_model, state["model"], where)
+        if ema is not None and state.get("ema"):
+            load_weights(ema.model.eps_model, state["ema"]["weights"], where)
+            ema.n = state["ema"]["n"]
+        elif ema is not None:  # a checkpoint from before EMA: start the average from its weights
+            ema.model.eps_model.load_state_dict(state["model"])
         try:
-            model.eps_model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            if ema is not None and state.get("ema"):
-                ema.load_state_dict(state["ema"])
-            elif ema is not None:  # a checkpoint from before EMA: start the average from its weights
-                ema.model.eps_model.load_state_dict(state["model"])
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
-            raise DataError(f"--resume: the weights in {out}/model.pth do not fit this network "
-                            f"({type(e).__name__}): pass the options it was trained with, or another --out") from e
+            raise DataError(f"--resume: the optimiser state in {out}/model.pth does not fit this network "
+                            f"({cause(e)}): pass the options it was trained with, or another --out") from e
     return device, train_set, held_out, config, model, optimizer, ema, state
 
 
-def claim_out_folder(out: str, args, clear: bool = False) -> None:
-    """A run folder belongs to one run: refuse to start afresh over a checkpoint unless --overwrite.
-    clear=True (called once the data have loaded) removes that old run's epoch images and files."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise DataError(f"--out {out} is a file, not a folder: choose another --out")
-    if args.resume and not os.path.isfile(os.path.join(out, "model.pth")):
-        raise DataError(f"--resume: no checkpoint at {out}/model.pth: run once without --resume first")
-    if args.resume or not os.path.exists(os.path.join(out, "model.pth")):
-        return
-    if not args.overwrite:
-        raise DataError(f"{out}/ already holds a trained run (model.pth): continue it with --resume, "
-                        "choose another --out, or replace it with --overwrite")
-    for name in os.listdir(out) if clear else []:
-        if name.startswith(("image_ep", "guidance_w")) or name in ("model.pth", "loss.csv", "metrics.csv"):
-            os.remove(os.path.join(out, name))
-
-
-def save_epoch(out: str, model, optimizer, ema, epoch: int, config: dict, losses: list, metrics: list) -> None:
-    """loss.csv, loss_curve.png, metrics.csv and the self-describing checkpoint model.pth, all atomic."""
-    write_loss_csv(losses, os.path.join(out, "loss.csv"))
-    l1 = config["model"] == "DDGM" and config["loss"] == "l1"
-    save_loss_curve(losses, metrics, os.path.join(out, "loss_curve.png"), "L1 loss" if l1 else "MSE loss")
-    write_metrics_csv(metrics, os.path.join(out, "metrics.csv"))
+def save_epoch(folder, model, optimizer, ema, epoch: int, config: dict, losses: list, metrics: list, write_grid,
+               done: dict) -> None:
+    """The epoch's files, all or nothing: the self-describing checkpoint model.pth, the grid, loss.csv,
+    loss_curve.png and metrics.csv are written to temporary files first and renamed only when all
+    were written, the checkpoint first. A full disk leaves the run as it was after the last epoch."""
     state = {"model": model.eps_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
              "ema": ema.state_dict() if ema is not None else None,
              "config": config, "losses": losses, "metrics": metrics}
-    save_atomic(lambda p: torch.save(state, p), os.path.join(out, "model.pth"))
+    l1 = config["model"] == "DDGM" and config["loss"] == "l1"
+    writers = {"model.pth": lambda p: torch.save(state, p), f"image_ep{epoch:03d}.png": write_grid,
+               "loss.csv": lambda p: write_loss_csv(losses, p), "metrics.csv": lambda p: write_metrics_csv(metrics, p),
+               "loss_curve.png": lambda p: save_loss_curve(losses, metrics, p, "L1 loss" if l1 else "MSE loss")}
+    staged = []
+    try:
+        for name, write in writers.items():
+            staged.append(stage(write, folder.path(name)))
+    except (OSError, RuntimeError) as e:
+        discard(staged)
+        if isinstance(e, RuntimeError) and not is_disk_full(e):
+            raise
+        before = f"as it was after epoch {done['epoch']}" if done["epoch"] else "without a checkpoint: no epoch " \
+            "has finished yet"
+        why = e.strerror if isinstance(e, OSError) and e.strerror else cause(e)
+        again = "run again with --resume" if done["epoch"] else "run the same command again"
+        raise DataError(f"could not write the files of epoch {epoch} ({why}): none of them was kept, so "
+                        f"{folder.out}/ is {before}; free some space, then {again}") from e
+    commit(staged)

@@ -15,7 +15,7 @@ import main
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--dataset", "shapes", "--net", "cnn", "--limit", "64", "--batch-size", "32", "--n-T", "20",
         "--num-samples", "4", "--sample-steps", "5", "--eval-samples", "0"]
-PER_RUN = {"loss.csv", "loss_curve.png", "metrics.csv", "model.pth", "forward_diffusion.png", "config.json",
+PER_RUN = {"run.json", "loss.csv", "loss_curve.png", "metrics.csv", "model.pth", "forward_diffusion.png", "config.json",
            "schedules.png"}
 
 
@@ -101,10 +101,10 @@ def cli(*args):
     (["GAN"], "invalid choice: 'GAN'"),
     (["DDPM", "--betas", "0.02", "0.0001"], "--betas needs 0 < BETA_1 <= BETA_T < 1"),
     (["DDPM", "--epochs", "0"], "--epochs must lie in 1..100000"),
-    (["DDGM", "--theta0", "-1"], "--theta0 must be positive"),
+    (["DDGM", "--theta0", "-1"], "--theta0 must lie in (0, 1e6]"),
     (["DDPM", "--cond", "class"], "COND only"),
     (["DDGM", "--min-snr", "5"], "--min-snr applies to DDPM and COND, not DDGM"),
-    (["DDPM", "--min-snr", "-1"], "--min-snr must lie in 0..1e6"),
+    (["DDPM", "--min-snr", "-1"], "--min-snr must lie in 0 (off) or 0.01..10000"),
 ])
 def test_bad_arguments_one_line_exit_2(args, message):
     r = cli(*args)

@@ -112,19 +112,20 @@ def test_resume_refuses_changed_training_settings(tmp_path, capsys, key, value):
 
 
 def test_planted_link_at_a_temporary_name_is_not_followed(tmp_path):
-    """The old fixed temporary name model.pth.tmp.pth, planted as a link to a file outside --out."""
+    """The old fixed temporary name model.pth.tmp.pth, planted in a run folder as a link to a file
+    outside it: the next epoch's writes replace nothing through it."""
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     out = tmp_path / "out"
-    out.mkdir()
-    os.symlink(victim, out / "model.pth.tmp.pth")
     main.main(["DDPM", *TINY, "--epochs", "1", "--out", str(out)])
+    os.symlink(victim, out / "model.pth.tmp.pth")
+    main.main(["DDPM", *TINY, "--epochs", "2", "--out", str(out), "--resume"])
     assert victim.read_text() == "keep me"
     assert not [p for p in out.iterdir() if ".tmp" in p.name and p.name != "model.pth.tmp.pth"]
 
 
 def test_failed_write_leaves_no_temporary_file(tmp_path):
-    from figures import save_atomic
+    from files import save_atomic
 
     def fail(path):
         Path(path).write_text("half")

@@ -54,9 +54,11 @@ def test_classifier_is_accurate_and_cached(shapes_score, tmp_path_factory):
 
 
 def test_fid_grows_as_noise_is_added_to_real_images(shapes_score):
-    """Real held-out images score near fid_real; Gaussian noise of growing std moves them away."""
+    """Real held-out images score near fid_real; Gaussian noise of growing std (clipped to [-1, 1], the
+    range samples have) moves them away."""
     real = make_shapes(n=256, seed=2).images
-    fids = [shapes_score(real + s * torch.randn(real.shape, generator=torch.Generator().manual_seed(0)))["fid"]
+    noise = torch.randn(real.shape, generator=torch.Generator().manual_seed(0))
+    fids = [shapes_score((real + s * noise).clamp(-1, 1))["fid"]
             for s in (0.0, 0.2, 0.5, 1.0)]
     assert fids == sorted(fids) and fids[-1] > 10 * fids[0]
 
