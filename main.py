@@ -231,9 +231,10 @@ def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(args, parser)
-    done = {"epoch": 0}
+    done = {"epoch": 0}  # the last epoch saved, for the message if the run is stopped
     out = args.out or f"contents_{args.model}"
-    run_script(parser, lambda a: train(a, done), args, interrupted=lambda: f"interrupted. {finished(out, done['epoch'])}")
+    stopped = lambda: f"interrupted. {finished(out, done['epoch'])}"  # noqa: E731
+    run_script(parser, lambda a: train(a, done), args, interrupted=stopped)
 
 
 if __name__ == "__main__":

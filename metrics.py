@@ -96,8 +96,10 @@ def train_classifier(train, test, epochs: int = 2, batch_size: int = 128, min_st
 class QualityScore:
     """fid, fid_real and class_accuracy for samples of one labelled dataset (see the module docstring)."""
 
-    def __init__(self, dataset: str, data_dir: str, log=print, sample_shape: tuple | None = None, **data_kw):
-        """sample_shape (C, H, W), if given, is checked against the data before any classifier is trained."""
+    def __init__(self, dataset: str, data_dir: str, log=print, sample_shape: tuple | None = None,
+                 sample_labels: Tensor | None = None, **data_kw):
+        """sample_shape (C, H, W) and sample_labels, if given, are checked against the data before any
+        classifier is trained."""
         train = load_dataset(dataset, data_dir, train=True, **data_kw)
         test = load_dataset(dataset, data_dir, train=False, **data_kw)
         if train.labels is None or test.labels is None:
@@ -106,6 +108,7 @@ class QualityScore:
         if sample_shape is not None and tuple(sample_shape) != tuple(test.images.shape[1:]):
             raise DataError(f"the samples are {tuple(sample_shape)} (C, H, W) but {dataset}'s images are "
                             f"{tuple(test.images.shape[1:])}: score them against the dataset they were trained on")
+        check_labels(sample_labels, int(train.labels.max()) + 1)
         self.net, self.test_accuracy = self.load_or_train(dataset, data_dir, train, test, log)
         self.shape, self.num_classes = tuple(test.images.shape[1:]), self.net.head.out_features
         self.test_images = test.images
@@ -143,9 +146,7 @@ class QualityScore:
         if len(samples) < 2:
             raise DataError("fid needs at least 2 samples")
         check_range(samples)
-        if labels is not None and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:
-            raise DataError(f"the labels lie in {int(labels.min())}..{int(labels.max())}, but this dataset's classes "
-                            f"are 0..{self.num_classes - 1}")
+        check_labels(labels, self.num_classes)
         x = samples.float().cpu().clamp(-1, 1)  # round-off only: check_range allows RANGE_SLACK
         real = self.test_features[torch.randperm(len(self.test_features), generator=torch.Generator().manual_seed(0))
                                   [:len(x)]]
@@ -172,6 +173,13 @@ def check_range(samples: Tensor) -> None:
     if lo < -1 - RANGE_SLACK or hi > 1 + RANGE_SLACK:
         hint = ": images in 0..255 map to [-1, 1] as x / 127.5 - 1" if hi > 1.5 else ""
         raise DataError(f"the samples lie in {lo:.4g}..{hi:.4g}, but metrics.py expects [-1, 1]{hint}")
+
+
+def check_labels(labels: Tensor | None, num_classes: int) -> None:
+    """Labels of class-conditional samples must name classes the dataset has."""
+    if labels is not None and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+        raise DataError(f"the labels lie in {int(labels.min())}..{int(labels.max())}, but this dataset's classes "
+                        f"are 0..{num_classes - 1}")
 
 
 def dice(pred: Tensor, target: Tensor) -> Tensor:
@@ -215,7 +223,7 @@ def score_file(args) -> None:
     images, labels = read_samples(args.samples)
     check_range(images)
     score = QualityScore(args.dataset, args.data_dir, log=lambda m: print(m, file=sys.stderr),
-                         sample_shape=tuple(images.shape[1:]))
+                         sample_shape=tuple(images.shape[1:]), sample_labels=labels)
     result = score(images, labels)
     print(" ".join(f"{k}={v}" for k, v in {"n": len(images), **result}.items()))
 

@@ -12,9 +12,9 @@ import os
 import torch
 
 from cond import ConditionalDDPM
-from errors import DataError, cause
 from ddgm import DDGM
 from ddpm import DDPM, cosine_beta_schedule, linear_beta_schedule
+from errors import DataError, cause
 from settings import checkpoint_problem
 from unet import CNN, UNet
 

@@ -144,17 +144,16 @@ class RunFolder:
     def save_manifest(self) -> None:
         write_json({"written_by": "main.py", "files": self.files}, os.path.join(self.out, MANIFEST))
 
-    def release(self, failed: bool = False) -> None:
-        """Drop the lock; a folder this run made and left empty (it failed to start) is removed."""
+    def release(self) -> None:
+        """Drop the lock; a folder this run made and wrote nothing into (it failed to start) is removed."""
         if self.fd is None:
             return
         os.remove(os.path.join(self.out, LOCK))
         os.close(self.fd)
         self.fd = None
-        if failed and self.made and not self.files:
-            for leftover in (MANIFEST,):
-                if os.path.isfile(os.path.join(self.out, leftover)):
-                    os.remove(os.path.join(self.out, leftover))
+        if self.made and not self.files:
+            if os.path.isfile(os.path.join(self.out, MANIFEST)):
+                os.remove(os.path.join(self.out, MANIFEST))
             if not os.listdir(self.out):
                 os.rmdir(self.out)
 

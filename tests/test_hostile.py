@@ -289,8 +289,9 @@ def mutate(raw: bytes, how: str, where: float, byte: int) -> bytes:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(which=st.integers(0, 3), how=st.sampled_from(["truncate", "flip", "junk"]), where=st.floats(0, 1),
        byte=st.integers(0, 255))
-def test_fuzzed_files_give_one_line_or_load(tmp_path_factory, which, how, where, byte):
-    """Whatever a loader is fed, main.py either trains on it or stops with one line, exit code 2."""
+def test_fuzzed_files_give_one_line_or_load(tmp_path_factory, capsys, which, how, where, byte):
+    """Whatever a loader is fed, main.py either trains on it (a checkpoint written) or stops with one
+    line on stderr, exit code 2."""
     name, rel, raw, others = valid_files()[which]
     root = tmp_path_factory.mktemp("fuzz")
     for path, content in {rel: mutate(raw, how, where, byte), **others}.items():
@@ -302,10 +303,14 @@ def test_fuzzed_files_give_one_line_or_load(tmp_path_factory, which, how, where,
     if name not in ("folder", "csv"):
         args.remove("--image-size")
         args.remove("28")
+    capsys.readouterr()
     try:
         main.main(args)
     except SystemExit as e:
-        assert e.code == 2
+        err = capsys.readouterr().err
+        assert e.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    else:
+        assert (root / "out" / "model.pth").exists()
 
 
 def test_sigkill_leaves_a_loadable_checkpoint_and_resume_is_exact(tmp_path):

@@ -1,0 +1,174 @@
+"""Issue 16 replayed, data read as the user meant: 0/1 masks, constant 16-bit images, Excel's BOM,
+one name with two files, damaged MedMNIST splits, npz files that inflate or hold two arrays of one
+name, and samples that metrics.py cannot score honestly (range, labels, shape)."""
+import io
+import os
+import struct
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import metrics
+from data import MAX_NPZ_BYTES, DataError, load_dataset, read_npz
+from synthetic import make_shapes
+
+
+def write_folder(root, images, masks=None, names=None):
+    names = names or [f"{i}.png" for i in range(len(images))]
+    (root / "images").mkdir(parents=True)
+    for name, a in zip(names, images):
+        Image.fromarray(a).save(root / "images" / name)
+    if masks is not None:
+        (root / "masks").mkdir()
+        for name, m in zip(names, masks):
+            Image.fromarray(m).save(root / "masks" / (os.path.splitext(name)[0] + ".png"))
+
+
+def square_mask(value: int, dtype=np.uint8) -> np.ndarray:
+    m = np.zeros((16, 16), dtype)
+    m[4:12, 4:12] = value
+    return m
+
+
+@pytest.mark.parametrize("value", [1, 255, 7])
+def test_masks_with_two_values_are_binary_by_their_own_values(tmp_path, value):
+    """0/1 PNGs (the usual export of segmentation tools), 0/255 and 0/7 all give the same 8x8 lesion."""
+    img = np.full((16, 16), 100, np.uint8)
+    write_folder(tmp_path, [img] * 3, masks=[square_mask(value)] * 3)
+    m = load_dataset("folder", str(tmp_path), image_size=16).masks
+    assert m.shape == (2, 1, 16, 16) and m.sum().item() == 2 * 64 and set(m.unique().tolist()) == {0.0, 1.0}
+
+
+def test_16_bit_masks_and_anti_aliased_masks(tmp_path):
+    """A 0/1 16-bit mask, and a mask with soft edges (more than two values: cut at half the highest)."""
+    soft = square_mask(200)
+    soft[3, 4:12] = 60  # a faint edge row: below half of 200
+    write_folder(tmp_path, [np.zeros((16, 16), np.uint8)] * 3, masks=[square_mask(1, np.uint16), soft, soft])
+    m = load_dataset("folder", str(tmp_path), image_size=16).masks
+    assert m[0].sum().item() == 64 and m[1].sum().item() == 64
+
+
+def test_constant_16_bit_images_are_constants_not_black(tmp_path, capsys):
+    """All 1000 and all 5000 in 16 bits: no min..max range, so value / 65535, told in one note."""
+    write_folder(tmp_path, [np.full((8, 8), v, np.uint16) for v in (1000, 5000, 5000)])
+    x01 = (load_dataset("folder", str(tmp_path), image_size=8).images + 1) / 2
+    assert x01[0].unique().tolist() == pytest.approx([1000 / 65535], abs=1e-6)
+    assert x01[1].unique().tolist() == pytest.approx([5000 / 65535], abs=1e-6)
+    out = capsys.readouterr().out
+    assert out.count("note: ") >= 1 and "single value" in out
+
+
+def test_a_csv_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
+    """Excel's "CSV UTF-8" starts with U+FEFF: the first row is data, not a header."""
+    rows = "1," + ",".join(["0.5"] * 16) + "\n" + "2," + ",".join(["0.25"] * 16) + "\n"
+    (tmp_path / "x.csv").write_bytes("\ufeff".encode() + rows.encode())
+    d = load_dataset("csv", data_path=str(tmp_path / "x.csv"), image_size=4)
+    assert d.labels.tolist() == [1, 2]
+
+
+def test_only_the_first_csv_row_can_be_a_header(tmp_path):
+    (tmp_path / "x.csv").write_text("label,pixels\nnot,numbers\n" + "1" + ",0" * 16 + "\n")
+    with pytest.raises(DataError, match="rows have 2 values"):  # the second row is data, so refused, not dropped
+        load_dataset("csv", data_path=str(tmp_path / "x.csv"), image_size=4)
+
+
+def test_a_fractional_csv_label_is_named_with_its_row(tmp_path):
+    (tmp_path / "x.csv").write_text("1" + ",0" * 16 + "\n" + "0.5" + ",0" * 16 + "\n")
+    with pytest.raises(DataError, match=r"data row 2 has label 0\.5$"):
+        load_dataset("csv", data_path=str(tmp_path / "x.csv"), image_size=4)
+
+
+def test_two_files_with_one_name_are_refused_by_name(tmp_path):
+    write_folder(tmp_path, [np.zeros((8, 8), np.uint8)] * 3, names=["0.png", "0.jpg", "1.png"])
+    with pytest.raises(DataError, match=r"holds 0\.jpg and 0\.png: two files with one name"):
+        load_dataset("folder", str(tmp_path), image_size=8)
+
+
+def medmnist_npz(path, **splits):
+    np.savez(path, **{f"{s}_{k}": v for s, (images, labels) in splits.items()
+                      for k, v in (("images", images), ("labels", labels))})
+
+
+def test_medmnist_splits_that_disagree_are_refused_when_read(tmp_path):
+    """Train grayscale, test RGB: refused at once, not after minutes of training in the fid classifier."""
+    medmnist_npz(tmp_path / "pathmnist.npz", train=(np.zeros((4, 28, 28), np.uint8), np.zeros((4, 1), np.uint8)),
+                 test=(np.zeros((4, 28, 28, 3), np.uint8), np.zeros((4, 1), np.uint8)))
+    with pytest.raises(DataError, match="splits disagree"):
+        load_dataset("pathmnist", str(tmp_path), download=False)
+
+
+def write_zip(path, members):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, raw in members:
+            z.writestr(name, raw)
+
+
+def npy_header(shape, dtype="<f4") -> bytes:
+    """A .npy version 1.0 header declaring shape, with no data behind it."""
+    header = repr({"descr": dtype, "fortran_order": False, "shape": shape}).encode()
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
+
+
+def test_an_npz_that_would_inflate_past_the_cap_is_refused_from_its_header(tmp_path):
+    write_zip(tmp_path / "bomb.npz", [("images.npy", npy_header((10 ** 6, 1, 28, 28)))])
+    start = time.time()
+    with pytest.raises(DataError, match="GiB once decoded"):
+        read_npz(str(tmp_path / "bomb.npz"))
+    assert MAX_NPZ_BYTES < 10 ** 6 * 28 * 28 * 4 and time.time() - start < 5
+
+
+def test_an_npz_with_two_arrays_of_one_name_is_refused(tmp_path):
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((2, 1, 28, 28), np.float32))
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        write_zip(tmp_path / "s.npz", [("images.npy", buf.getvalue()), ("images.npy", buf.getvalue())])
+    with pytest.raises(DataError, match="two arrays named 'images.npy'"):
+        read_npz(str(tmp_path / "s.npz"))
+
+
+# --- metrics.py: what it cannot score honestly, it refuses, before training any classifier ---
+
+def score_cli(capsys, tmp_path, images, labels=None, dataset="shapes"):
+    arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
+    np.savez(tmp_path / "s.npz", **arrays)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        metrics.main([str(tmp_path / "s.npz"), "--dataset", dataset, "--data-dir", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("scale, fragment", [(255.0, "x / 127.5 - 1"), (1e30, "expects [-1, 1]")])
+def test_samples_outside_minus_one_one_are_refused_not_clipped(tmp_path, capsys, scale, fragment):
+    images = (make_shapes(n=8).images.numpy() + 1) / 2 * scale
+    assert fragment in score_cli(capsys, tmp_path, images)
+    assert not (tmp_path / "data").exists()  # refused before any classifier was trained
+
+
+@pytest.mark.parametrize("label", [99, -1])
+def test_impossible_labels_are_refused_before_the_classifier_is_trained(tmp_path, capsys, label):
+    images = make_shapes(n=8).images.numpy()
+    labels = np.array([0] * 7 + [label])
+    err = score_cli(capsys, tmp_path, images, labels)
+    assert f"{label}" in err and "classes are 0..2" in err
+    assert not (tmp_path / "data" / "classifiers").exists()
+
+
+def test_samples_of_another_shape_are_refused_before_the_classifier_is_trained(tmp_path, capsys):
+    err = score_cli(capsys, tmp_path, np.zeros((8, 3, 32, 32), np.float32))
+    assert "(3, 32, 32)" in err and "(1, 28, 28)" in err
+    assert not (tmp_path / "data" / "classifiers").exists()
+
+
+def test_a_good_samples_file_is_scored(tmp_path, capsys):
+    real = make_shapes(n=64, seed=3)
+    np.savez(tmp_path / "s.npz", images=real.images.numpy(), labels=real.labels.numpy())
+    metrics.main([str(tmp_path / "s.npz"), "--dataset", "shapes", "--data-dir", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert out.startswith("n=64 fid=") and "class_accuracy=" in out and torch.isfinite(torch.tensor(0.0))
