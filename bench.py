@@ -20,14 +20,15 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from catalog import RECIPE
+from catalog import RECIPE, unet_widths_for
 from ddpm import DDPM, linear_beta_schedule
 from errors import Parser, run_script
 from files import write_json
 from settings import SEED_MAX
 from unet import CNN, UNet, count_parameters
 
-DEFAULT = f"UNet {RECIPE['unet_widths']} (default)"
+DEFAULT_WIDTHS = unet_widths_for(28)
+DEFAULT = f"UNet {DEFAULT_WIDTHS} (default)"
 CPU = torch.device("cpu")
 
 
@@ -137,7 +138,7 @@ def interleaved_img_per_s(nets: dict, channels: int, batch: int, steps: int, war
 def networks(channels: int) -> dict:
     """The coursework CNN, the default U-Net, the U-Net with the old (paper-like) widths, and the peers."""
     torch.manual_seed(0)
-    nets = {"CNN (coursework)": CNN(in_channels=channels), DEFAULT: UNet(channels, RECIPE["unet_widths"]),
+    nets = {"CNN (coursework)": CNN(in_channels=channels), DEFAULT: UNet(channels, DEFAULT_WIDTHS),
             "UNet (32, 64, 64)": UNet(channels, (32, 64, 64))}
     nets.update(peers(channels))
     return nets

@@ -40,6 +40,23 @@ def extract(a: Tensor, t: Tensor) -> Tensor:
     return a[t].view(-1, 1, 1, 1)
 
 
+def repaint_times(T: int, jump_length: int, jump_count: int) -> list:
+    """RePaint's resampling schedule (Lugmayr et al. 2022, Sec. 4.2), as the paper times visited from T
+    down to 0: each block of jump_length steps down is walked jump_count times, going back up by the
+    forward process (eq. 2) between walks; the last block (ending at t = 0) is walked once.
+    jump_count = 1 is plain Algorithm 2's T, T - 1, ..., 0."""
+    times, t = [T], T
+    while t > 0:
+        low = max(t - jump_length, 0)
+        for walk in range(jump_count):
+            times += range(t - 1, low - 1, -1)  # down: t - 1, ..., low
+            if walk == jump_count - 1 or low == 0:
+                break
+            times += range(low + 1, t + 1)  # back up: low + 1, ..., t
+        t = low
+    return times
+
+
 class DDPM(nn.Module):
     """The Gaussian diffusion process around a noise-prediction network eps_model(x_t, t).
 
@@ -172,6 +189,32 @@ class DDPM(nn.Module):
                 kept.append((i, x_t.cpu(), self.predict_x0(x_t, t, eps_hat).cpu()))
             x_t = self.p_sample_step(x_t, t, eps_hat, z)                             # line 4
         return (x_t, kept) if record else x_t                                       # line 6: x_0
+
+    @torch.no_grad()
+    def inpaint(self, x0: Tensor, keep: Tensor, jump_length: int = 10, jump_count: int = 10, generator=None,
+                progress: bool = False, **cond) -> Tensor:
+        """RePaint (Lugmayr et al. 2022, arXiv:2201.09865), Algorithm 1 with the schedule of repaint_times:
+        regenerate x0 (B, C, H, W) where keep (B, 1, H, W) is 0 and keep it where keep is 1. Each reverse
+        step joins the known pixels, noised to t - 1 by eq. (4), with Algorithm 2's step for the rest;
+        each step back up is eq. (2). At t = 0 the known pixels are x0 itself."""
+        x_t = self.x_T_like(x0, generator)                                              # line 1: x_T
+        times = repaint_times(self.T, jump_length, jump_count)
+        B, device = x0.shape[0], x0.device
+        for t_now, t_next in Progress(zip(times, times[1:]), len(times) - 1, "inpainting (RePaint)", "steps",
+                                      show=progress):
+            if t_next > t_now:                                                           # line 10: back up
+                t = torch.full((B,), t_next - 1, device=device, dtype=torch.long)      # index of paper t_next
+                x_t = self.q_step(x_t, t, self.noise_like(x_t, t, generator, step=True))  # eq. (2)
+                continue
+            t = torch.full((B,), t_now - 1, device=device, dtype=torch.long)           # index of paper t_now
+            if t_now > 1:                                                                # lines 4-5
+                known = self.q_sample(x0, t - 1, self.noise_like(x0, t - 1, generator))  # x_{t-1} ~ q, eq. (4)
+            else:
+                known = x0
+            z = self.noise_like(x_t, t, generator, step=True)                            # line 6
+            unknown = self.p_sample_step(x_t, t, self.eps_for_sampling(x_t, t, **cond), z)  # line 7 (Alg. 2)
+            x_t = keep * known + (1 - keep) * unknown                                    # line 8
+        return x_t
 
     def ddim_step(self, x_t: Tensor, t: Tensor, t_prev: int, eps_hat: Tensor, z: Tensor, eta: float) -> Tensor:
         """Song et al. eq. (12), from index t to index t_prev < t (-1 means x_0, alpha_bar_0 = 1):

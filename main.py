@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from catalog import DATASETS, MODELS, PAPER, RECIPE
+from catalog import DATASETS, MODELS, PAPER, RECIPE, default_image_size, unet_widths_for
 from errors import HelpFormatter, Parser, run_script
 from settings import option, problems
 
@@ -57,8 +57,14 @@ def build_parser() -> Parser:
                    help="linear (Ho et al.) or cosine (Nichol & Dhariwal eq. 17)")
     p.add_argument("--net", choices=("cnn", "unet"),
                    help=recipe_help("unet (compact U-Net) or cnn (the coursework CNN: learns slowly)", "net"))
-    p.add_argument("--unet-widths", type=int, nargs=3, metavar=("C1", "C2", "C3"),
-                   help=recipe_help("U-Net channels at full, half and quarter resolution", "unet_widths"))
+    p.add_argument("--unet-widths", type=int, nargs="+", metavar="C",
+                   help="U-Net channels per resolution, full size first; n widths give n - 1 down/up levels "
+                   "(default: 16 32 32 up to 32 px, 16 32 64 64 up to 64 px, 16 32 64 128 128 above)")
+    p.add_argument("--attention-res", type=int, nargs="+", metavar="SIDE", default=[],
+                   help="also self-attention at these feature-map sides in pixels (the deepest level always has it)")
+    p.add_argument("--augment", action="store_true",
+                   help="random flips, shifts and small rotations of each batch, the same for image and mask "
+                   "(for small datasets; not for digits)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"),
                    help=recipe_help("per-epoch samples: ddim (Song et al., --sample-steps) or ddpm (Algorithm 2, "
                                     "T steps); DDGM always ddpm", "sampler"))
@@ -75,6 +81,8 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0, help="seeds the initialisation, the batches and the sample noise")
     p.add_argument("--num-samples", type=int, default=64, help="per-epoch grid size (COND class: 8 per class)")
+    p.add_argument("--sample-every", type=int, default=1, metavar="E",
+                   help="draw the grid and scores every E epochs (and after the last); checkpoints every epoch")
     p.add_argument("--limit", type=int, help="train on the first N images only")
     p.add_argument("--resume", action="store_true", help="continue from <out>/model.pth")
     g = p.add_argument_group("DDGM")
@@ -95,6 +103,8 @@ def check_args(args, p: Parser) -> None:
         if getattr(args, key) is None:  # DDGM: Algorithm 2 (no DDIM for Gamma noise), its own loss
             ddgm = {"sampler": "ddpm", "min_snr": 0.0}
             setattr(args, key, ddgm[key] if args.model == "DDGM" and key in ddgm else value)
+    if args.unet_widths is None:
+        args.unet_widths = unet_widths_for(args.image_size or default_image_size(args.dataset))
     if args.sample_steps is None:
         args.sample_steps = min(50, args.n_T)
     if args.eval_samples is None:
@@ -142,9 +152,10 @@ def train_in(folder, args, done: dict) -> None:
     from data import DataError
     from figures import save_forward_diffusion, save_schedules
     from files import save_atomic, write_json
-    from metrics import QualityScore
+    from metrics import MaskScore, QualityScore
     from progress import Progress
     from training import prepare, sample_and_score, sampling_setup, save_epoch, warmup_lr
+    from transforms import augment
     from unet import count_parameters
 
     out = folder.out
@@ -165,9 +176,11 @@ def train_in(folder, args, done: dict) -> None:
     score = None
     if args.eval_samples and train_set.labels is not None and args.dataset not in ("folder", "csv"):
         score = QualityScore(args.dataset, args.data_dir, image_size=args.image_size)
+    elif args.eval_samples and args.dataset == "folder" and train_set.masks is not None:
+        score = MaskScore(args.data_dir, config["image_size"], channels=args.channels)
     elif args.eval_samples:
         print(f"no fid for {args.dataset}: metrics.py scores labelled datasets with a test split (mnist, shapes, "
-              "MedMNIST)")
+              "MedMNIST) and folders with masks")
         config["eval_samples"] = 0  # draw the grid only
     write_json(config, folder.path("config.json"))
     x_all = train_set.images.to(device)
@@ -188,7 +201,11 @@ def train_in(folder, args, done: dict) -> None:
         for i in bar:
             idx = perm[i:i + B]
             cond = {k: v[idx] for k, v in (("y", y_all), ("mask", m_all)) if v is not None}
-            loss = model.loss(x_all[idx], **cond)
+            x0 = x_all[idx]
+            if args.augment:
+                x0, mask = augment(x0, cond.get("mask"))
+                cond.update({"mask": mask} if mask is not None else {})
+            loss = model.loss(x0, **cond)
             if not torch.isfinite(loss) or loss.item() > EXPLODED:
                 raise DataError(f"the loss became {loss.item():.3g} at step {len(losses) + 1} (epoch {epoch}): "
                                 f"training diverged; lower --lr (now {args.lr:g}) or check the schedule and --theta0. "
@@ -204,13 +221,15 @@ def train_in(folder, args, done: dict) -> None:
             losses.append((len(losses) + 1, epoch, epoch_losses[-1]))
             bar.note(loss=f"{sum(epoch_losses[-50:]) / len(epoch_losses[-50:]):.4f}")
         train_s, t0 = time.time() - t0, time.time()
-        write_grid, row = sample_and_score(sampler, config, setup, device, score)
+        write_grid, row = None, {}
+        if epoch % args.sample_every == 0 or epoch == args.epochs:
+            write_grid, row = sample_and_score(sampler, config, setup, device, score)
         metrics.append({"epoch": epoch, "loss": round(sum(epoch_losses) / len(epoch_losses), 6),
                         "train_seconds": round(train_s, 1), "sample_seconds": round(time.time() - t0, 1), **row})
         save_epoch(folder, model, optimizer, ema, epoch, config, losses, metrics, write_grid, done)
         done["epoch"] = epoch
-        print(", ".join(f"{k} {v}" for k, v in metrics[-1].items()) + f" -> {out}/image_ep{epoch:03d}.png, "
-              "model.pth", flush=True)
+        grid = f"{out}/image_ep{epoch:03d}.png, " if write_grid else f"{out}/"
+        print(", ".join(f"{k} {v}" for k, v in metrics[-1].items()) + f" -> {grid}model.pth", flush=True)
     for w in args.guidance_sweep or []:
         sampler.guidance_scale = w
         write_grid, _ = sample_and_score(sampler, config, setup, device)

@@ -8,6 +8,11 @@ on the training split (cached under DATA_DIR/classifiers/, retrained when the da
   et al. 2017, arXiv:1706.08500). Lower is better; it depends on the number of samples;
 - fid_real: the same for as many real test images as samples: the floor to compare against;
 - class_accuracy: for class-conditional samples, how often the classifier sees the requested class.
+For folder datasets with masks (e.g. brain MRI with tumour masks), MaskScore does the same with a
+small segmentation U-Net trained once on the real training split (image -> lesion mask, cached):
+- mask_dice: Dice between each sample's condition mask and the segmenter's mask of the sample;
+- mask_dice_real: the segmenter on real held-out slices against their true masks (the ceiling);
+- fid and fid_real with the segmenter's encoder features, against the training split.
 Also the mask Dice used for the phantom data set (lesion_dice).
 """
 import hashlib
@@ -23,6 +28,7 @@ from data import DataError, load_dataset, read_npz, unnormalize_to_zero_to_one
 from errors import Parser, run_script
 
 FEATURES = 128
+SEGMENTER_STEPS = 1500  # batches of 16 for the segmenter judge: about 2.5 minutes at 64 px on 2 cores
 
 
 class FeatureNet(nn.Module):
@@ -139,7 +145,7 @@ class QualityScore:
     def features(self, images: Tensor) -> Tensor:
         return torch.cat([self.net.features(x) for x in images.float().split(1000)])
 
-    def __call__(self, samples: Tensor, labels: Tensor | None = None) -> dict:
+    def __call__(self, samples: Tensor, labels: Tensor | None = None, masks: Tensor | None = None) -> dict:
         """samples: (N, C, H, W) in about [-1, 1] (clipped to it first), N >= 2; labels (N,) or None."""
         if tuple(samples.shape[1:]) != self.shape:
             raise DataError(f"samples of shape {tuple(samples.shape[1:])} do not match this dataset's {self.shape}")
@@ -195,8 +201,137 @@ def lesion_dice(x: Tensor, masks: Tensor, threshold: float = 0.8) -> float:
     return dice(unnormalize_to_zero_to_one(x) > threshold, masks > 0.5).mean().item()
 
 
+# --- the segmenter judge for mask-conditioned samples --------------------------------------------
+
+def conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(8, c_out), nn.GELU(),
+                         nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(8, c_out), nn.GELU())
+
+
+class SegNet(nn.Module):
+    """A plain 3-level U-Net segmenter (Ronneberger et al. 2015, arXiv:1505.04597) in miniature:
+    images (B, C, H, W) in [-1, 1], H and W divisible by 4 -> lesion logits (B, 1, H, W).
+    features() is the deepest level averaged over positions (4 * width values), for the fid."""
+
+    def __init__(self, in_channels: int, width: int = 16):
+        super().__init__()
+        c = width
+        self.enc1, self.enc2, self.enc3 = conv_block(in_channels, c), conv_block(c, 2 * c), conv_block(2 * c, 4 * c)
+        self.dec2, self.dec1 = conv_block(6 * c, 2 * c), conv_block(3 * c, c)
+        self.head = nn.Conv2d(c, 1, 1)
+
+    def encode(self, x: Tensor) -> tuple:
+        e1 = self.enc1(x)                                        # (B, c, H, W)
+        e2 = self.enc2(F.max_pool2d(e1, 2))                      # (B, 2c, H/2, W/2)
+        return e1, e2, self.enc3(F.max_pool2d(e2, 2))            # (B, 4c, H/4, W/4)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.encode(x)[2].mean((2, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        e1, e2, e3 = self.encode(x)
+        d2 = self.dec2(torch.cat([F.interpolate(e3, scale_factor=2), e2], 1))
+        return self.head(self.dec1(torch.cat([F.interpolate(d2, scale_factor=2), e1], 1)))
+
+
+def soft_dice_bce(logits: Tensor, target: Tensor) -> Tensor:
+    """BCE plus 1 - soft Dice (Milletari et al. 2016), the usual loss for small lesions."""
+    p = logits.sigmoid().flatten(1)
+    t = target.flatten(1)
+    soft = (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+    return F.binary_cross_entropy_with_logits(logits, target) + (1 - soft).mean()
+
+
+def train_segmenter(images: Tensor, masks: Tensor, steps: int = 1500, batch_size: int = 16, seed: int = 0,
+                    log=print) -> SegNet:
+    """Adam 1e-3 for `steps` steps of soft_dice_bce on random batches, each augmented (transforms.augment)."""
+    from progress import Progress
+    from transforms import augment
+    torch.manual_seed(seed)
+    net = SegNet(images.shape[1])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in Progress(range(steps), steps, "training the segmenter", "steps", show=log is not None):
+        idx = torch.randint(0, len(images), (batch_size,))
+        x, m = augment(images[idx], masks[idx])
+        loss = soft_dice_bce(net(x), m)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def segment(net: SegNet, images: Tensor) -> Tensor:
+    """Binary masks (N, 1, H, W): the segmenter's logits above 0."""
+    return torch.cat([(net(x.float()) > 0).float() for x in images.split(64)])
+
+
+class MaskScore:
+    """mask_dice, mask_dice_real, fid and fid_real for samples of a folder dataset with masks (see the
+    module docstring); the segmenter is cached in DATA_DIR/classifiers/, keyed by the training data."""
+
+    def __init__(self, data_dir: str, image_size: int, channels: int | None = None, log=print,
+                 sample_shape: tuple | None = None, steps: int | None = None):
+        train = load_dataset("folder", data_dir, train=True, image_size=image_size, channels=channels)
+        held = load_dataset("folder", data_dir, train=False, image_size=image_size, channels=channels)
+        if train.masks is None:
+            raise DataError(f"{data_dir} has no masks/ folder, so no segmenter can be trained: mask_dice needs masks")
+        if sample_shape is not None and tuple(sample_shape) != tuple(held.images.shape[1:]):
+            raise DataError(f"the samples are {tuple(sample_shape)} (C, H, W) but {data_dir}'s images at "
+                            f"--image-size {image_size} are {tuple(held.images.shape[1:])}")
+        if image_size % 4:
+            raise DataError(f"the segmenter needs an image side divisible by 4, got {image_size}")
+        self.net = self.load_or_train(data_dir, train, steps or SEGMENTER_STEPS, log)
+        self.held = held
+        self.reference = feature_stats(self.features(train.images))
+        self.held_features = self.features(held.images)
+        self.real_dice = dice(segment(self.net, held.images), held.masks).mean().item()
+
+    def load_or_train(self, data_dir, train, steps, log) -> SegNet:
+        from files import save_atomic
+        key = fingerprint(train.images, train.masks.flatten().long())
+        path = os.path.join(data_dir, "classifiers", f"segmenter-{train.images.shape[-1]}px-{steps}-{key}.pt")
+        if os.path.isfile(path):
+            try:
+                net = SegNet(train.images.shape[1])
+                net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                return net.eval()
+            except Exception as e:  # a damaged cache is rebuilt, never trusted
+                log(f"{path} is not a usable segmenter ({type(e).__name__}): training it again")
+        if log is not None:
+            log(f"training the segmenter for mask_dice and fid (once, about {steps} steps; cached as {path})")
+        net = train_segmenter(train.images, train.masks, steps, log=log)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save_atomic(lambda p: torch.save(net.state_dict(), p), path)
+        return net
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        return torch.cat([self.net.features(x.float()) for x in images.split(64)])
+
+    def __call__(self, samples: Tensor, labels: Tensor | None = None, masks: Tensor | None = None) -> dict:
+        """samples (N, C, H, W) in [-1, 1]; masks (N, 1, H, W), the conditions they were drawn with, or
+        None (unconditional samples: fid only). fid uses the first min(N, held-out) samples."""
+        check_range(samples)
+        if len(samples) < 2:
+            raise DataError("fid needs at least 2 samples")
+        x = samples.float().cpu().clamp(-1, 1)
+        n = min(len(x), len(self.held_features))
+        result = {"fid": round(frechet_distance(*feature_stats(self.features(x[:n])), *self.reference), 2),
+                  "fid_real": round(frechet_distance(*feature_stats(self.held_features[:n]), *self.reference), 2)}
+        if masks is not None:
+            if masks.shape != (len(x), 1, *x.shape[2:]):
+                raise DataError(f"masks {tuple(masks.shape)} do not match the samples {tuple(x.shape)}")
+            result["mask_dice"] = round(dice(segment(self.net, x), masks.cpu() > 0.5).mean().item(), 4)
+            result["mask_dice_real"] = round(self.real_dice, 4)
+        if not all(np.isfinite(v) for v in result.values()):
+            raise DataError(f"the scores came out as {result}: not numbers; the samples or the segmenter are damaged")
+        return result
+
+
 def read_samples(path: str) -> tuple:
-    """images (N, C, H, W) float in [-1, 1] and labels (N,) or None from sample.py's .npz."""
+    """images (N, C, H, W) float in [-1, 1], labels (N,) or None and masks (N, 1, H, W) in {0, 1} or
+    None, from sample.py's .npz."""
     if not os.path.isfile(path):
         raise DataError(f"no samples file at {path}: write one with sample.py")
     arrays = read_npz(path)
@@ -207,24 +342,37 @@ def read_samples(path: str) -> tuple:
         raise DataError(f"{path}: 'images' must be finite floats (N, C, H, W), got {images.dtype} {images.shape}")
     if labels is not None and (labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer)):
         raise DataError(f"{path}: 'labels' must be N integers, got {labels.dtype} {labels.shape}")
-    return torch.from_numpy(images), None if labels is None else torch.from_numpy(labels.astype(np.int64))
+    masks = arrays.get("masks")
+    if masks is not None and (masks.shape != (len(images), 1, *images.shape[2:]) or not np.isin(masks, (0, 1)).all()):
+        raise DataError(f"{path}: 'masks' must be (N, 1, H, W) of 0 and 1 like the images {images.shape}, got "
+                        f"{masks.dtype} {masks.shape}")
+    return (torch.from_numpy(images), None if labels is None else torch.from_numpy(labels.astype(np.int64)),
+            None if masks is None else torch.from_numpy(masks.astype(np.float32)))
 
 
 def main(argv=None) -> None:
     p = Parser(prog="metrics.py", description="fid, fid_real (and class_accuracy) of samples in the features of a "
                "small classifier trained on the dataset.")
     p.add_argument("samples", help="a .npz written by sample.py (images in [-1, 1], optional labels)")
-    p.add_argument("--dataset", required=True, help="mnist, shapes or a MedMNIST 2D name")
+    p.add_argument("--dataset", required=True, help="mnist, shapes, a MedMNIST 2D name, or folder (images/ and masks/ "
+                   "in --data-dir: the segmenter judge)")
     p.add_argument("--data-dir", default="./data", help="where the dataset is read from")
+    p.add_argument("--image-size", type=int, help="folder: the side the real images are resized to (default: the "
+                   "samples')")
     run_script(p, score_file, p.parse_args(argv))
 
 
 def score_file(args) -> None:
-    images, labels = read_samples(args.samples)
+    images, labels, masks = read_samples(args.samples)
     check_range(images)
-    score = QualityScore(args.dataset, args.data_dir, log=lambda m: print(m, file=sys.stderr),
-                         sample_shape=tuple(images.shape[1:]), sample_labels=labels)
-    result = score(images, labels)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.dataset == "folder":
+        score = MaskScore(args.data_dir, args.image_size or images.shape[-1], log=log, sample_shape=images.shape[1:])
+        result = score(images, masks=masks)
+    else:
+        score = QualityScore(args.dataset, args.data_dir, log=log, sample_shape=tuple(images.shape[1:]),
+                             sample_labels=labels)
+        result = score(images, labels)
     print(" ".join(f"{k}={v}" for k, v in {"n": len(images), **result}.items()))
 
 

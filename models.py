@@ -19,14 +19,16 @@ from settings import checkpoint_problem
 from unet import CNN, UNet
 
 # Settings that shape the network or the process: a checkpoint resumes only with the same ones.
-ARCHITECTURE = ("model", "net", "unet_widths", "n_T", "betas", "schedule", "theta0", "loss", "cond", "dataset",
-                "in_channels", "image_size", "num_classes", "cond_channels")
+ARCHITECTURE = ("model", "net", "unet_widths", "attention_res", "n_T", "betas", "schedule", "theta0", "loss", "cond",
+                "dataset", "in_channels", "image_size", "num_classes", "cond_channels")
 
 def build_model(config: dict) -> DDPM:
     """Network and diffusion process from a config (main.make_config's, or a checkpoint's)."""
     kw = {"in_channels": config["in_channels"], "num_classes": config["num_classes"],
           "cond_channels": config["cond_channels"]}
-    net = CNN(**kw) if config["net"] == "cnn" else UNet(widths=tuple(config.get("unet_widths", (32, 64, 64))), **kw)
+    net = CNN(**kw) if config["net"] == "cnn" else UNet(
+        widths=tuple(config.get("unet_widths", (32, 64, 64))), image_size=config["image_size"],
+        attention_res=tuple(config.get("attention_res", ())), **kw)
     T, (beta_1, beta_T) = config["n_T"], config["betas"]
     beta = linear_beta_schedule(T, beta_1, beta_T) if config["schedule"] == "linear" else cosine_beta_schedule(T)
     clip_x0 = config.get("clip_x0", False)

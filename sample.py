@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import torch
 
-from data import DataError, list_images, load_dataset, read_resized
+from data import DataError, list_images, load_dataset, normalize_to_neg_one_to_one, read_resized
 from errors import Parser, run_script
 from figures import class_grid_labels, mask_triplets, save_grid, save_reverse_process
 from files import check_outputs, png_out, save_atomic
@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reverse", action="store_true", help="also write FILE_reverse.png (x_t and x0_hat along the way)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights are saved")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    g = p.add_argument_group("inpainting (RePaint, Lugmayr et al. 2022)")
+    g.add_argument("--inpaint", metavar="IMAGE", help="regenerate the --region of this image, keep the rest")
+    g.add_argument("--region", metavar="MASK", help="an image of the region to regenerate (white) and keep (black)")
+    g.add_argument("--cond-mask", metavar="MASK", help="mask-conditioned models: the lesion mask the result should "
+                   "have, or 'none' for no lesion (a pseudo-healthy image)")
+    g.add_argument("--jump-length", type=int, default=10, help="RePaint's j: steps per resampling block")
+    g.add_argument("--jump-count", type=int, default=10, help="RePaint's r: walks per block (1: no resampling)")
     return p
 
 
@@ -86,6 +93,12 @@ def main(argv=None) -> None:
         p.error("--num-samples must lie in 1..100000")
     if not 0 <= args.seed <= SEED_MAX:
         p.error(f"--seed must lie in 0..{SEED_MAX}")
+    if (args.inpaint is None) != (args.region is None):
+        p.error("--inpaint IMAGE and --region MASK go together")
+    if not (1 <= args.jump_length <= 1000 and 1 <= args.jump_count <= 100):
+        p.error("--jump-length must lie in 1..1000 and --jump-count in 1..100")
+    if args.cond_mask is not None and args.inpaint is None:
+        p.error("--cond-mask applies to --inpaint (sampling takes --mask-dir)")
     run_script(p, run, args)
 
 
@@ -96,7 +109,8 @@ def outputs(args) -> dict:
     if args.reverse:
         files["--out (its _reverse.png)"] = os.path.splitext(out)[0] + "_reverse.png"
     inputs = [args.checkpoint, *(list_images(args.mask_dir).values() if args.mask_dir and
-                                 os.path.isdir(args.mask_dir) else [])]
+                                 os.path.isdir(args.mask_dir) else []),
+              *(f for f in (args.inpaint, args.region, args.cond_mask) if f and f != "none")]
     check_outputs(files, inputs)
     return files
 
@@ -119,6 +133,8 @@ def run(args) -> None:
         if not (math.isfinite(args.guidance) and args.guidance >= 0) or config["model"] != "COND":
             raise DataError("--guidance needs a COND checkpoint and a finite w >= 0")
         model.guidance_scale = args.guidance
+    if args.inpaint:
+        return inpaint(args, model, config, device, files["--out"])
     n, cond = conditions(args, config, args.num_samples)
     out = files["--out"]
     shape = (config["in_channels"], config["image_size"], config["image_size"])
@@ -140,6 +156,72 @@ def run(args) -> None:
         print(f"wrote {os.path.splitext(out)[0]}_reverse.png", flush=True)
 
 
+def read_one(path: str, size: int, mode: str, what: str) -> tuple:
+    """One image file at the model's size: ((1, C, H, W) tensor, its (H, W) on disk)."""
+    if not os.path.isfile(path):
+        raise DataError(f"{what} {path} is not a file")
+    sizes = []
+    a = torch.from_numpy(read_resized([path], size, mode, sizes))
+    return (a[:, None] if a.dim() == 3 else a.permute(0, 3, 1, 2)), sizes[0]
+
+
+def inpaint(args, model, config: dict, device, out: str) -> None:
+    """--inpaint IMAGE --region MASK: n RePaint results (DDPM.inpaint); the figure shows image | region |
+    (condition mask |) results, and out's .npz holds the results as images."""
+    if config["model"] == "DDGM":
+        raise DataError("--inpaint is RePaint for Gaussian diffusion: use a DDPM or COND checkpoint")
+    size = config["image_size"]
+    image, image_hw = read_one(args.inpaint, size, "L" if config["in_channels"] == 1 else "RGB", "--inpaint")
+    region, region_hw = read_one(args.region, size, "mask", "--region")
+    if region_hw != image_hw:
+        raise DataError(f"--region is {region_hw[0]}x{region_hw[1]} but --inpaint is {image_hw[0]}x{image_hw[1]}: "
+                        "the region must have its image's size")
+    if not region.any():
+        raise DataError(f"--region {args.region} marks nothing to regenerate (no white pixels)")
+    image = normalize_to_neg_one_to_one(image)
+    cond, shown = {}, [image, normalize_to_neg_one_to_one(region).expand_as(image)]
+    if config["cond"] == "mask":
+        if args.cond_mask is None:
+            raise DataError("this model is mask-conditioned: pass --cond-mask MASK (the lesion the result should "
+                            "have) or --cond-mask none (no lesion)")
+        cond_mask = torch.zeros_like(region) if args.cond_mask == "none" else \
+            read_one(args.cond_mask, size, "mask", "--cond-mask")[0]
+        cond["mask"], shown = cond_mask, [*shown, normalize_to_neg_one_to_one(cond_mask).expand_as(image)]
+    elif args.cond_mask is not None:
+        raise DataError("--cond-mask needs a mask-conditioned (COND --cond mask) checkpoint")
+    if args.label is not None:
+        if config["cond"] != "class" or not 0 <= args.label < config["num_classes"]:
+            raise DataError("--label needs a class-conditional checkpoint and a class it has")
+        cond["y"] = torch.tensor([args.label])
+    n = args.num_samples or 4
+    g = torch.Generator(device).manual_seed(args.seed)
+    print(f"{n} inpaintings of {args.inpaint} by RePaint (T={model.T}, jump length {args.jump_length}, "
+          f"{args.jump_count} walks per block)", flush=True)
+    x0, keep = image.repeat(n, 1, 1, 1).to(device), (1 - region).repeat(n, 1, 1, 1).to(device)
+    x = model.inpaint(x0, keep, args.jump_length, args.jump_count, g, progress=True,
+                      **{k: v.repeat(n, *[1] * (v.dim() - 1)).to(device) for k, v in cond.items()}).cpu()
+    if not torch.isfinite(x).all():
+        raise DataError("the inpainted images are not finite (NaN/inf): this checkpoint's network diverged")
+    save_grid(torch.cat([*shown, x]), out, nrow=len(shown) + n)
+    write_images_npz(x, {}, os.path.splitext(out)[0] + ".npz")
+    print(f"wrote {out} ({' | '.join(['image', 'region', *(['condition mask'] if 'mask' in cond else [])])} | "
+          f"{n} results) and {os.path.splitext(out)[0]}.npz", flush=True)
+
+
+def write_images_npz(x: torch.Tensor, cond: dict, npz: str) -> None:
+    """images float32 (N, C, H, W) in [-1, 1], plus labels or masks, atomically."""
+    arrays = {"images": x.float().clamp(-1, 1).numpy()}
+    if "y" in cond:
+        arrays["labels"] = cond["y"].numpy().astype(np.int64)
+    if "mask" in cond:
+        arrays["masks"] = cond["mask"].numpy().astype(np.float32)
+
+    def write(path):
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+    save_atomic(write, npz)
+
+
 def save_samples(x: torch.Tensor, cond: dict, out: str) -> None:
     """out (grid, 8 per row or mask triplets) and out's .npz: images float32 (N, C, H, W) in [-1, 1],
     plus labels or masks. Non-finite samples are refused, not saved as black cells."""
@@ -149,17 +231,8 @@ def save_samples(x: torch.Tensor, cond: dict, out: str) -> None:
         save_grid(mask_triplets(x, cond["mask"]), out, nrow=6)
     else:
         save_grid(x, out, nrow=8)
-    arrays = {"images": x.float().clamp(-1, 1).numpy()}
-    if "y" in cond:
-        arrays["labels"] = cond["y"].numpy().astype(np.int64)
-    if "mask" in cond:
-        arrays["masks"] = cond["mask"].numpy().astype(np.float32)
-
-    def write_npz(path):
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
     npz = os.path.splitext(out)[0] + ".npz"
-    save_atomic(write_npz, npz)
+    write_images_npz(x, cond, npz)
     print(f"wrote {out} and {npz}", flush=True)
 
 if __name__ == "__main__":

@@ -55,11 +55,18 @@ def betas(v):
 
 
 def widths(v):
-    if not isinstance(v, (list, tuple)) or len(v) != 3:
-        return "must be three whole numbers C1 C2 C3"
+    if not isinstance(v, (list, tuple)) or not 2 <= len(v) <= 7:
+        return "must be 2 to 7 whole numbers C1 C2 ... (n widths: n - 1 levels)"
     if any(not isinstance(c, int) or isinstance(c, bool) for c in v):
         return "must be whole numbers"
     return None if all(1 <= c <= 1024 for c in v) else "must lie in 1..1024"
+
+
+def sides(v):
+    if not isinstance(v, (list, tuple)) or len(v) > 8:
+        return "must be at most 8 feature-map sides"
+    ok = all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 512 for c in v)
+    return None if ok else "must be whole numbers in 1..512"
 
 
 CHECKS = {
@@ -76,7 +83,8 @@ CHECKS = {
                     " (Hang et al. use 5; below 0.01 the weights are so small that nothing trains)"),
     "sample_eta": real(lambda v: 0 <= v <= 1, "[0, 1]"), "theta0": real(lambda v: 0 < v <= 1e6, "(0, 1e6]"),
     "p_uncond": real(lambda v: 0 <= v <= 1, "[0, 1]"), "guidance": real(lambda v: 0 <= v <= 100, "0..100"),
-    "betas": betas, "unet_widths": widths, "clip_x0": flag, "paper_settings": flag,
+    "betas": betas, "unet_widths": widths, "attention_res": sides, "augment": flag,
+    "sample_every": whole(1, 100_000), "clip_x0": flag, "paper_settings": flag,
     "data_dir": text, "data_path": text, "out": text, "device": text,
 }
 # What a checkpoint's config must hold to rebuild its model and draw from it (older checkpoints

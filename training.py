@@ -13,7 +13,7 @@ from metrics import lesion_dice
 from models import ARCHITECTURE, EMA, build_model, draw, load_checkpoint, load_weights, pick_device
 
 # Settings that change what training does: --resume refuses a change (the rest, e.g. --epochs, may change).
-TRAINING = ("lr", "warmup", "batch_size", "limit", "seed", "ema_decay", "p_uncond", "min_snr")
+TRAINING = ("lr", "warmup", "batch_size", "limit", "seed", "ema_decay", "p_uncond", "min_snr", "augment")
 
 
 def warmup_lr(lr: float, warmup: int, step: int) -> float:
@@ -43,9 +43,12 @@ def make_config(args, train_set) -> dict:
         raise DataError(f"--cond class needs labels, and {args.dataset} has none: use --cond mask or labelled data")
     if cond == "mask" and train_set.masks is None:
         raise DataError(f"--cond mask needs masks, and {args.dataset} has none: use folder (with masks/) or phantom")
-    if args.net == "unet" and (H % 4 or W % 4):
-        raise DataError(f"--net unet needs image sides divisible by 4, got {H}x{W}: set --image-size")
+    step = 2 ** (len(args.unet_widths) - 1)  # the U-Net halves the image once per level
+    if args.net == "unet" and (H % step or W % step):
+        raise DataError(f"--net unet with {len(args.unet_widths)} widths needs image sides divisible by {step}, got "
+                        f"{H}x{W}: set --image-size or give fewer --unet-widths")
     config.update(cond=cond, in_channels=C, image_size=H, betas=list(args.betas), unet_widths=list(args.unet_widths),
+                  attention_res=list(args.attention_res),
                   num_classes=int(train_set.labels.max()) + 1 if cond == "class" else 0,
                   cond_channels=1 if cond == "mask" else 0)
     return config
@@ -84,7 +87,8 @@ def sample_and_score(model, config, setup, device, score=None) -> tuple:
     metrics = {}
     if score is not None and config["eval_samples"]:
         n = config["eval_samples"]
-        metrics.update(score(x[:n].clamp(-1, 1), setup["cond"]["y"][:n] if "y" in setup["cond"] else None))
+        given = {k: setup["cond"][c][:n] for k, c in (("labels", "y"), ("masks", "mask")) if c in setup["cond"]}
+        metrics.update(score(x[:n].clamp(-1, 1), **given))
     if setup["masks"] is not None:  # phantom: the lesion is the only bright region
         metrics["dice"] = round(lesion_dice(x, setup["masks"]), 4)
         metrics["dice_shuffled_masks"] = round(lesion_dice(x, setup["masks"].roll(1, dims=0)), 4)
@@ -139,6 +143,8 @@ def save_epoch(folder, model, optimizer, ema, epoch: int, config: dict, losses: 
     writers = {"model.pth": lambda p: torch.save(state, p), f"image_ep{epoch:03d}.png": write_grid,
                "loss.csv": lambda p: write_loss_csv(losses, p), "metrics.csv": lambda p: write_metrics_csv(metrics, p),
                "loss_curve.png": lambda p: save_loss_curve(losses, metrics, p, "L1 loss" if l1 else "MSE loss")}
+    if write_grid is None:  # --sample-every: no grid this epoch
+        del writers[f"image_ep{epoch:03d}.png"]
     staged = []
     try:
         for name, write in writers.items():

@@ -123,40 +123,61 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """Two down/up levels with skips (H -> H/2 -> H/4 -> H/2 -> H), for H, W divisible by 4.
-    widths: channels (c1, c2, c3) at H, H/2 and H/4; attention at H/4 when attention=True."""
+    """A U-Net whose depth follows its widths: widths (c1, ..., cn) give n - 1 down/up levels with
+    skips, H -> H/2 -> ... -> H/2^(n-1) and back, for H, W divisible by 2^(n-1); c_k channels at
+    H/2^(k-1). Self-attention at the deepest resolution (attention=True) and at every resolution
+    listed in attention_res (feature-map sides in pixels, e.g. (16,) at 64 px). Three widths give
+    the two-level net of earlier versions, with the same parameter names (down1, pool1, ...)."""
 
     def __init__(self, in_channels: int = 1, widths: tuple = (32, 64, 64), attention: bool = True,
-                 num_classes: int = 0, cond_channels: int = 0):
+                 num_classes: int = 0, cond_channels: int = 0, image_size: int | None = None,
+                 attention_res: tuple = ()):
         super().__init__()
-        c1, c2, c3 = widths
-        emb_dim = 4 * c1
+        if len(widths) < 2:
+            raise ValueError(f"UNet needs at least two widths (one level), got {widths}")
+        self.levels, emb_dim = len(widths) - 1, 4 * widths[0]
         self.cond_channels = cond_channels
+        attend = lambda k: image_size is not None and image_size // 2 ** (k - 1) in attention_res  # noqa: E731
         self.embed = Embedding(emb_dim, num_classes)
-        self.inp = nn.Conv2d(in_channels + cond_channels, c1, 3, padding=1)
-        self.down1 = ResBlock(c1, c1, emb_dim)
-        self.pool1 = nn.Conv2d(c1, c1, 3, stride=2, padding=1)
-        self.down2 = ResBlock(c1, c2, emb_dim)
-        self.pool2 = nn.Conv2d(c2, c2, 3, stride=2, padding=1)
-        self.mid1 = ResBlock(c2, c3, emb_dim)
-        self.attn = SelfAttention(c3) if attention else nn.Identity()
-        self.mid2 = ResBlock(c3, c3, emb_dim)
-        self.up2 = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(c3, c3, 3, padding=1))
-        self.dec2 = ResBlock(c3 + c2, c2, emb_dim)
-        self.up1 = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(c2, c2, 3, padding=1))
-        self.dec1 = ResBlock(c2 + c1, c1, emb_dim)
-        self.out = nn.Sequential(group_norm(c1), nn.GELU(), nn.Conv2d(c1, in_channels, 3, padding=1))
+        self.inp = nn.Conv2d(in_channels + cond_channels, widths[0], 3, padding=1)
+        c = widths[0]
+        for k in range(1, self.levels + 1):  # encoder level k works at H / 2^(k-1)
+            setattr(self, f"down{k}", ResBlock(c, widths[k - 1], emb_dim))
+            if attend(k):
+                setattr(self, f"attn_down{k}", SelfAttention(widths[k - 1]))
+            setattr(self, f"pool{k}", nn.Conv2d(widths[k - 1], widths[k - 1], 3, stride=2, padding=1))
+            c = widths[k - 1]
+        self.mid1 = ResBlock(c, widths[-1], emb_dim)
+        self.attn = SelfAttention(widths[-1]) if attention else nn.Identity()
+        self.mid2 = ResBlock(widths[-1], widths[-1], emb_dim)
+        c = widths[-1]
+        for k in range(self.levels, 0, -1):  # decoder level k, back up to H / 2^(k-1)
+            setattr(self, f"up{k}", nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(c, c, 3, padding=1)))
+            setattr(self, f"dec{k}", ResBlock(c + widths[k - 1], widths[k - 1], emb_dim))
+            if attend(k):
+                setattr(self, f"attn_dec{k}", SelfAttention(widths[k - 1]))
+            c = widths[k - 1]
+        self.out = nn.Sequential(group_norm(c), nn.GELU(), nn.Conv2d(c, in_channels, 3, padding=1))
+
+    def level(self, name: str, k: int):
+        """The module f"{name}{k}", or identity where that level has none (attention)."""
+        return getattr(self, f"{name}{k}", nn.Identity())
 
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None,
                 mask: Tensor | None = None) -> Tensor:
         B, C, H, W = x_t.shape  # batch, channels, height, width
-        if H % 4 or W % 4:
-            raise ValueError(f"UNet needs height and width divisible by 4, got {H}x{W}")
+        if H % 2 ** self.levels or W % 2 ** self.levels:
+            raise ValueError(f"this UNet ({self.levels} levels) needs height and width divisible by "
+                             f"{2 ** self.levels}, got {H}x{W}")
         emb = self.embed(t, y)                                   # (B, emb_dim)
         h = self.inp(concat_condition(x_t, mask, self.cond_channels))
-        h1 = self.down1(h, emb)                                  # (B, c1, H, W)
-        h2 = self.down2(self.pool1(h1), emb)                     # (B, c2, H/2, W/2)
-        h = self.mid2(self.attn(self.mid1(self.pool2(h2), emb)), emb)  # (B, c3, H/4, W/4)
-        h = self.dec2(torch.cat([self.up2(h), h2], dim=1), emb)  # (B, c2, H/2, W/2)
-        h = self.dec1(torch.cat([self.up1(h), h1], dim=1), emb)  # (B, c1, H, W)
+        skips = []
+        for k in range(1, self.levels + 1):
+            h = self.level("attn_down", k)(self.level("down", k)(h, emb))  # (B, c_k, H/2^(k-1), W/2^(k-1))
+            skips.append(h)
+            h = self.level("pool", k)(h)
+        h = self.mid2(self.attn(self.mid1(h, emb)), emb)         # (B, c_n, H/2^(n-1), W/2^(n-1))
+        for k in range(self.levels, 0, -1):
+            h = self.level("dec", k)(torch.cat([self.level("up", k)(h), skips.pop()], dim=1), emb)
+            h = self.level("attn_dec", k)(h)                     # (B, c_k, H/2^(k-1), W/2^(k-1))
         return self.out(h)
