@@ -40,16 +40,17 @@ FIGURE_ROWS = 6  # scans shown in the figure
 
 @torch.no_grad()
 def reconstruct(model, x0: Tensor, t_lambda: int, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-                generator=None) -> Tensor:
+                generator=None, **cond) -> Tensor:
     """Noise x0 to paper time t_lambda with eq. (4), then denoise back to t = 0 with Algorithm 2
-    (t_lambda steps) or DDIM (`steps` steps): the healthy anatomy the model believes in."""
+    (t_lambda steps) or DDIM (`steps` steps): the healthy anatomy the model believes in. cond goes to
+    the network: an empty mask tells a mask-conditioned model that there is no lesion."""
     i = t_lambda - 1  # the index of paper time t_lambda (ddpm.py: index i is t = i + 1)
     t = torch.full((x0.shape[0],), i, device=x0.device, dtype=torch.long)
     x_t = model.q_sample(x0, t, model.noise_like(x0, t, generator))  # eq. (4)
     shape = tuple(x0.shape[1:])
     if sampler == "ddim":
-        return model.ddim_sample(len(x0), shape, min(steps, t_lambda), eta, generator, x_start=x_t, t_start=i)
-    return model.sample(len(x0), shape, generator, x_start=x_t, t_start=i)
+        return model.ddim_sample(len(x0), shape, min(steps, t_lambda), eta, generator, x_start=x_t, t_start=i, **cond)
+    return model.sample(len(x0), shape, generator, x_start=x_t, t_start=i, **cond)
 
 
 def gaussian_blur(m: Tensor, sigma: float) -> Tensor:
@@ -64,9 +65,11 @@ def gaussian_blur(m: Tensor, sigma: float) -> Tensor:
 
 
 def anomaly_maps(model, x0: Tensor, t_lambda: int, sampler: str, steps: int, eta: float, repeats: int,
-                 smooth: float, generator=None, batch: int = 256, label: str = "scans") -> tuple:
+                 smooth: float, generator=None, batch: int = 256, label: str = "scans",
+                 counterfactual: bool = False) -> tuple:
     """(maps (N, H, W), one reconstruction per scan (N, C, H, W)): |x_0 - x0_rec| averaged over channels
-    and `repeats` noise draws, then smoothed by a Gaussian of std `smooth` pixels."""
+    and `repeats` noise draws, then smoothed by a Gaussian of std `smooth` pixels. counterfactual: the
+    model is mask-conditioned and reconstructs with an empty mask, "no tumour" (Sanchez et al. 2022)."""
     device = model.beta.device
     maps, recs = [], []
     bar = Progress(range(0, len(x0), batch), -(-len(x0) // batch), f"reconstructing {label}", "batches")
@@ -74,7 +77,8 @@ def anomaly_maps(model, x0: Tensor, t_lambda: int, sampler: str, steps: int, eta
         x = x0[s:s + batch].to(device)
         total = torch.zeros(x.shape[0], *x.shape[2:], device=device)
         for k in range(repeats):
-            rec = reconstruct(model, x, t_lambda, sampler, steps, eta, generator)
+            cond = {"mask": torch.zeros_like(x[:, :1])} if counterfactual else {}
+            rec = reconstruct(model, x, t_lambda, sampler, steps, eta, generator, **cond)
             total += (x - rec).abs().mean(1)
             if k == 0:
                 recs.append(rec.cpu())
@@ -127,7 +131,7 @@ def score(val_map: Tensor, val_mask: Tensor, val_head: Tensor, test_map: Tensor,
 
 
 def baselines(val: Tensor, val_mask: Tensor, val_head: Tensor, test: Tensor, test_mask: Tensor,
-              test_head: Tensor, healthy_mean: Tensor) -> dict:
+              test_head: Tensor, healthy_mean: Tensor, mean_name: str = "mean healthy scan") -> dict:
     """Maps that need no model, scored the same way: the intensity itself (bright lesions) or its
     negative (dark ones), whichever scores the higher AUROC on the validation split, and the
     absolute difference from the mean healthy scan."""
@@ -135,7 +139,7 @@ def baselines(val: Tensor, val_mask: Tensor, val_head: Tensor, test: Tensor, tes
     sign = 1 if up else -1
     return {f"intensity ({'bright' if up else 'dark'} = lesion)":
             score(sign * val, val_mask, val_head, sign * test, test_mask, test_head),
-            "|x - mean healthy scan|":
+            f"|x - {mean_name}|":
             score((val - healthy_mean).abs(), val_mask, val_head, (test - healthy_mean).abs(), test_mask, test_head)}
 
 
@@ -189,6 +193,14 @@ def main(argv=None) -> None:
 def test_scans(args, config: dict) -> tuple:
     """(test set, validation set or None, mean healthy scan or None) at the model's image size."""
     size, C = config["image_size"], config["in_channels"]
+    if args.dataset == "folder" and config.get("cond") == "mask":  # real scans with lesion masks, held out
+        held = load_dataset("folder", args.data_dir, train=False, image_size=size, channels=C)
+        if held.masks is None or len(held.images) < 4:
+            raise DataError(f"{args.data_dir} needs masks/ and at least 40 scans (4 held out) to score the maps")
+        half = len(held.images) // 2  # the first half of the held-out scans chooses t_lambda and the threshold
+        train = load_dataset("folder", args.data_dir, train=True, image_size=size, channels=C)
+        cut = lambda s: Dataset(*(None if a is None else a[s] for a in held))  # noqa: E731
+        return cut(slice(half, None)), cut(slice(None, half)), train.images.mean(0)
     if args.dataset == "folder":
         return load_dataset("folder", args.data_dir, train=True, image_size=size, channels=C), None, None
     if C != 1:
@@ -211,11 +223,18 @@ def run(args) -> None:
                                     if args.sweep else {})}, [args.checkpoint])
     ckpt = load_checkpoint(args.checkpoint)
     config, device = ckpt["config"], pick_device(args.device)
-    if config.get("cond"):
-        raise DataError("anomaly.py needs an unconditional model (main.py DDPM or DDGM), not a COND one")
+    counterfactual = config.get("cond") == "mask"
+    if config.get("cond") == "class":
+        raise DataError("anomaly.py needs an unconditional (DDPM, DDGM) or a mask-conditioned COND model, not a "
+                        "class-conditional one")
+    if counterfactual and args.dataset != "folder":
+        raise DataError("a mask-conditioned model maps real scans: use --dataset folder --data-dir DIR (images/ and "
+                        "masks/)")
     model = model_from_checkpoint(ckpt, device, use_ema=not args.no_ema, path=args.checkpoint)
     t_lambda = args.t_lambda or max(1, round(model.T / 4))
-    if t_lambda > model.T:
+    if counterfactual and args.t_lambda is None:
+        t_lambda = None  # chosen on the validation scans below
+    if t_lambda is not None and t_lambda > model.T:
         raise DataError(f"--t-lambda must lie in 1..{model.T} (T of this model)")
     if args.sampler == "ddim" and config["model"] == "DDGM":
         raise DataError("DDIM is derived for Gaussian noise, not DDGM's Gamma noise: use --sampler ddpm")
@@ -223,27 +242,36 @@ def run(args) -> None:
     if val is None:  # nothing to score: map only the scans the figure shows
         test = Dataset(*(None if a is None else a[:FIGURE_ROWS] for a in test))
     g = torch.Generator(device).manual_seed(args.seed)
-    how = f"DDIM {min(args.steps, t_lambda)} steps, eta {args.eta:g}" if args.sampler == "ddim" else \
-        f"Algorithm 2, {t_lambda} steps"
-    print(f"{len(test.images)} {args.dataset} scans: noise to t_lambda={t_lambda} of T={model.T}, denoise by {how}, "
-          f"{args.repeats} draws per map, Gaussian smoothing sigma {args.smooth:g} px", flush=True)
 
     def maps_at(t, x, label):
         return anomaly_maps(model, x, t, args.sampler, args.steps, args.eta, args.repeats, args.smooth, g,
-                            label=label)
+                            label=label, counterfactual=counterfactual)
+    head = lambda d: head_region(d.images[:, 0])  # noqa: E731
+    masks = lambda d: d.masks[:, 0].bool()  # noqa: E731
+    if t_lambda is None:  # the counterfactual map: t_lambda by the validation scans' AUROC
+        aurocs = {}
+        for t in sorted({max(1, round(f * model.T)) for f in SWEEP}):
+            vm, _ = maps_at(t, val.images, f"validation scans, t_lambda={t}")
+            aurocs[t] = auroc(vm[head(val)], masks(val)[head(val)])
+            print(f"  validation t_lambda={t}: auroc={aurocs[t]:.4f}", flush=True)
+        t_lambda = max(aurocs, key=aurocs.get)
+        print(f"t_lambda={t_lambda}: the best AUROC on the {len(val.images)} validation scans", flush=True)
+    how = f"DDIM {min(args.steps, t_lambda)} steps, eta {args.eta:g}" if args.sampler == "ddim" else \
+        f"Algorithm 2, {t_lambda} steps"
+    told = " with an empty condition mask (counterfactual: no tumour)" if counterfactual else ""
+    print(f"{len(test.images)} {args.dataset} scans: noise to t_lambda={t_lambda} of T={model.T}, denoise by {how}"
+          f"{told}, {args.repeats} draws per map, Gaussian smoothing sigma {args.smooth:g} px", flush=True)
     test_map, recs = maps_at(t_lambda, test.images, "test scans")
     save_anomaly_figure(test.images, recs, test_map, test.masks, out, rows=FIGURE_ROWS)
     if val is None or test.masks is None:
         print(f"wrote {out} (scan | reconstruction | anomaly map | true mask outline); no score: "
               f"{args.dataset} has no validation split with lesion masks", flush=True)
         return
-    head = lambda d: head_region(d.images[:, 0])  # noqa: E731
-    masks = lambda d: d.masks[:, 0].bool()  # noqa: E731
     val_map, _ = maps_at(t_lambda, val.images, "validation scans")
     r = score(val_map, masks(val), head(val), test_map, masks(test), head(test))
     print(f"n={len(test.images)} auroc={r['auroc']:.4f} dice={r['dice']:.4f} t_lambda={t_lambda}", flush=True)
     base = baselines(val.images[:, 0], masks(val), head(val), test.images[:, 0], masks(test), head(test),
-                     healthy_mean[0])
+                     healthy_mean[0], "mean training scan" if counterfactual else "mean healthy scan")
     for name, b in base.items():
         print(f"  baseline {name}: auroc={b['auroc']:.4f} dice={b['dice']:.4f}", flush=True)
     print(f"wrote {out} (scan | reconstruction | anomaly map | true mask outline)", flush=True)
