@@ -243,16 +243,21 @@ def soft_dice_bce(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def train_segmenter(images: Tensor, masks: Tensor, steps: int = 1500, batch_size: int = 16, seed: int = 0,
-                    log=print) -> SegNet:
-    """Adam 1e-3 for `steps` steps of soft_dice_bce on random batches, each augmented (transforms.augment)."""
+                    log=print, extra: tuple | None = None) -> SegNet:
+    """Adam 1e-3 for `steps` steps of soft_dice_bce on random batches, each augmented (transforms.augment).
+    extra: (images, masks) of more pairs (e.g. synthetic ones); then half of every batch comes from them."""
     from progress import Progress
     from transforms import augment
     torch.manual_seed(seed)
     net = SegNet(images.shape[1])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     for _ in Progress(range(steps), steps, "training the segmenter", "steps", show=log is not None):
-        idx = torch.randint(0, len(images), (batch_size,))
-        x, m = augment(images[idx], masks[idx])
+        idx = torch.randint(0, len(images), (batch_size if extra is None else batch_size // 2,))
+        x, m = images[idx], masks[idx]
+        if extra is not None:
+            more = torch.randint(0, len(extra[0]), (batch_size - len(idx),))
+            x, m = torch.cat([x, extra[0][more]]), torch.cat([m, extra[1][more]])
+        x, m = augment(x, m)
         loss = soft_dice_bce(net(x), m)
         opt.zero_grad(set_to_none=True)
         loss.backward()
