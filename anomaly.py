@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from catalog import PHANTOMS
-from data import DataError, Dataset, load_dataset
+from catalog import known
+from data import DATASETS, DataError, load_dataset
+from datatypes import Dataset
+from ddpm import SAMPLERS
 from errors import Parser, run_script
 from files import check_outputs, png_out
 from models import load_checkpoint, model_from_checkpoint, pick_device
@@ -47,10 +49,8 @@ def reconstruct(model, x0: Tensor, t_lambda: int, sampler: str = "ddim", steps: 
     i = t_lambda - 1  # the index of paper time t_lambda (ddpm.py: index i is t = i + 1)
     t = torch.full((x0.shape[0],), i, device=x0.device, dtype=torch.long)
     x_t = model.q_sample(x0, t, model.noise_like(x0, t, generator))  # eq. (4)
-    shape = tuple(x0.shape[1:])
-    if sampler == "ddim":
-        return model.ddim_sample(len(x0), shape, min(steps, t_lambda), eta, generator, x_start=x_t, t_start=i, **cond)
-    return model.sample(len(x0), shape, generator, x_start=x_t, t_start=i, **cond)
+    return SAMPLERS[sampler](model, len(x0), tuple(x0.shape[1:]), steps=min(steps, t_lambda), eta=eta,
+                             generator=generator, x_start=x_t, t_start=i, **cond)
 
 
 def gaussian_blur(m: Tensor, sigma: float) -> Tensor:
@@ -149,11 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="anomaly.py", description="Anomaly maps by partial noising and denoising (AnoDDPM) with a "
                "main.py checkpoint trained on healthy scans.")
     p.add_argument("checkpoint", help="a model.pth written by main.py (e.g. trained on --dataset phantom-healthy)")
-    p.add_argument("--dataset", default="phantom-anomaly", choices=(*PHANTOMS, "folder"),
+    p.add_argument("--dataset", default="phantom-anomaly",
+                   choices=[n for n, info in DATASETS.items() if info.lesion or n == "folder"],
                    help="test scans: a phantom (scored) or folder (figure of its first 6 images only)")
     p.add_argument("--data-dir", default="./data", help="--dataset folder: images/ (and masks/ for the outline)")
     p.add_argument("--t-lambda", type=int, help="paper time to noise to, 1..T (default: T/4)")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
+    p.add_argument("--sampler", choices=known("sampler"), default="ddim",
                    help="reverse process: ddim (--steps, --eta) or ddpm (Algorithm 2, t_lambda steps)")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps from t_lambda to 0")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic given x_t)")
@@ -206,7 +207,7 @@ def test_scans(args, config: dict) -> tuple:
     if C != 1:
         raise DataError(f"the phantoms are grayscale and this model takes {C} channels")
     from synthetic import make_phantom
-    lesion = {"phantom": "bright", "phantom-anomaly": "hidden", "phantom-healthy": "none"}[args.dataset]
+    lesion = DATASETS[args.dataset].lesion
     test = make_phantom(args.n, size, seed=1, lesion=lesion)
     if lesion == "none":
         return test, None, None

@@ -25,6 +25,7 @@ from ddpm import DDPM, linear_beta_schedule
 from errors import Parser, run_script
 from files import write_json
 from settings import SEED_MAX
+from training import train_step
 from unet import CNN, UNet, count_parameters
 
 DEFAULT_WIDTHS = unet_widths_for(28)
@@ -92,10 +93,7 @@ def train_step_fn(net, channels: int, batch: int, bf16: bool, device: torch.devi
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model.loss(x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+            train_step(model, opt, None, x0, step=1, lr=1e-4, warmup=0)
     return step
 
 
@@ -151,7 +149,6 @@ def fid_after(nets: dict, images: int, data_dir: str, device: torch.device, seed
     from data import load_dataset
     from metrics import QualityScore
     from models import EMA
-    from training import warmup_lr
     train = load_dataset("mnist", data_dir, train=True, download=False)
     score = QualityScore("mnist", data_dir)
     B, rows = RECIPE["batch_size"], {}
@@ -167,17 +164,11 @@ def fid_after(nets: dict, images: int, data_dir: str, device: torch.device, seed
         sync(device)
         start = time.perf_counter()
         for step, i in enumerate(range(0, images - B + 1, B), start=1):
-            loss = model.loss(x_all[order[i:i + B].to(device)])
-            for group in opt.param_groups:
-                group["lr"] = warmup_lr(RECIPE["lr"], RECIPE["warmup"], step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ema.update(model)
+            loss = train_step(model, opt, ema, x_all[order[i:i + B].to(device)], step, RECIPE["lr"], RECIPE["warmup"])
         sync(device)
         seconds = time.perf_counter() - start
         samples = ema.model.ddim_sample(256, (1, 28, 28), 50, 1.0, torch.Generator(device).manual_seed(seed + 1))
-        rows[name] = {"train_seconds": seconds, "final_loss": loss.item(), **score(samples.cpu())}
+        rows[name] = {"train_seconds": seconds, "final_loss": loss, **score(samples.cpu())}
         print(f"  {name:42s} {step * B} images in {seconds:6.1f} s: fid {rows[name]['fid']:.1f} "
               f"(fid_real {rows[name]['fid_real']:.1f})", flush=True)
     return rows

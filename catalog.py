@@ -1,12 +1,40 @@
-"""The names a user can type on the command line (models, datasets) and the training defaults. Plain
-constants with no imports, so that `python main.py --help` and argument errors answer at once, before
-torch loads; main.py and bench.py read them from here."""
+"""The names a user can type on the command line and the training defaults, without importing torch,
+so that `python main.py --help` and argument errors answer at once.
+
+Schedules, networks, samplers and datasets are registered where they are implemented (ddpm.SCHEDULES,
+ddpm.SAMPLERS, unet.NETWORKS, data.DATASETS: a dict from the name to the function). known() reads
+the names of a registry from the imported module when it is loaded (it may have gained entries at
+run time), else from the module's source text, so there is no second list of names to keep in step."""
+import ast
+import os
+import sys
 
 MODELS = ("DDPM", "DDGM", "COND")
 MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
                "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
-PHANTOMS = ("phantom", "phantom-healthy", "phantom-anomaly")  # synthetic.make_phantom: bright, no, hidden lesion
-DATASETS = ("mnist", "shapes", *PHANTOMS, "folder", "csv", *MEDMNIST_2D)
+REGISTRIES = {"schedule": ("ddpm", "SCHEDULES"), "sampler": ("ddpm", "SAMPLERS"), "net": ("unet", "NETWORKS"),
+              "dataset": ("data", "DATASETS")}
+
+
+def registered(module: str, registry: str) -> tuple:
+    """The string keys of `REGISTRY = {...}` at the top level of module.py, read from its source."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), module + ".py")) as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) \
+            else []
+        if any(isinstance(t, ast.Name) and t.id == registry for t in targets) and isinstance(node.value, ast.Dict):
+            return tuple(k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str))
+    raise LookupError(f"{module}.py has no top-level {registry} = {{...}}")
+
+
+def known(key: str) -> tuple:
+    """The names a setting (schedule, sampler, net, dataset) may take; datasets include the MedMNIST names."""
+    module, registry = REGISTRIES[key]
+    loaded = sys.modules.get(module)
+    names = tuple(getattr(loaded, registry)) if loaded is not None else registered(module, registry)
+    return (*names, *MEDMNIST_2D) if key == "dataset" else names
+
 
 # The defaults, chosen by measurement on a 2-core CPU (README, "How the defaults were chosen"): digits
 # after one MNIST epoch of about 4 minutes. An option given on the command line always wins.
@@ -15,12 +43,6 @@ RECIPE = {"net": "unet", "lr": 2e-3, "batch_size": 32, "warmup": 100,
 # The U-Net grows with the image (unet.UNet: n widths, n - 1 levels): --unet-widths, when not given, is
 # the entry for the smallest listed side at or above the image side (measured in docs/medical.md).
 UNET_WIDTHS_BY_SIZE = {32: (16, 32, 32), 64: (16, 32, 64, 64), 512: (16, 32, 64, 128, 128)}
-# Image sides when --image-size is not given: folder and phantom images are resized to 64, the rest are 28x28.
-RESIZED = ("folder", *PHANTOMS)
-
-
-def default_image_size(dataset: str) -> int:
-    return 64 if dataset in RESIZED else 28
 
 
 def unet_widths_for(image_size: int) -> tuple:

@@ -12,13 +12,15 @@ import csv
 import gzip
 import os
 import zlib
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from catalog import DATASETS, PHANTOMS
+from catalog import MEDMNIST_2D
+from datatypes import Dataset, normalize_to_neg_one_to_one
 from errors import DataError, one_line
 
 MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -28,20 +30,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_VALUES = 300_000_000   # pixels per split that fit comfortably in memory as float32 (1.2 GB)
 MAX_CLASSES = 1000
 MAX_NPZ_BYTES = 2 ** 31    # decoded size of all arrays in one .npz, read from the headers before any data
-
-
-class Dataset(NamedTuple):
-    images: Tensor              # (N, C, H, W) float in [-1, 1]
-    labels: Tensor | None       # (N,) long
-    masks: Tensor | None        # (N, 1, H, W) float in {0, 1}
-
-
-def normalize_to_neg_one_to_one(x: Tensor) -> Tensor:
-    return x * 2 - 1
-
-
-def unnormalize_to_zero_to_one(x: Tensor) -> Tensor:
-    return ((x + 1) / 2).clamp(0, 1)
 
 
 def to_images(a: np.ndarray) -> Tensor:
@@ -421,8 +409,9 @@ def load_folder(data_dir: str, image_size: int, channels: int | None, train: boo
 def load_dataset(name: str, data_dir: str = "data", train: bool = True, image_size: int | None = None,
                  channels: int | None = None, data_path: str | None = None, download: bool = True,
                  limit: int | None = None) -> Dataset:
-    """The one entry point: name in DATASETS. image_size applies to folder (default 64),
-    phantom (64) and csv (28); channels to folder (default: from the files) and csv (1).
+    """The one entry point: name in DATASETS (or a MedMNIST 2D name). image_size applies to the
+    entries with a size (folder, phantoms: default 64; csv: 28); channels to folder (default: from
+    the files) and csv (1).
     limit: the first N images only, read without the rest where the format allows."""
     data = read_dataset(name, data_dir, train, image_size, channels, data_path, download, limit)
     data = Dataset(*(None if a is None else a[:limit] for a in data))
@@ -435,23 +424,72 @@ def load_dataset(name: str, data_dir: str = "data", train: bool = True, image_si
     return data
 
 
+# --- the registry: one entry per dataset a user can name ------------------------------------------
+
+class DatasetInfo(NamedTuple):
+    """What the rest of the project asks of a dataset. read(train=, image_size=, data_dir=, channels=,
+    data_path=, download=, limit=) -> Dataset (take what you need, ignore the rest with **_)."""
+    read: Callable
+    size: int | None = None     # default side when --image-size may resize it; None: fixed 28x28
+    masks: bool = False         # lesion masks (COND --cond mask; a held-out split with masks is loaded)
+    judge: str | None = None    # "classifier" (labels, test split: metrics.QualityScore) or "segmenter" (MaskScore)
+    lesion: str | None = None   # synthetic phantoms: "bright" (mask Dice by threshold), "none", "hidden"
+
+
+def read_mnist(data_dir, train, download, limit, **_):
+    return load_mnist(data_dir, train, download, limit)
+
+
+def read_shapes(train, **_):
+    from synthetic import make_shapes
+    return make_shapes(seed=0 if train else 1)
+
+
+def read_phantom(lesion: str):
+    def read(train, image_size, **_):
+        from synthetic import make_phantom
+        return make_phantom(n=8192 if train else 256, size=image_size, seed=0 if train else 1, lesion=lesion)
+    return read
+
+
+def read_folder(data_dir, train, image_size, channels, limit, **_):
+    return load_folder(data_dir, image_size, channels, train, limit)
+
+
+def read_csv(data_path, image_size, channels, limit, **_):
+    if not data_path:
+        raise DataError("--dataset csv needs --data-path FILE.csv")
+    return load_csv(data_path, image_size, channels or 1, limit)
+
+
+DATASETS = {
+    "mnist": DatasetInfo(read_mnist, judge="classifier"),
+    "shapes": DatasetInfo(read_shapes, judge="classifier"),
+    "phantom": DatasetInfo(read_phantom("bright"), size=64, masks=True, lesion="bright"),
+    "phantom-healthy": DatasetInfo(read_phantom("none"), size=64, lesion="none"),
+    "phantom-anomaly": DatasetInfo(read_phantom("hidden"), size=64, masks=True, lesion="hidden"),
+    "folder": DatasetInfo(read_folder, size=64, masks=True, judge="segmenter"),
+    "csv": DatasetInfo(read_csv, size=28),
+}
+
+
+def read_medmnist(name: str):
+    return lambda data_dir, train, download, limit, **_: load_medmnist(name, data_dir, train, download, limit)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The registry entry of a dataset name (a MedMNIST 2D subset by its name too), or DataError listing them."""
+    if name in DATASETS:
+        return DATASETS[name]
+    if name in MEDMNIST_2D:
+        return DatasetInfo(read_medmnist(name), judge="classifier")
+    raise DataError(f"unknown dataset {name!r}: choose one of {', '.join([*DATASETS, *MEDMNIST_2D])}")
+
+
 def read_dataset(name, data_dir, train, image_size, channels, data_path, download, limit) -> Dataset:
-    from synthetic import make_phantom, make_shapes
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-    if image_size is not None and name not in ("folder", *PHANTOMS, "csv") and image_size != 28:
-        raise DataError(f"{name} images are 28x28: --image-size applies to folder, phantoms and csv only")
-    if name == "mnist":
-        return load_mnist(data_dir, train, download, limit)
-    if name == "shapes":
-        return make_shapes(seed=0 if train else 1)
-    if name in PHANTOMS:
-        lesion = {"phantom": "bright", "phantom-healthy": "none", "phantom-anomaly": "hidden"}[name]
-        return make_phantom(n=8192 if train else 256, size=image_size or 64, seed=0 if train else 1, lesion=lesion)
-    if name == "folder":
-        return load_folder(data_dir, image_size or 64, channels, train, limit)
-    if name == "csv":
-        if not data_path:
-            raise DataError("--dataset csv needs --data-path FILE.csv")
-        return load_csv(data_path, image_size or 28, channels or 1, limit)
-    return load_medmnist(name, data_dir, train, download, limit)
+    info = dataset_info(name)
+    if image_size is not None and info.size is None and image_size != 28:
+        resizable = ", ".join(n for n, i in DATASETS.items() if i.size is not None)
+        raise DataError(f"{name} images are 28x28: --image-size applies to {resizable} only")
+    return info.read(data_dir=data_dir, train=train, image_size=image_size or info.size, channels=channels,
+                     data_path=data_path, download=download, limit=limit)

@@ -35,6 +35,13 @@ def cosine_beta_schedule(T: int, s: float = 0.008) -> Tensor:
     return beta.clamp(max=0.999)
 
 
+# Schedules by name: f(T, (beta_1, beta_T)) -> beta (T,) float64. A new one is a function and a line here.
+SCHEDULES = {
+    "linear": lambda T, betas: linear_beta_schedule(T, *betas),
+    "cosine": lambda T, betas: cosine_beta_schedule(T),  # defined by alpha_bar: the betas are not used
+}
+
+
 def extract(a: Tensor, t: Tensor) -> Tensor:
     """a[t] for a (T,) schedule and (B,) indices, shaped (B, 1, 1, 1) to broadcast on images."""
     return a[t].view(-1, 1, 1, 1)
@@ -253,3 +260,34 @@ class DDPM(nn.Module):
             z = self.noise_like(x_t, t, generator, step=True) if eta > 0 else torch.zeros_like(x_t)
             x_t = self.ddim_step(x_t, t, tau[j + 1] if j + 1 < len(tau) else -1, eps_hat, z, eta)
         return (x_t, kept) if record else x_t
+
+
+def ancestral(model: DDPM, n: int, shape: tuple, *, steps: int = 50, eta: float = 0.0, generator=None,
+              progress: bool = False, record=(), kept: list | None = None, **cond) -> Tensor:
+    """Algorithm 2 (DDPM.sample), all T steps; steps and eta are DDIM's and unused here. The
+    (i, x_t, x0_hat) at the indices in record are appended to kept."""
+    if not record:
+        return model.sample(n, shape, generator, progress=progress, **cond)
+    x, k = model.sample(n, shape, generator, record, progress, **cond)
+    kept.extend(k)
+    return x
+
+
+def ddim(model: DDPM, n: int, shape: tuple, *, steps: int = 50, eta: float = 0.0, generator=None,
+         progress: bool = False, record=(), kept: list | None = None, **cond) -> Tensor:
+    """DDIM (DDPM.ddim_sample, Song et al. eq. 12 and 16) in `steps` steps with eta; record, kept as above."""
+    if not record:
+        return model.ddim_sample(n, shape, steps, eta, generator, progress=progress, **cond)
+    x, k = model.ddim_sample(n, shape, steps, eta, generator, record, progress, **cond)
+    kept.extend(k)
+    return x
+
+
+def visited(model: DDPM, sampler: str, steps: int) -> list:
+    """The timestep indices a sampler passes through, from T - 1 down (for recording the reverse process)."""
+    return model.ddim_timesteps(steps) if sampler == "ddim" else list(range(model.T - 1, -1, -1))
+
+
+# Samplers by name: f(model, n, shape, *, steps, eta, generator, progress, record, kept, **cond) -> x_0
+# (n, C, H, W). A new one is a function and a line here.
+SAMPLERS = {"ddim": ddim, "ddpm": ancestral}

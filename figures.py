@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from data import unnormalize_to_zero_to_one
+from datatypes import unnormalize_to_zero_to_one
 from files import save_atomic
 
 
@@ -103,13 +103,14 @@ def save_loss_curve(losses: list, metrics: list, path: str, ylabel: str = "loss"
 
 
 def save_schedules(T: int, schedule: str, betas, path: str) -> None:
-    """alpha_bar_t and the signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) against t for the
-    linear (Ho et al. Sec. 4) and cosine (Nichol & Dhariwal eq. 17) schedules at this T."""
-    from ddpm import cosine_beta_schedule, linear_beta_schedule
+    """alpha_bar_t and the signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) against t for every
+    schedule of ddpm.SCHEDULES (linear: Ho et al. Sec. 4; cosine: Nichol & Dhariwal eq. 17) at this T."""
+    from ddpm import SCHEDULES
     plt = pyplot()
     t = range(1, T + 1)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, beta in (("linear", linear_beta_schedule(T, *betas)), ("cosine", cosine_beta_schedule(T))):
+    for name, make in SCHEDULES.items():
+        beta = make(T, tuple(betas))
         alpha_bar = torch.cumprod(1 - beta, 0).numpy()
         mine = name == schedule
         style = {"lw": 2.5 if mine else 1.2, "label": f"{name}{' (this run)' if mine else ''}"}

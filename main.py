@@ -11,11 +11,9 @@ import os
 import sys
 import time
 
-from catalog import DATASETS, MODELS, PAPER, RECIPE, default_image_size, unet_widths_for
+from catalog import MEDMNIST_2D, MODELS, PAPER, RECIPE, known
 from errors import HelpFormatter, Parser, run_script
 from settings import option, problems
-
-EXPLODED = 1e3  # the eps-prediction loss starts near 1 (or 2 for an untrained net); far above it, training diverged
 
 
 def recipe_help(text: str, key: str) -> str:
@@ -30,8 +28,9 @@ def build_parser() -> Parser:
                "or a conditional DDPM (COND) and write samples, losses and checkpoints.",
                formatter_class=HelpFormatter)
     p.add_argument("model", type=str.upper, choices=MODELS, metavar="MODEL", help="DDPM, DDGM or COND")
-    p.add_argument("--dataset", default="mnist", choices=DATASETS, metavar="NAME",
-                   help="mnist, shapes, phantom, folder, csv or a MedMNIST 2D name (pathmnist, ...)")
+    p.add_argument("--dataset", default="mnist", metavar="NAME",
+                   help=f"{', '.join(n for n in known('dataset') if n not in MEDMNIST_2D)} or a MedMNIST 2D name "
+                   "(pathmnist, ...)")
     p.add_argument("--data-dir", default="./data", help="where datasets are read from / downloaded to")
     p.add_argument("--data-path", help="the CSV file for --dataset csv")
     p.add_argument("--image-size", type=int,
@@ -53,10 +52,10 @@ def build_parser() -> Parser:
     p.add_argument("--n-T", type=int, default=1000, help="number of diffusion steps T")
     p.add_argument("--betas", type=float, nargs=2, default=(1e-4, 0.02), metavar=("BETA_1", "BETA_T"),
                    help="ends of the linear beta schedule (Ho et al. Sec. 4)")
-    p.add_argument("--schedule", choices=("linear", "cosine"), default="linear",
-                   help="linear (Ho et al.) or cosine (Nichol & Dhariwal eq. 17)")
-    p.add_argument("--net", choices=("cnn", "unet"),
-                   help=recipe_help("unet (compact U-Net) or cnn (the coursework CNN: learns slowly)", "net"))
+    p.add_argument("--schedule", default="linear", metavar="NAME",
+                   help=f"beta schedule, one of ddpm.SCHEDULES: {', '.join(known('schedule'))}")
+    p.add_argument("--net", metavar="NAME", help=recipe_help(f"noise network, one of unet.NETWORKS: "
+                                                             f"{', '.join(known('net'))}", "net"))
     p.add_argument("--unet-widths", type=int, nargs="+", metavar="C",
                    help="U-Net channels per resolution, full size first; n widths give n - 1 down/up levels "
                    "(default: 16 32 32 up to 32 px, 16 32 64 64 up to 64 px, 16 32 64 128 128 above)")
@@ -65,9 +64,9 @@ def build_parser() -> Parser:
     p.add_argument("--augment", action="store_true",
                    help="random flips, shifts and small rotations of each batch, the same for image and mask "
                    "(for small datasets; not for digits)")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"),
-                   help=recipe_help("per-epoch samples: ddim (Song et al., --sample-steps) or ddpm (Algorithm 2, "
-                                    "T steps); DDGM always ddpm", "sampler"))
+    p.add_argument("--sampler", metavar="NAME",
+                   help=recipe_help(f"per-epoch samples, one of ddpm.SAMPLERS: {', '.join(known('sampler'))} (ddim: "
+                                    "--sample-steps; ddpm: Algorithm 2, T steps; DDGM always ddpm)", "sampler"))
     p.add_argument("--sample-steps", type=int, help="DDIM steps for the per-epoch samples (default: 50, at most T)")
     p.add_argument("--sample-eta", type=float, default=1.0,
                    help="DDIM eta (Song et al. eq. 16): 0 deterministic, 1 the DDPM posterior variance")
@@ -103,8 +102,6 @@ def check_args(args, p: Parser) -> None:
         if getattr(args, key) is None:  # DDGM: Algorithm 2 (no DDIM for Gamma noise), its own loss
             ddgm = {"sampler": "ddpm", "min_snr": 0.0}
             setattr(args, key, ddgm[key] if args.model == "DDGM" and key in ddgm else value)
-    if args.unet_widths is None:
-        args.unet_widths = unet_widths_for(args.image_size or default_image_size(args.dataset))
     if args.sample_steps is None:
         args.sample_steps = min(50, args.n_T)
     if args.eval_samples is None:
@@ -149,12 +146,12 @@ def train_in(folder, args, done: dict) -> None:
     and grid saved together (all or nothing)."""
     import torch
 
-    from data import DataError
+    from data import DataError, dataset_info
     from figures import save_forward_diffusion, save_schedules
     from files import save_atomic, write_json
     from metrics import MaskScore, QualityScore
     from progress import Progress
-    from training import prepare, sample_and_score, sampling_setup, save_epoch, warmup_lr
+    from training import EXPLODED, prepare, sample_and_score, sampling_setup, save_epoch, train_step
     from transforms import augment
     from unet import count_parameters
 
@@ -167,20 +164,21 @@ def train_in(folder, args, done: dict) -> None:
         print(f"{out}/model.pth has finished {state['epoch']} epochs already, so --epochs {args.epochs} leaves "
               f"nothing to do: pass a larger --epochs to continue")
         return
-    steps = f"DDIM {args.sample_steps} steps, eta {args.sample_eta:g}" if args.sampler == "ddim" else \
-        f"Algorithm 2, {args.n_T} steps"
+    steps = {"ddim": f"DDIM {args.sample_steps} steps, eta {args.sample_eta:g}",
+             "ddpm": f"Algorithm 2, {args.n_T} steps"}.get(args.sampler, f"sampler {args.sampler}")
     steps += ", clipped x0" if args.clip_x0 else ""
     print(f"{args.model} with {type(model.eps_model).__name__} ({count_parameters(model.eps_model):,} parameters) "
           f"on {args.dataset} ({len(train_set.images)} images {tuple(train_set.images.shape[1:])}), "
           f"T={model.T}, device {device}, samples by {steps}, writing {out}/", flush=True)
     score = None
-    if args.eval_samples and train_set.labels is not None and args.dataset not in ("folder", "csv"):
+    judge = dataset_info(args.dataset).judge
+    if args.eval_samples and judge == "classifier" and train_set.labels is not None:
         score = QualityScore(args.dataset, args.data_dir, image_size=args.image_size)
-    elif args.eval_samples and args.dataset == "folder" and train_set.masks is not None:
+    elif args.eval_samples and judge == "segmenter" and train_set.masks is not None:
         score = MaskScore(args.data_dir, config["image_size"], channels=args.channels)
     elif args.eval_samples:
-        print(f"no fid for {args.dataset}: metrics.py scores labelled datasets with a test split (mnist, shapes, "
-              "MedMNIST) and folders with masks")
+        print(f"no fid for {args.dataset}: metrics.py scores datasets with a judge in data.DATASETS (labelled ones "
+              "with a test split, folders with masks)")
         config["eval_samples"] = 0  # draw the grid only
     write_json(config, folder.path("config.json"))
     x_all = train_set.images.to(device)
@@ -205,19 +203,12 @@ def train_in(folder, args, done: dict) -> None:
             if args.augment:
                 x0, mask = augment(x0, cond.get("mask"))
                 cond.update({"mask": mask} if mask is not None else {})
-            loss = model.loss(x0, **cond)
-            if not torch.isfinite(loss) or loss.item() > EXPLODED:
-                raise DataError(f"the loss became {loss.item():.3g} at step {len(losses) + 1} (epoch {epoch}): "
-                                f"training diverged; lower --lr (now {args.lr:g}) or check the schedule and --theta0. "
+            loss = train_step(model, optimizer, ema, x0, len(losses) + 1, args.lr, args.warmup, **cond)  # Alg. 1
+            if not math.isfinite(loss) or loss > EXPLODED:
+                raise DataError(f"the loss became {loss:.3g} at step {len(losses) + 1} (epoch {epoch}): training "
+                                f"diverged; lower --lr (now {args.lr:g}) or check the schedule and --theta0. "
                                 f"{finished(out, done['epoch'])}")
-            for group in optimizer.param_groups:
-                group["lr"] = warmup_lr(args.lr, args.warmup, len(losses) + 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update(model)
-            epoch_losses.append(loss.item())
+            epoch_losses.append(loss)
             losses.append((len(losses) + 1, epoch, epoch_losses[-1]))
             bar.note(loss=f"{sum(epoch_losses[-50:]) / len(epoch_losses[-50:]):.4f}")
         train_s, t0 = time.time() - t0, time.time()

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data import DataError, load_dataset, read_npz, unnormalize_to_zero_to_one
+from data import DataError, load_dataset, read_npz
+from datatypes import unnormalize_to_zero_to_one
 from errors import Parser, run_script
 
 FEATURES = 128

@@ -13,10 +13,10 @@ import torch
 
 from cond import ConditionalDDPM
 from ddgm import DDGM
-from ddpm import DDPM, cosine_beta_schedule, linear_beta_schedule
+from ddpm import DDPM, SAMPLERS, SCHEDULES
 from errors import DataError, cause
 from settings import checkpoint_problem
-from unet import CNN, UNet
+from unet import NETWORKS
 
 # Settings that shape the network or the process: a checkpoint resumes only with the same ones.
 ARCHITECTURE = ("model", "net", "unet_widths", "attention_res", "n_T", "betas", "schedule", "theta0", "loss", "cond",
@@ -24,13 +24,8 @@ ARCHITECTURE = ("model", "net", "unet_widths", "attention_res", "n_T", "betas", 
 
 def build_model(config: dict) -> DDPM:
     """Network and diffusion process from a config (main.make_config's, or a checkpoint's)."""
-    kw = {"in_channels": config["in_channels"], "num_classes": config["num_classes"],
-          "cond_channels": config["cond_channels"]}
-    net = CNN(**kw) if config["net"] == "cnn" else UNet(
-        widths=tuple(config.get("unet_widths", (32, 64, 64))), image_size=config["image_size"],
-        attention_res=tuple(config.get("attention_res", ())), **kw)
-    T, (beta_1, beta_T) = config["n_T"], config["betas"]
-    beta = linear_beta_schedule(T, beta_1, beta_T) if config["schedule"] == "linear" else cosine_beta_schedule(T)
+    net = NETWORKS[config["net"]](config)
+    beta = SCHEDULES[config["schedule"]](config["n_T"], tuple(config["betas"]))
     clip_x0 = config.get("clip_x0", False)
     if config["model"] == "DDGM":
         return DDGM(net, beta, theta_0=config["theta0"], loss_type=config["loss"], clip_x0=clip_x0)
@@ -152,11 +147,11 @@ def pick_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def draw(model: DDPM, n: int, shape: tuple, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-         generator=None, record=(), progress: bool = False, **cond):
-    """n samples (n, C, H, W) by DDIM (ddpm.DDPM.ddim_sample, `steps` steps, eta) or by Algorithm 2
-    (sampler "ddpm", all T steps; steps and eta unused). record: see DDPM.sample."""
+def draw(model: DDPM, n: int, shape: tuple, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+         generator=None, progress: bool = False, record=(), kept: list | None = None, **cond) -> torch.Tensor:
+    """n samples (n, C, H, W) in about [-1, 1] by a sampler of ddpm.SAMPLERS (ddim: `steps` steps with eta;
+    ddpm: Algorithm 2, all T steps). record, kept: the reverse process at those indices, appended to kept."""
     model.eval()
-    if sampler == "ddim":
-        return model.ddim_sample(n, shape, steps, eta, generator, record, progress, **cond)
-    return model.sample(n, shape, generator, record, progress, **cond)
+    recording = {"record": record, "kept": kept} if record else {}
+    return SAMPLERS[sampler](model, n, shape, steps=steps, eta=eta, generator=generator, progress=progress,
+                             **recording, **cond)

@@ -13,7 +13,10 @@ import sys
 import numpy as np
 import torch
 
-from data import DataError, list_images, load_dataset, normalize_to_neg_one_to_one, read_resized
+from catalog import known
+from data import DataError, list_images, load_dataset, read_resized
+from datatypes import normalize_to_neg_one_to_one
+from ddpm import visited
 from errors import Parser, run_script
 from figures import class_grid_labels, mask_triplets, save_grid, save_reverse_process
 from files import check_outputs, png_out, save_atomic
@@ -25,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="sample.py", description="Draw samples from a main.py checkpoint.")
     p.add_argument("checkpoint", help="a model.pth written by main.py")
     p.add_argument("--num-samples", type=int, help="default 64; class-conditional: 8 per class")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), help="default: the run's (ddim; ddpm for DDGM)")
+    p.add_argument("--sampler", metavar="NAME", help=f"one of ddpm.SAMPLERS: {', '.join(known('sampler'))} "
+                   "(default: the run's; ddim for DDPM and COND, ddpm for DDGM)")
     p.add_argument("--steps", type=int, help="DDIM steps (default: the run's --sample-steps)")
     p.add_argument("--eta", type=float, help="DDIM eta: 0 deterministic, 1 DDPM-like noise (default: the run's)")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction,
@@ -121,6 +125,8 @@ def run(args) -> None:
     config, device = ckpt["config"], pick_device(args.device)
     model = model_from_checkpoint(ckpt, device, use_ema=not args.no_ema, path=args.checkpoint)
     sampler = args.sampler or config.get("sampler", "ddpm" if config["model"] == "DDGM" else "ddim")
+    if sampler not in known("sampler"):
+        raise DataError(f"--sampler must be one of {', '.join(known('sampler'))}")
     steps = config.get("sample_steps", 50) if args.steps is None else args.steps
     eta = config.get("sample_eta", 0.0) if args.eta is None else args.eta
     if not 0 <= eta <= 1:
@@ -139,19 +145,19 @@ def run(args) -> None:
     out = files["--out"]
     shape = (config["in_channels"], config["image_size"], config["image_size"])
     g = torch.Generator(device).manual_seed(args.seed)
-    record = ()
-    if args.reverse:
-        visited = model.ddim_timesteps(steps) if sampler == "ddim" else list(range(model.T - 1, -1, -1))
-        record = sorted({visited[round(j * (len(visited) - 1) / 9)] for j in range(10)}, reverse=True)
+    record, kept = (), []
+    if args.reverse:  # ten of the steps the sampler visits, evenly spread
+        steps_seen = visited(model, sampler, steps)
+        record = sorted({steps_seen[round(j * (len(steps_seen) - 1) / 9)] for j in range(10)}, reverse=True)
     weights = "EMA" if ckpt.get("ema") and not args.no_ema else "raw"
-    how = f"DDIM, {steps} steps, eta {eta:g}" if sampler == "ddim" else f"Algorithm 2, {model.T} steps"
+    how = {"ddim": f"DDIM, {steps} steps, eta {eta:g}", "ddpm": f"Algorithm 2, {model.T} steps"}.get(
+        sampler, f"sampler {sampler}")
     how += ", clipped x0" if model.clip_x0 else ""
     print(f"{n} samples from {args.checkpoint} (epoch {ckpt.get('epoch')}, {weights} weights) by {how}", flush=True)
-    result = draw(model, n, shape, sampler, steps, eta, g, record, progress=True,
-                  **{k: v.to(device) for k, v in cond.items()})
-    x, kept = result if record else (result, None)
+    x = draw(model, n, shape, sampler=sampler, steps=steps, eta=eta, generator=g, progress=True, record=record,
+             kept=kept, **{k: v.to(device) for k, v in cond.items()})
     save_samples(x.cpu(), cond, out)
-    if kept is not None:
+    if record:
         save_reverse_process(kept, x.cpu(), model.T, os.path.splitext(out)[0] + "_reverse.png")
         print(f"wrote {os.path.splitext(out)[0]}_reverse.png", flush=True)
 

@@ -3,11 +3,10 @@ its command line with it, and every script checks a checkpoint's config with it 
 allocated (an edited n_T of 10^9 or widths of 10^6 end here, in one line). No torch here."""
 import math
 
-from catalog import DATASETS, MODELS
+from catalog import MODELS, REGISTRIES, known
 
 SEED_MAX = 2 ** 32 - 1
-NAMES = {"model": MODELS, "dataset": DATASETS, "net": ("cnn", "unet"), "schedule": ("linear", "cosine"),
-         "sampler": ("ddim", "ddpm"), "loss": ("l1", "l2"), "cond": (None, "class", "mask")}
+NAMES = {"model": MODELS, "loss": ("l1", "l2"), "cond": (None, "class", "mask")}  # the rest: catalog.known
 
 
 def whole(lo: int, hi: int, hint: str = "", allow_none: bool = False):
@@ -34,7 +33,9 @@ def real(ok, bounds: str, hint: str = ""):
 
 def one_of(key: str):
     def check(v):
-        return None if v in NAMES[key] else f"must be one of {', '.join(str(n) for n in NAMES[key])}"
+        names = known(key) if key in REGISTRIES else NAMES[key]
+        return None if isinstance(v, (str, type(None))) and v in names else \
+            f"must be one of {', '.join(str(n) for n in names)}"
     return check
 
 

@@ -4,7 +4,7 @@ mask: bright lesions (mask adherence can be scored), none (healthy) or hidden on
 import torch
 from torch import Tensor
 
-from data import Dataset, normalize_to_neg_one_to_one
+from datatypes import Dataset, normalize_to_neg_one_to_one
 
 
 def grid_coordinates(size: int) -> tuple:

@@ -41,8 +41,8 @@ def synthetic_pairs(model, config: dict, masks: torch.Tensor, m: int, steps: int
     _, cond = augment(torch.zeros(m, 1, *masks.shape[2:]), masks[torch.randint(0, len(masks), (m,), generator=g)],
                       max_degrees=0.0)
     shape = (config["in_channels"], config["image_size"], config["image_size"])
-    x = draw(model, m, shape, "ddim", steps, 1.0, generator=torch.Generator(device).manual_seed(seed),
-             mask=cond.to(device))
+    x = draw(model, m, shape, sampler="ddim", steps=steps, eta=1.0,
+             generator=torch.Generator(device).manual_seed(seed), mask=cond.to(device))
     return x.cpu().clamp(-1, 1), cond
 
 

@@ -1,11 +1,13 @@
 """What main.py's training loop calls besides Algorithm 1: the run's config and folder, the
 model, optimiser and EMA to start or resume from, the per-epoch samples with their scores, and
 the self-describing checkpoint written after every epoch."""
+import math
 import os
 
 import torch
 
-from data import DataError, load_dataset
+from catalog import unet_widths_for
+from data import DataError, dataset_info, load_dataset
 from errors import cause, is_disk_full
 from figures import class_grid_labels, mask_triplets, save_grid, save_loss_curve
 from files import commit, discard, stage, write_loss_csv, write_metrics_csv
@@ -14,6 +16,27 @@ from models import ARCHITECTURE, EMA, build_model, draw, load_checkpoint, load_w
 
 # Settings that change what training does: --resume refuses a change (the rest, e.g. --epochs, may change).
 TRAINING = ("lr", "warmup", "batch_size", "limit", "seed", "ema_decay", "p_uncond", "min_snr", "augment")
+
+
+EXPLODED = 1e3  # the eps-prediction loss starts near 1 (or 2 for an untrained net); far above it, training diverged
+
+
+def train_step(model, optimizer, ema, x0: torch.Tensor, step: int, lr: float, warmup: int, **cond) -> float:
+    """Algorithm 1, one step, as main.py and bench.py train: the loss of a batch x0 (lines 2-5, DDPM.loss),
+    the warm-up learning rate of this step (1, 2, ...), backward, Adam, then the EMA of the weights.
+    Returns the loss; one that is not finite or above EXPLODED is returned without a step (divergence)."""
+    loss = model.loss(x0, **cond)
+    value = loss.item()
+    if not math.isfinite(value) or value > EXPLODED:
+        return value
+    for group in optimizer.param_groups:
+        group["lr"] = warmup_lr(lr, warmup, step)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if ema is not None:
+        ema.update(model)
+    return value
 
 
 def warmup_lr(lr: float, warmup: int, step: int) -> float:
@@ -26,11 +49,10 @@ def check_process(args) -> None:
     """Build the diffusion process alone (no data, no network) so that settings it cannot
     represent, e.g. DDGM's Gamma noise for some theta_0 and T, are refused before loading data."""
     from ddgm import DDGM
-    from ddpm import cosine_beta_schedule, linear_beta_schedule
+    from ddpm import SCHEDULES
     if args.model == "DDGM":
-        beta = linear_beta_schedule(args.n_T, *args.betas) if args.schedule == "linear" else \
-            cosine_beta_schedule(args.n_T)
-        DDGM(torch.nn.Identity(), beta, theta_0=args.theta0, loss_type=args.loss)
+        DDGM(torch.nn.Identity(), SCHEDULES[args.schedule](args.n_T, tuple(args.betas)), theta_0=args.theta0,
+             loss_type=args.loss)
     pick_device(args.device)
 
 
@@ -43,6 +65,8 @@ def make_config(args, train_set) -> dict:
         raise DataError(f"--cond class needs labels, and {args.dataset} has none: use --cond mask or labelled data")
     if cond == "mask" and train_set.masks is None:
         raise DataError(f"--cond mask needs masks, and {args.dataset} has none: use folder (with masks/) or phantom")
+    if args.unet_widths is None:  # the U-Net grows with the image (catalog.UNET_WIDTHS_BY_SIZE)
+        args.unet_widths = unet_widths_for(H)
     step = 2 ** (len(args.unet_widths) - 1)  # the U-Net halves the image once per level
     if args.net == "unet" and (H % step or W % step):
         raise DataError(f"--net unet with {len(args.unet_widths)} widths needs image sides divisible by {step}, got "
@@ -66,7 +90,8 @@ def sampling_setup(config: dict, held_out) -> dict:
         masks = held_out.masks[torch.arange(n) % len(held_out.masks)]
         if config["cond"] == "mask":
             cond["mask"] = masks
-    return {"n": n, "n_grid": n_grid, "cond": cond, "masks": masks if config["dataset"] == "phantom" else None}
+    bright = dataset_info(config["dataset"]).lesion == "bright"  # the lesion is the only bright region
+    return {"n": n, "n_grid": n_grid, "cond": cond, "masks": masks if bright else None}
 
 
 def sample_and_score(model, config, setup, device, score=None) -> tuple:
@@ -75,8 +100,8 @@ def sample_and_score(model, config, setup, device, score=None) -> tuple:
     g = torch.Generator(device).manual_seed(config["seed"] + 1)
     cond = {k: v.to(device) for k, v in setup["cond"].items()}
     shape = (config["in_channels"], config["image_size"], config["image_size"])
-    x = draw(model, setup["n"], shape, config["sampler"], config["sample_steps"], config.get("sample_eta", 0.0),
-             generator=g, progress=True, **cond).cpu()
+    x = draw(model, setup["n"], shape, sampler=config["sampler"], steps=config["sample_steps"],
+             eta=config.get("sample_eta", 0.0), generator=g, progress=True, **cond).cpu()
     if not torch.isfinite(x).all():
         raise DataError("the samples of this epoch are not finite (NaN/inf): the network or the settings diverged")
     k = setup["n_grid"]
@@ -102,8 +127,7 @@ def prepare(args, out: str):
     data_kw = {"data_dir": args.data_dir, "image_size": args.image_size, "channels": args.channels,
                "data_path": args.data_path}
     train_set = load_dataset(args.dataset, train=True, limit=args.limit, **data_kw)
-    with_masks = ("phantom", "phantom-anomaly", "folder")
-    held_out = load_dataset(args.dataset, train=False, **data_kw) if args.dataset in with_masks else None
+    held_out = load_dataset(args.dataset, train=False, **data_kw) if dataset_info(args.dataset).masks else None
     config = make_config(args, train_set)
     torch.manual_seed(args.seed)
     model = build_model(config).to(device)

@@ -181,3 +181,19 @@ class UNet(nn.Module):
             h = self.level("dec", k)(torch.cat([self.level("up", k)(h), skips.pop()], dim=1), emb)
             h = self.level("attn_dec", k)(h)                     # (B, c_k, H/2^(k-1), W/2^(k-1))
         return self.out(h)
+
+
+def unet_from_config(config: dict) -> UNet:
+    """The widths of the config; checkpoints from before --unet-widths existed used (32, 64, 64)."""
+    return UNet(config["in_channels"], tuple(config.get("unet_widths", (32, 64, 64))),
+                num_classes=config["num_classes"], cond_channels=config["cond_channels"],
+                image_size=config["image_size"], attention_res=tuple(config.get("attention_res", ())))
+
+
+def cnn_from_config(config: dict) -> CNN:
+    return CNN(config["in_channels"], num_classes=config["num_classes"], cond_channels=config["cond_channels"])
+
+
+# Networks by name: f(config) -> eps_model. config holds in_channels, image_size, num_classes, cond_channels
+# and the network's own options (unet_widths, attention_res). A new one is a class, a function and a line here.
+NETWORKS = {"unet": unet_from_config, "cnn": cnn_from_config}

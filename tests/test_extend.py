@@ -1,0 +1,94 @@
+"""The README's four "how to extend" recipes, performed exactly as written there: each defines a new
+schedule, network, dataset or sampler, registers it with one line, then trains for a step through
+main.main and samples through sample.py. If a recipe goes stale, its test fails. Also: the names
+catalog.py reads from the source text are the registries' own."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import catalog
+import data
+import ddpm
+import main
+import sample
+import unet
+from datatypes import Dataset
+
+TINY = ["--limit", "32", "--batch-size", "16", "--n-T", "10", "--num-samples", "2", "--sample-steps", "2",
+        "--eval-samples", "0", "--epochs", "1"]
+
+
+def train_and_sample(tmp_path, *args):
+    main.main(["DDPM", *TINY, *args, "--out", str(tmp_path / "run")])
+    sample.main([str(tmp_path / "run" / "model.pth"), "--num-samples", "2", "--out", str(tmp_path / "s.png")])
+    assert (tmp_path / "s.png").exists()
+    return json.loads((tmp_path / "run" / "config.json").read_text())
+
+
+def test_extend_schedule(tmp_path, monkeypatch):
+    def quadratic_beta_schedule(T, beta_1=1e-4, beta_T=0.02):
+        """beta_t quadratic in t from beta_1 to beta_T (as in Ho et al.'s released code)."""
+        return torch.linspace(beta_1 ** 0.5, beta_T ** 0.5, T, dtype=torch.float64) ** 2
+
+    monkeypatch.setitem(ddpm.SCHEDULES, "quadratic", lambda T, betas: quadratic_beta_schedule(T, *betas))
+    config = train_and_sample(tmp_path, "--dataset", "shapes", "--net", "cnn", "--schedule", "quadratic")
+    assert config["schedule"] == "quadratic"
+
+
+def test_extend_network(tmp_path, monkeypatch):
+    class TinyNet(nn.Module):
+        """eps_theta(x_t, t): two 3x3 convolutions and the timestep as an extra input channel."""
+
+        def __init__(self, in_channels: int):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(in_channels + 1, 16, 3, padding=1), nn.GELU(),
+                                      nn.Conv2d(16, in_channels, 3, padding=1))
+
+        def forward(self, x_t, t, **cond):
+            time = (t.float() / 1000).view(-1, 1, 1, 1).expand(-1, 1, *x_t.shape[2:])
+            return self.body(torch.cat([x_t, time], dim=1))
+
+    monkeypatch.setitem(unet.NETWORKS, "tiny", lambda config: TinyNet(config["in_channels"]))
+    config = train_and_sample(tmp_path, "--dataset", "shapes", "--net", "tiny")
+    assert config["net"] == "tiny"
+
+
+def test_extend_dataset(tmp_path, monkeypatch):
+    def read_stripes(train, image_size, **_):
+        """Vertical stripes of random width: images (N, 1, H, W) in [-1, 1], no labels, no masks."""
+        g = torch.Generator().manual_seed(0 if train else 1)
+        period = torch.randint(2, 8, (64, 1, 1, 1), generator=g)
+        x = torch.arange(image_size).view(1, 1, 1, -1) // period % 2
+        return Dataset(x.expand(-1, 1, image_size, -1).float() * 2 - 1, None, None)
+
+    monkeypatch.setitem(data.DATASETS, "stripes", data.DatasetInfo(read_stripes, size=16))
+    config = train_and_sample(tmp_path, "--dataset", "stripes", "--net", "cnn")
+    assert config["dataset"] == "stripes" and config["image_size"] == 16
+
+
+def test_extend_sampler(tmp_path, monkeypatch):
+    @torch.no_grad()
+    def one_step(model, n, shape, *, steps=50, eta=0.0, generator=None, progress=False, **cond):
+        """x_0 in one jump: eq. (15) applied once to x_T (a poor sampler, but a sampler)."""
+        x_T = torch.randn((n, *shape), generator=generator, device=model.beta.device)
+        t = torch.full((n,), model.T - 1, device=x_T.device, dtype=torch.long)
+        return model.predict_x0(x_T, t, model.predict_eps(x_T, t, **cond)).clamp(-1, 1)
+
+    monkeypatch.setitem(ddpm.SAMPLERS, "one-step", one_step)
+    config = train_and_sample(tmp_path, "--dataset", "shapes", "--net", "cnn", "--sampler", "one-step")
+    assert config["sampler"] == "one-step"
+
+
+@pytest.mark.parametrize("key", sorted(catalog.REGISTRIES))
+def test_catalog_reads_the_registries_own_names(key):
+    module, registry = catalog.REGISTRIES[key]
+    assert catalog.registered(module, registry) == tuple(getattr(__import__(module), registry))
+
+
+def test_an_unknown_name_is_one_line_listing_the_known_ones(capsys):
+    with pytest.raises(SystemExit) as e:
+        main.main(["DDPM", "--schedule", "quadratic"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "one of linear, cosine" in err
