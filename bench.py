@@ -157,8 +157,7 @@ def fid_after(nets: dict, images: int, data_dir: str, device: torch.device, seed
     x_all = train.images.to(device)
     for name, net in nets.items():
         torch.manual_seed(seed)
-        model = DDPM(net, linear_beta_schedule(1000), clip_x0=True).to(device)
-        model.min_snr_gamma = RECIPE["min_snr"]
+        model = DDPM(net, linear_beta_schedule(1000), clip_x0=True, min_snr_gamma=RECIPE["min_snr"]).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=RECIPE["lr"])
         ema = EMA(model, RECIPE["ema_decay"])
         sync(device)

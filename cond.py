@@ -24,8 +24,9 @@ class ConditionalDDPM(DDPM):
     p_uncond: label-drop probability in training; guidance_scale: w in eq. (6)."""
 
     def __init__(self, eps_model: nn.Module, beta: Tensor, num_classes: int = 0,
-                 p_uncond: float = 0.1, guidance_scale: float = 2.0, sigma2: str = "beta", clip_x0: bool = False):
-        super().__init__(eps_model, beta, sigma2, clip_x0)
+                 p_uncond: float = 0.1, guidance_scale: float = 2.0, sigma2: str = "beta", clip_x0: bool = False,
+                 min_snr_gamma: float = 0.0):
+        super().__init__(eps_model, beta, sigma2, clip_x0, min_snr_gamma)
         if not 0 <= p_uncond <= 1:
             raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}")
         if guidance_scale < 0:

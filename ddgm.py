@@ -28,7 +28,6 @@ Choices made here, where sources differ or are silent:
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddpm import DDPM
@@ -79,8 +78,9 @@ class DDGM(DDPM):
         return (1 - self.alpha_bar[-1]).sqrt() * self.noise_like(x, t, generator)
 
     def eps_loss(self, eps_hat: Tensor, eps: Tensor) -> Tensor:
-        """DDGM Alg. 1: || eps - eps_theta(x_t, t) || with L2 (default) or the paper's L1."""
-        return F.l1_loss(eps_hat, eps) if self.loss_type == "l1" else F.mse_loss(eps_hat, eps)
+        """DDGM Alg. 1: || eps - eps_theta(x_t, t) || per image (B,), with L2 (default) or the paper's L1."""
+        diff = (eps - eps_hat).flatten(1)
+        return diff.abs().mean(1) if self.loss_type == "l1" else diff.square().mean(1)
 
     def ddim_sample(self, *args, **kwargs):
         """Refused: DDIM's eq. (12) assumes Gaussian noise; DDGM samples with Algorithm 2 (sample)."""

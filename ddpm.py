@@ -13,7 +13,6 @@ The network receives the same index.
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from progress import Progress
@@ -73,14 +72,15 @@ class DDPM(nn.Module):
     call (predict_eps), nothing else.
     """
 
-    def __init__(self, eps_model: nn.Module, beta: Tensor, sigma2: str = "beta", clip_x0: bool = False):
+    def __init__(self, eps_model: nn.Module, beta: Tensor, sigma2: str = "beta", clip_x0: bool = False,
+                 min_snr_gamma: float = 0.0):
         super().__init__()
         if sigma2 not in ("beta", "beta_tilde"):
             raise ValueError(f"sigma2 must be 'beta' or 'beta_tilde', got {sigma2!r}")
         if not (beta.dim() == 1 and len(beta) >= 2 and 0 < beta.min() and beta.max() < 1):
             raise ValueError("beta must be a 1-D schedule of at least 2 values in (0, 1)")
         self.eps_model, self.clip_x0 = eps_model, clip_x0
-        self.min_snr_gamma = 0.0  # > 0: weight the loss by min_snr_weight (not in Ho et al.)
+        self.min_snr_gamma = min_snr_gamma  # > 0: weight the loss by min_snr_weight (not in Ho et al.)
         beta = beta.double()
         alpha = 1 - beta                                   # alpha_t = 1 - beta_t
         alpha_bar = torch.cumprod(alpha, dim=0)            # alpha_bar_t = prod_{s<=t} alpha_s
@@ -111,8 +111,9 @@ class DDPM(nn.Module):
         return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
 
     def eps_loss(self, eps_hat: Tensor, eps: Tensor) -> Tensor:
-        """Alg. 1 line 5 (eq. 14, L_simple): || eps - eps_theta(x_t, t) ||^2, mean over all."""
-        return F.mse_loss(eps_hat, eps)
+        """Alg. 1 line 5 (eq. 14, L_simple): || eps - eps_theta(x_t, t) ||^2 per image, the mean over its
+        pixels: (B,). loss() weights it per image (min-SNR) and averages over the batch."""
+        return ((eps - eps_hat) ** 2).flatten(1).mean(1)
 
     def loss(self, x0: Tensor, generator=None, **cond) -> Tensor:
         """Algorithm 1 for a batch x0 (B, C, H, W) in [-1, 1]; cond goes to the network."""
@@ -120,10 +121,9 @@ class DDPM(nn.Module):
         t = torch.randint(0, self.T, (B,), device=x0.device, generator=generator)  # line 3
         eps = self.noise_like(x0, t, generator)                                      # line 4
         x_t = self.q_sample(x0, t, eps)
-        eps_hat = self.eps_model(x_t, t, **cond)
+        per_image = self.eps_loss(self.eps_model(x_t, t, **cond), eps)               # line 5
         if not self.min_snr_gamma:
-            return self.eps_loss(eps_hat, eps)                                       # line 5
-        per_image = ((eps - eps_hat) ** 2).flatten(1).mean(1)
+            return per_image.mean()
         return (self.min_snr_weight(t) * per_image).mean()
 
     def min_snr_weight(self, t: Tensor) -> Tensor:

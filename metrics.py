@@ -18,6 +18,7 @@ Also the mask Dice used for the phantom data set (lesion_dice).
 import hashlib
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -122,10 +123,10 @@ class QualityScore:
         self.test_features = self.features(test.images)
         self.reference = feature_stats(self.test_features)
 
-    @staticmethod
-    def load_or_train(dataset, data_dir, train, test, log) -> tuple:
-        from figures import save_atomic  # only here: metrics.py must not need matplotlib to import
+    def load_or_train(self, dataset, data_dir, train, test, log) -> tuple:
+        from files import save_atomic
         path = os.path.join(data_dir, "classifiers", f"{dataset}-{fingerprint(train.images, train.labels)}.pt")
+        self.cache = Path(path)
         if os.path.isfile(path):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)

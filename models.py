@@ -29,13 +29,11 @@ def build_model(config: dict) -> DDPM:
     clip_x0 = config.get("clip_x0", False)
     if config["model"] == "DDGM":
         return DDGM(net, beta, theta_0=config["theta0"], loss_type=config["loss"], clip_x0=clip_x0)
+    gamma = config.get("min_snr", 0.0)
     if config["model"] == "COND":
-        model = ConditionalDDPM(net, beta, config["num_classes"], config["p_uncond"], config["guidance"],
-                                clip_x0=clip_x0)
-    else:
-        model = DDPM(net, beta, clip_x0=clip_x0)
-    model.min_snr_gamma = config.get("min_snr", 0.0)
-    return model
+        return ConditionalDDPM(net, beta, config["num_classes"], config["p_uncond"], config["guidance"],
+                               clip_x0=clip_x0, min_snr_gamma=gamma)
+    return DDPM(net, beta, clip_x0=clip_x0, min_snr_gamma=gamma)
 
 
 class EMA:

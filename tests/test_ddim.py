@@ -79,8 +79,11 @@ def test_ddim_eta0_is_deterministic_given_x_T_and_eta1_is_not():
     c = model.ddim_sample(4, (1, 3, 3), 10, 0.0, torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
     x_T = model.x_T_like(torch.empty(4, 1, 3, 3), torch.Generator().manual_seed(3))
-    x_T_again = model.x_T_like(torch.empty(4, 1, 3, 3), torch.Generator().manual_seed(3))
-    assert torch.equal(x_T, x_T_again)
+    from_x_T = lambda eta, seed: model.ddim_sample(  # noqa: E731
+        4, (1, 3, 3), 10, eta, torch.Generator().manual_seed(seed), x_start=x_T, t_start=model.T - 1)
+    assert torch.equal(from_x_T(0.0, 5), from_x_T(0.0, 6))      # eta = 0: x_T decides everything
+    assert not torch.equal(from_x_T(1.0, 5), from_x_T(1.0, 6))  # eta = 1: the step noise z matters
+    assert torch.equal(from_x_T(1.0, 5), from_x_T(1.0, 5))
 
 
 def test_ddim_visits_T_first_and_1_last():

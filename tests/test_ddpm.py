@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ddpm import DDPM, cosine_beta_schedule, linear_beta_schedule
 from synthetic import make_shapes
@@ -198,3 +199,28 @@ def test_bad_schedule_is_refused():
         DDPM(Recorder(), torch.tensor([0.1, 1.5]))
     with pytest.raises(ValueError, match="sigma2"):
         DDPM(Recorder(), linear_beta_schedule(10), sigma2="big")
+
+
+class HalfLoss(DDPM):
+    """A student's own loss: half of L_simple. min-SNR must weight it, not bypass it."""
+
+    def eps_loss(self, eps_hat, eps):
+        return 0.5 * super().eps_loss(eps_hat, eps)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 5.0])
+def test_a_subclass_loss_is_honoured_with_and_without_min_snr(gamma):
+    """loss() = mean_b w_b * eps_loss_b: a subclass's eps_loss goes through min-SNR's weights too."""
+    torch.manual_seed(0)
+    net = CNN(hidden=(8, 8))
+    x = make_shapes(n=8).images
+    plain, half = (cls(net, linear_beta_schedule(100), min_snr_gamma=gamma) for cls in (DDPM, HalfLoss))
+    a, b = (m.loss(x, torch.Generator().manual_seed(1)).item() for m in (plain, half))
+    assert b == pytest.approx(0.5 * a, rel=1e-6)
+
+
+def test_l_simple_is_the_mean_over_all_pixels():
+    """Per-image means, averaged over the batch, are eq. (14)'s mean over every pixel (equal-sized images)."""
+    model = DDPM(CNN(hidden=(8, 8)), linear_beta_schedule(100))
+    eps_hat, eps = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    assert model.eps_loss(eps_hat, eps).mean().item() == pytest.approx(F.mse_loss(eps_hat, eps).item(), rel=1e-6)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import metrics
 from metrics import FeatureNet, QualityScore, dice, feature_stats, frechet_distance, read_samples, train_classifier
 from synthetic import make_phantom, make_shapes
 
@@ -48,9 +49,14 @@ def shapes_score(tmp_path_factory):
     return QualityScore("shapes", str(tmp_path_factory.mktemp("data")), log=lambda m: None)
 
 
-def test_classifier_is_accurate_and_cached(shapes_score, tmp_path_factory):
-    """The feature classifier must classify its dataset (>= 97 % on held-out shapes; MNIST: README)."""
+def test_classifier_is_accurate_and_cached(shapes_score, monkeypatch):
+    """The feature classifier must classify its dataset (>= 97 % on held-out shapes; MNIST: README), and
+    a second QualityScore for the same data loads it from DATA_DIR/classifiers/ instead of training."""
     assert shapes_score.test_accuracy >= 0.97
+    assert shapes_score.cache.is_file() and shapes_score.cache.parent.name == "classifiers"
+    monkeypatch.setattr(metrics, "train_classifier", lambda *a, **k: pytest.fail("trained again"))
+    again = QualityScore("shapes", str(shapes_score.cache.parent.parent), log=lambda m: None)
+    assert again.test_accuracy == shapes_score.test_accuracy
 
 
 def test_fid_grows_as_noise_is_added_to_real_images(shapes_score):

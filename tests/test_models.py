@@ -40,3 +40,24 @@ def test_ema_of_constant_weights_converges_to_them_and_does_not_train():
         ema.update(model)
     assert ema.model.eps_model.weight.item() == pytest.approx(3.0, abs=1e-6)
     assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+@pytest.mark.parametrize("model, net, schedule", [("DDPM", "unet", "linear"), ("DDGM", "cnn", "cosine"),
+                                                  ("COND", "unet", "cosine")])
+def test_build_model_follows_the_registries(model, net, schedule):
+    """build_model: the process class of the model name, the network of unet.NETWORKS, the beta of
+    ddpm.SCHEDULES, and min-SNR from the config."""
+    from cond import ConditionalDDPM
+    from ddgm import DDGM
+    from ddpm import SCHEDULES
+    from models import build_model
+    from unet import CNN, UNet
+    config = {"model": model, "net": net, "schedule": schedule, "n_T": 20, "betas": [1e-4, 0.02],
+              "in_channels": 1, "image_size": 16, "num_classes": 3 if model == "COND" else 0, "cond_channels": 0,
+              "unet_widths": [8, 8, 8], "theta0": 0.001, "loss": "l2", "p_uncond": 0.1, "guidance": 2.0,
+              "min_snr": 0.0 if model == "DDGM" else 5.0}
+    built = build_model(config)
+    assert type(built) is {"DDPM": DDPM, "DDGM": DDGM, "COND": ConditionalDDPM}[model]
+    assert type(built.eps_model) is {"unet": UNet, "cnn": CNN}[net]
+    assert torch.allclose(built.beta, SCHEDULES[schedule](20, (1e-4, 0.02)).float())
+    assert built.min_snr_gamma == config["min_snr"]
