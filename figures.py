@@ -19,13 +19,31 @@ def make_grid(x: Tensor, nrow: int = 8, pad: int = 2) -> Tensor:
     return grid
 
 
-def save_grid(x: Tensor, path: str, nrow: int = 8) -> None:
-    """Images (N, C, H, W) in [-1, 1] as one PNG grid (8-bit), mapped back to [0, 1]."""
+def save_grid(x: Tensor, path: str, nrow: int = 8, col_labels=None, row_labels=None) -> None:
+    """Images (N, C, H, W) in [-1, 1] as one PNG grid (8-bit), mapped back to [0, 1]. col_labels /
+    row_labels: text written above the columns / left of the rows (e.g. t = ..., the class)."""
     from PIL import Image
     grid = make_grid(unnormalize_to_zero_to_one(x.float().cpu()), nrow)
     pixels = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+    if col_labels or row_labels:
+        image = with_labels(image, x.shape[-1] + 2, x.shape[-2] + 2, col_labels or [], row_labels or [])
     save_atomic(lambda p: image.save(p, format="PNG"), path)
+
+
+def with_labels(image, cell_w: int, cell_h: int, col_labels: list, row_labels: list):
+    """image with a white strip above (one label per column) and to the left (one per row)."""
+    from PIL import Image, ImageDraw
+    top = 14 if col_labels else 0
+    left = 8 + 7 * max(len(str(r)) for r in row_labels) if row_labels else 0
+    out = Image.new("RGB", (image.width + left, image.height + top), "white")
+    out.paste(image.convert("RGB"), (left, top))
+    draw = ImageDraw.Draw(out)
+    for j, text in enumerate(col_labels):
+        draw.text((left + 2 + j * cell_w, 1), str(text), fill="black")
+    for i, text in enumerate(row_labels):
+        draw.text((2, top + 2 + i * cell_h + cell_h // 2 - 6), str(text), fill="black")
+    return out
 
 
 def class_grid_labels(num_classes: int, per_row: int = 8) -> Tensor:
@@ -47,7 +65,10 @@ def forward_diffusion_grid(model, x0: Tensor, generator=None, columns: int = 11)
 
 def save_forward_diffusion(model, x0: Tensor, path: str, generator=None, columns: int = 11) -> None:
     """One row per training image x0 (B, C, H, W), one column per timestep."""
-    save_grid(forward_diffusion_grid(model, x0, generator, columns).flatten(0, 1), path, nrow=columns)
+    T = model.T
+    labels = ["t=0", *(f"t={round(j * T / (columns - 1))}" for j in range(1, columns))]
+    save_grid(forward_diffusion_grid(model, x0, generator, columns).flatten(0, 1), path, nrow=columns,
+              col_labels=labels)
 
 
 def mask_triplets(x: Tensor, masks: Tensor) -> Tensor:
@@ -75,26 +96,26 @@ def save_figure(fig, path: str) -> None:
 
 
 def save_loss_curve(losses: list, metrics: list, path: str, ylabel: str = "loss") -> None:
-    """Per-step loss (thin) and per-epoch mean (dots, at the middle of its epoch), log scale; and a
-    second panel with fid and fid_real per epoch when metrics (one dict per epoch) hold them."""
+    """Per-step loss (thin) and its running mean over the last 50 steps (bold), log scale; and a second
+    panel with fid and fid_real per epoch when metrics (one dict per epoch) hold them."""
     plt = pyplot()
     steps, _, values = zip(*losses)
-    first, last, sums, counts = {}, {}, {}, {}                    # per epoch: first/last step, sum, count
-    for s, e, v in losses:
-        first.setdefault(e, s)
-        last[e], sums[e], counts[e] = s, sums.get(e, 0.0) + v, counts.get(e, 0) + 1
+    window = 50
+    running = torch.tensor(values, dtype=torch.float64).cumsum(0)
+    running = torch.cat([running[:window] / torch.arange(1, min(window, len(values)) + 1),
+                         (running[window:] - running[:-window]) / window]).tolist()
     fids = [m for m in metrics if "fid" in m]
     fig, axes = plt.subplots(1, 2 if fids else 1, figsize=(11 if fids else 6, 4), squeeze=False)
     ax = axes[0, 0]
-    ax.plot(steps, values, lw=0.6, alpha=0.6, label="per step")
-    ax.plot([(first[e] + last[e]) / 2 for e in last], [sums[e] / counts[e] for e in last], "o-", label="epoch mean")
+    ax.plot(steps, values, lw=0.6, alpha=0.5, label="per step")
+    ax.plot(steps, running, lw=2, label=f"running mean of the last {window} steps")
     ax.set(xlabel="training step", ylabel=ylabel, yscale="log", title="training loss")
     ax.legend()
     if fids:
         ax = axes[0, 1]
         ax.plot([m["epoch"] for m in fids], [m["fid"] for m in fids], "o-", label="fid (samples)")
         ax.plot([m["epoch"] for m in fids], [m["fid_real"] for m in fids], "x--", color="grey",
-                label="fid_real (as many real test images)")
+                label="fid_real (as many real images)")
         ax.set(xlabel="epoch", ylabel="Frechet distance (metrics.py)", yscale="log", title="sample quality",
                xticks=[m["epoch"] for m in fids])
         ax.legend()

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data import DataError, load_dataset, read_npz
+from data import DataError, load_dataset
 from datatypes import unnormalize_to_zero_to_one
 from errors import Parser, run_script
+from formats import read_npz
 
 FEATURES = 128
 SEGMENTER_STEPS = 1500  # batches of 16 for the segmenter judge: about 2.5 minutes at 64 px on 2 cores
@@ -84,7 +85,8 @@ def accuracy(net: FeatureNet, images: Tensor, labels: Tensor) -> float:
     return hits / len(labels)
 
 
-def train_classifier(train, test, epochs: int = 2, batch_size: int = 128, min_steps: int = 200, seed: int = 0) -> tuple:
+def train_classifier(train, test, epochs: int = 2, batch_size: int = 128, min_steps: int = 200, seed: int = 0,
+                     log=print) -> tuple:
     """Adam, lr 1e-3, `epochs` epochs (at least min_steps steps) on the training split; returns (net, test accuracy)."""
     torch.manual_seed(seed)
     num_classes = int(train.labels.max()) + 1
@@ -92,7 +94,8 @@ def train_classifier(train, test, epochs: int = 2, batch_size: int = 128, min_st
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     N = len(train.images)
     steps = max(epochs * -(-N // batch_size), min_steps)
-    for _ in range(steps):
+    from progress import Progress
+    for _ in Progress(range(steps), steps, "training the fid classifier", "steps", say=log):
         idx = torch.randint(0, N, (batch_size,))
         loss = F.cross_entropy(net(train.images[idx]), train.labels[idx])
         opt.zero_grad(set_to_none=True)
@@ -136,7 +139,7 @@ class QualityScore:
             except Exception as e:  # a damaged cache is rebuilt, never trusted
                 log(f"{path} is not a usable classifier ({type(e).__name__}): training it again")
         log(f"training the {dataset} feature classifier for fid (once; cached as {path})")
-        net, acc = train_classifier(train, test)
+        net, acc = train_classifier(train, test, log=log)
         log(f"{dataset} classifier: test accuracy {acc:.4f}")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         state = {"weights": net.state_dict(), "num_classes": net.head.out_features, "test_accuracy": acc}
@@ -253,7 +256,7 @@ def train_segmenter(images: Tensor, masks: Tensor, steps: int = 1500, batch_size
     torch.manual_seed(seed)
     net = SegNet(images.shape[1])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for _ in Progress(range(steps), steps, "training the segmenter", "steps", show=log is not None):
+    for _ in Progress(range(steps), steps, "training the segmenter", "steps", show=log is not None, say=log):
         idx = torch.randint(0, len(images), (batch_size if extra is None else batch_size // 2,))
         x, m = images[idx], masks[idx]
         if extra is not None:

@@ -9,8 +9,11 @@ from tqdm import tqdm
 class Progress:
     """Wraps an iterable of known length. note(key=value) shows running values (e.g. the loss)."""
 
-    def __init__(self, iterable, total: int, desc: str, unit: str = "it", every: float = 30.0, show: bool = True):
+    def __init__(self, iterable, total: int, desc: str, unit: str = "it", every: float = 30.0, show: bool = True,
+                 say=None):
+        """say(line): where the plain lines go (default: print to stdout)."""
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
+        self.say = say or (lambda line: print(line, flush=True))
         self.every = every if show else float("inf")
         self.postfix = {}
         tty = show and sys.stderr.isatty()
@@ -30,6 +33,6 @@ class Progress:
             elif time.time() - last >= self.every and i < self.total:
                 last = time.time()
                 extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
-                print(f"  {self.desc}: {i}/{self.total} {self.unit}{extra}, {last - start:.0f} s", flush=True)
+                self.say(f"  {self.desc}: {i}/{self.total} {self.unit}{extra}, {last - start:.0f} s")
         if self.bar is not None:
             self.bar.close()

@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from catalog import known
-from data import DataError, list_images, load_dataset, read_resized
+from data import DataError, load_dataset
 from datatypes import normalize_to_neg_one_to_one
 from ddpm import visited
 from errors import Parser, run_script
 from figures import class_grid_labels, mask_triplets, save_grid, save_reverse_process
 from files import check_outputs, png_out, save_atomic
+from formats import list_images, read_resized
 from models import draw, load_checkpoint, model_from_checkpoint, pick_device
 from settings import SEED_MAX
 
@@ -235,6 +236,8 @@ def save_samples(x: torch.Tensor, cond: dict, out: str) -> None:
         raise DataError("the samples are not finite (NaN/inf): this checkpoint's network diverged")
     if "mask" in cond:
         save_grid(mask_triplets(x, cond["mask"]), out, nrow=6)
+    elif "y" in cond and len(x) % 8 == 0 and (cond["y"].view(-1, 8) == cond["y"].view(-1, 8)[:, :1]).all():
+        save_grid(x, out, nrow=8, row_labels=[f"y={int(c)}" for c in cond["y"][::8]])  # one class per row
     else:
         save_grid(x, out, nrow=8)
     npz = os.path.splitext(out)[0] + ".npz"

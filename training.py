@@ -105,10 +105,12 @@ def sample_and_score(model, config, setup, device, score=None) -> tuple:
     if not torch.isfinite(x).all():
         raise DataError("the samples of this epoch are not finite (NaN/inf): the network or the settings diverged")
     k = setup["n_grid"]
+    rows = None
     if config["cond"] == "mask":
         grid, nrow = mask_triplets(x[:min(k, 16)], setup["cond"]["mask"][:min(k, 16)]), 6
     else:
         grid, nrow = x[:k], 8
+        rows = [f"y={c}" for c in range(config["num_classes"])] if config["cond"] == "class" else None
     metrics = {}
     if score is not None and config["eval_samples"]:
         n = config["eval_samples"]
@@ -117,7 +119,7 @@ def sample_and_score(model, config, setup, device, score=None) -> tuple:
     if setup["masks"] is not None:  # phantom: the lesion is the only bright region
         metrics["dice"] = round(lesion_dice(x, setup["masks"]), 4)
         metrics["dice_shuffled_masks"] = round(lesion_dice(x, setup["masks"].roll(1, dims=0)), 4)
-    return (lambda path: save_grid(grid, path, nrow=nrow)), metrics
+    return (lambda path: save_grid(grid, path, nrow=nrow, row_labels=rows)), metrics
 
 
 def prepare(args, out: str):

@@ -43,14 +43,14 @@ def test_tiny_run_writes_every_file(tmp_path, model):
     assert ckpt["ema"]["n"] == 4 and ckpt["ema"]["weights"].keys() == ckpt["model"].keys()
     grid = Image.open(out / "image_ep002.png")
     assert grid.size == (4 * 30 + 2, 30 + 2)  # 4 samples of 28 px, save_image's 2 px padding
-    assert Image.open(out / "forward_diffusion.png").size == (11 * 30 + 2, 8 * 30 + 2)
+    assert Image.open(out / "forward_diffusion.png").size == (11 * 30 + 2, 14 + 8 * 30 + 2)  # a strip of t labels
 
 
 def test_samples_are_mapped_back_to_zero_one(tmp_path):
     """Grids show x in [-1, 1] as (x + 1) / 2: shapes' black background must come out black-ish, not grey."""
     run("DDPM", *TINY, "--epochs", "1", "--out", tmp_path)
     fwd = np.asarray(Image.open(tmp_path / "forward_diffusion.png").convert("L"))
-    clean = fwd[2:30, 2:30]  # first image at t = 0: a shape on a black background
+    clean = fwd[14 + 2:14 + 30, 2:30]  # first image at t = 0 (below the 14-px strip of t labels): a shape on black
     assert clean.min().item() == 0 and clean.max().item() > 150
 
 

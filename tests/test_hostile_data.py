@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 import metrics
-from data import MAX_NPZ_BYTES, DataError, load_dataset, read_npz
+from data import DataError, load_dataset
+from formats import MAX_NPZ_BYTES, read_npz
 from synthetic import make_shapes
 
 

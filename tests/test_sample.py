@@ -56,7 +56,7 @@ def test_class_rows_and_single_label(runs, tmp_path):
     ckpt = str(runs / "cond" / "model.pth")
     sample.main([ckpt, "--out", str(tmp_path / "rows.png")])
     assert npz(tmp_path / "rows.npz")["labels"].tolist() == [0] * 8 + [1] * 8 + [2] * 8
-    assert Image.open(tmp_path / "rows.png").size == (8 * 30 + 2, 3 * 30 + 2)
+    assert Image.open(tmp_path / "rows.png").size == (8 + 7 * 3 + 8 * 30 + 2, 3 * 30 + 2)  # labels y=0.. left
     sample.main([ckpt, "--label", "2", "--num-samples", "5", "--guidance", "0", "--out", str(tmp_path / "two.png")])
     assert npz(tmp_path / "two.npz")["labels"].tolist() == [2] * 5
 

@@ -1,0 +1,212 @@
+"""File formats, each read with its header checked before the data and refused in one line when it
+is not what it claims: IDX (MNIST), .npz (MedMNIST, samples), CSV rows of pixels, and folders of
+images and masks (8-bit, 16-bit, float; masks binarised by their own values). data.py turns what
+these return into datasets."""
+import csv
+import gzip
+import os
+import zlib
+
+import numpy as np
+
+from errors import DataError, one_line
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MAX_VALUES = 300_000_000   # pixels per split that fit comfortably in memory as float32 (1.2 GB)
+MAX_NPZ_BYTES = 2 ** 31    # decoded size of all arrays in one .npz, read from the headers before any data
+
+
+def read_idx(path: str, limit: int | None = None) -> np.ndarray:
+    """An IDX file (MNIST's format, optionally .gz): magic 0x0000 08 nd, nd big-endian sizes, uint8
+    data. The header is checked before the data are read; limit reads only the first items."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0:3] != b"\x00\x00\x08" or not 1 <= magic[3] <= 4:
+                raise DataError(f"{path} is not a uint8 IDX file (bad magic number): replace it")
+            shape = [int.from_bytes(f.read(4), "big") for _ in range(magic[3])]
+            if shape[0] == 0:
+                raise DataError(f"{path} holds no items (its header says 0): replace it")
+            count = min(shape[0], limit or shape[0])
+            size = count * int(np.prod(shape[1:]))
+            if size > MAX_VALUES:
+                raise DataError(f"{path} declares {shape[0]:,} items ({size:,} values), more than fit in memory: "
+                                "pass --limit N or replace the file")
+            raw = f.read(size)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read {path} ({e}): delete it and download it again") from e
+    if len(raw) != size:
+        raise DataError(f"{path} is truncated: header says {tuple(shape)}, file holds {len(raw)} of {size} values")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(count, *shape[1:])
+
+
+def npz_sizes(path: str) -> dict:
+    """{array name: decoded bytes} from the .npy headers inside a .npz, reading no array data.
+    Duplicate member names (np.load would silently use one of them) are refused."""
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise DataError(f"{path} holds two arrays named {twice[0]!r}: which one is meant is unknown; "
+                            "write the file again with one array per name")
+        sizes = {}
+        for name in names:
+            with z.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+            if dtype.hasobject:
+                raise DataError(f"{path}: array {name} holds Python objects, which would need pickle: refused")
+            sizes[name.removesuffix(".npy")] = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    return sizes
+
+
+def read_npz(path: str) -> dict:
+    """All arrays of a .npz file, loaded without pickle, after their declared sizes were checked
+    against MAX_NPZ_BYTES; anything else (a .npy, an empty, truncated or corrupt zip) raises
+    DataError naming the file."""
+    import zipfile
+    try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                npy = f.read(6) == b"\x93NUMPY"
+            raise DataError(f"{path} is a single .npy array, not a .npz archive of named arrays" if npy else
+                            f"{path} is not a readable .npz file (not a zip archive of .npy arrays)")
+        total = sum(npz_sizes(path).values())
+        if total > MAX_NPZ_BYTES:
+            raise DataError(f"{path} would take {total / 2 ** 30:.1f} GiB once decoded (its headers say so), more "
+                            f"than the {MAX_NPZ_BYTES / 2 ** 30:.0f} GiB this project reads: use a smaller file")
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, RuntimeError, MemoryError,
+            SyntaxError) as e:
+        raise DataError(f"{path} is not a readable .npz file ({one_line(str(e), 150) or type(e).__name__})") from e
+
+
+def parse_csv_rows(path: str, limit: int | None) -> list:
+    """Rows of numbers as lists of strings; a first row with any non-number is a header and dropped."""
+    def is_number(cell):
+        try:
+            float(cell)
+            return True
+        except ValueError:
+            return False
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
+            rows, first = [], True
+            for r in csv.reader(f):
+                if r and not (first and not all(map(is_number, r))):
+                    rows.append(r)
+                first = first and not r
+                if limit and len(rows) >= limit:
+                    break
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read CSV file {path} ({e}): check --data-path") from e
+    return rows
+
+
+def list_images(folder: str) -> dict:
+    """{file stem: path} of the image files in folder; two files with one stem (0.png and 0.jpg) are
+    refused, since the masks and the held-out split go by stem."""
+    files = [f for f in sorted(os.listdir(folder)) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    found = {}
+    for f in files:
+        stem = os.path.splitext(f)[0]
+        if stem in found:
+            raise DataError(f"{folder} holds {os.path.basename(found[stem])} and {f}: two files with one name; "
+                            "keep one of them")
+        found[stem] = os.path.join(folder, f)
+    return found
+
+
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def scale_high_bit(a: np.ndarray, mode: str, path: str, constant: list) -> np.ndarray:
+    """A 16-bit, 32-bit or float image to [0, 1] by its own range (min..max), as is usual for MRI and
+    CT, unless already in [0, 1]. A constant image has no range: integer images map to value / 65535
+    (their place in the 16-bit range), others to 0.5; its path is added to `constant` for a note."""
+    if not np.isfinite(a).all():
+        raise DataError(f"{path} holds non-finite pixels (nan/inf): fix or remove it")
+    lo, hi = float(a.min()), float(a.max())
+    if 0 <= lo and hi <= 1:
+        return a
+    if hi > lo:
+        return (a - lo) / (hi - lo)
+    constant.append(path)
+    value = lo / 65535 if mode != "F" and 0 <= lo <= 65535 else 0.5
+    return np.full_like(a, value)
+
+
+def read_image(path: str, mode: str | None, constant: list) -> np.ndarray:
+    """One image as float32 (H, W) or (H, W, 3) in [0, 1]: 8-bit images / 255; high bit depths by
+    scale_high_bit. mode: "L", "RGB" or None (from the file)."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in HIGH_BIT_MODES:
+            if mode == "RGB":
+                raise DataError(f"{path} is a {im.mode} (high bit depth) grayscale image: use --channels 1")
+            return scale_high_bit(np.asarray(im, dtype=np.float32), im.mode, path, constant)
+        im = im.convert(mode or ("L" if im.mode in ("1", "L", "LA") else "RGB"))
+        return np.asarray(im, dtype=np.float32) / 255
+
+
+def binarize_mask(a: np.ndarray) -> np.ndarray:
+    """A mask by its own values: with one or two values, the higher one (if above 0) is the lesion, so
+    0/1 and 0/255 masks alike are read as drawn; with more (JPEG, anti-aliased edges), the values at or
+    above half the highest. Float (H, W) in {0, 1}."""
+    values = np.unique(a)
+    top = values[-1]
+    if len(values) <= 2:
+        return ((a == top) & (top > values[0] if len(values) == 2 else top > 0)).astype(np.float32)
+    return (a >= top / 2).astype(np.float32)
+
+
+def read_mask(path: str, constant: list) -> np.ndarray:
+    """One mask file as float32 (H, W) in {0, 1} (binarize_mask), at its own resolution."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im.load()
+        a = np.asarray(im if im.mode in HIGH_BIT_MODES else im.convert("L"), dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise DataError(f"{path} holds non-finite values (nan/inf): fix or remove it")
+    return binarize_mask(a)
+
+
+def resize(a: np.ndarray, image_size: int) -> np.ndarray:
+    """Bilinear resize of a float (H, W[, 3]) image to image_size x image_size, channel by channel."""
+    from PIL import Image
+    if a.ndim == 2:
+        return np.asarray(Image.fromarray(a, mode="F").resize((image_size, image_size), Image.BILINEAR))
+    return np.stack([resize(np.ascontiguousarray(a[..., c]), image_size) for c in range(a.shape[2])], axis=-1)
+
+
+def read_resized(paths: list, image_size: int, mode: str | None, sizes: list | None = None) -> np.ndarray:
+    """Images resized to image_size x image_size, float32 (N, H, W[, C]) in [0, 1] (read_image); mode
+    "L", "RGB", None (from the file) or "mask" (read_mask, then resized and cut at 0.5 again: {0, 1}).
+    sizes, if a list, gets each file's (H, W). DataError names unreadable, oversized (PIL's
+    decompression-bomb limit) or non-finite files."""
+    from PIL import Image
+    out, bad, constant = [], [], []
+    for p in paths:
+        try:
+            a = read_mask(p, constant) if mode == "mask" else read_image(p, mode, constant)
+        except (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError) as e:
+            bad.append(f"{os.path.basename(p)} ({type(e).__name__})")
+            continue
+        if sizes is not None:
+            sizes.append(a.shape[:2])
+        out.append(resize(a, image_size))
+    if bad:
+        raise DataError(f"{len(bad)} image(s) cannot be read, e.g. {', '.join(bad[:3])}: remove or replace them")
+    if constant:
+        print(f"note: {len(constant)} high-bit-depth image(s) hold a single value, e.g. {constant[0]}: with no "
+              "range to scale by, integer ones were mapped to value / 65535, others to 0.5", flush=True)
+    x = np.stack(out).clip(0, 1)  # bilinear resizing keeps [0, 1] up to round-off
+    return (x >= 0.5).astype(np.float32) if mode == "mask" else x
