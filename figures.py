@@ -105,19 +105,25 @@ def save_loss_curve(losses: list, metrics: list, path: str, ylabel: str = "loss"
     running = torch.cat([running[:window] / torch.arange(1, min(window, len(values)) + 1),
                          (running[window:] - running[:-window]) / window]).tolist()
     fids = [m for m in metrics if "fid" in m]
-    fig, axes = plt.subplots(1, 2 if fids else 1, figsize=(11 if fids else 6, 4), squeeze=False)
+    dices = [m for m in metrics if "mask_dice" in m]
+    panels = 1 + bool(fids) + bool(dices)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     ax = axes[0, 0]
     ax.plot(steps, values, lw=0.6, alpha=0.5, label="per step")
     ax.plot(steps, running, lw=2, label=f"running mean of the last {window} steps")
     ax.set(xlabel="training step", ylabel=ylabel, yscale="log", title="training loss")
     ax.legend()
-    if fids:
-        ax = axes[0, 1]
-        ax.plot([m["epoch"] for m in fids], [m["fid"] for m in fids], "o-", label="fid (samples)")
-        ax.plot([m["epoch"] for m in fids], [m["fid_real"] for m in fids], "x--", color="grey",
-                label="fid_real (as many real images)")
-        ax.set(xlabel="epoch", ylabel="Frechet distance (metrics.py)", yscale="log", title="sample quality",
-               xticks=[m["epoch"] for m in fids])
+    for ax, rows, keys, title, log in ((axes[0, 1] if fids else None, fids, ("fid", "fid_real"), "sample quality",
+                                        True),
+                                       (axes[0, -1] if dices else None, dices, ("mask_dice", "mask_dice_real"),
+                                        "mask adherence (segmenter judge)", False)):
+        if not rows:
+            continue
+        epochs = [m["epoch"] for m in rows]
+        ax.plot(epochs, [m[keys[0]] for m in rows], "o-", label=f"{keys[0]} (samples)")
+        ax.plot(epochs, [m[keys[1]] for m in rows], "x--", color="grey", label=f"{keys[1]} (as many real images)")
+        ax.set(xlabel="epoch", ylabel=keys[0], yscale="log" if log else "linear", title=title)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(8, integer=True))
         ax.legend()
     fig.tight_layout()
     save_figure(fig, path)
