@@ -26,7 +26,7 @@ from errors import Parser, run_script
 from files import write_json
 from settings import SEED_MAX
 from training import train_step
-from unet import CNN, UNet, count_parameters
+from unet import NETWORKS, count_parameters
 
 DEFAULT_WIDTHS = unet_widths_for(28)
 DEFAULT = f"UNet {DEFAULT_WIDTHS} (default)"
@@ -134,10 +134,14 @@ def interleaved_img_per_s(nets: dict, channels: int, batch: int, steps: int, war
 
 
 def networks(channels: int) -> dict:
-    """The coursework CNN, the default U-Net, the U-Net with the old (paper-like) widths, and the peers."""
+    """Every network of unet.NETWORKS as main.py builds it for 28x28 images (the U-Net with its default
+    widths), the U-Net with the old (paper-like) widths 32 64 64, and the peers."""
     torch.manual_seed(0)
-    nets = {"CNN (coursework)": CNN(in_channels=channels), DEFAULT: UNet(channels, DEFAULT_WIDTHS),
-            "UNet (32, 64, 64)": UNet(channels, (32, 64, 64))}
+    config = {"in_channels": channels, "image_size": 28, "num_classes": 0, "cond_channels": 0,
+              "unet_widths": list(DEFAULT_WIDTHS)}
+    names = {"unet": DEFAULT, "cnn": "CNN (coursework)"}
+    nets = {names.get(name, name): build(config) for name, build in NETWORKS.items()}
+    nets["UNet (32, 64, 64)"] = NETWORKS["unet"]({**config, "unet_widths": [32, 64, 64]})
     nets.update(peers(channels))
     return nets
 
