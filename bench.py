@@ -204,6 +204,8 @@ def run(args, p: argparse.ArgumentParser) -> None:
         p.error(f"--images must lie in {RECIPE['batch_size']}..10000000")
     if not 0 <= args.seed <= SEED_MAX:
         p.error(f"--seed must lie in 0..{SEED_MAX}")
+    if not args.out.endswith(".json"):
+        p.error(f"--out {args.out} must end in .json (bench.py writes its measurements there)")
     from models import pick_device
     device = pick_device(args.device)
     if args.quality:  # fail now, not after the speed part: --quality needs MNIST on disk

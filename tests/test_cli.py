@@ -77,7 +77,7 @@ def test_resume_with_other_network_is_refused(tmp_path, capsys):
 
 def test_cond_class_grid_has_one_row_per_class_and_guidance_sweep(tmp_path):
     run("COND", *TINY, "--epochs", "1", "--out", tmp_path, "--guidance-sweep", "0", "3")
-    assert Image.open(tmp_path / "image_ep001.png").size == (8 * 30 + 2, 3 * 30 + 2)  # shapes: 3 classes
+    assert Image.open(tmp_path / "image_ep001.png").size == (8 + 7 * 3 + 8 * 30 + 2, 3 * 30 + 2)  # 3 rows, y=0..
     a, b = (Image.open(tmp_path / f"guidance_w{w}.png") for w in ("0", "3"))
     assert a.size == b.size and not np.array_equal(np.asarray(a), np.asarray(b))
     assert json.loads((tmp_path / "config.json").read_text())["cond"] == "class"

@@ -44,11 +44,13 @@ def test_same_seed_same_samples_and_both_samplers(runs, tmp_path):
     assert np.array_equal(a, b) and not np.array_equal(a, c) and not np.array_equal(a, d)
 
 
-def test_reverse_figure_shows_ten_steps_and_x0_for_four_samples(runs, tmp_path):
-    """figures.save_reverse_process: 10 recorded x_t columns and x_0 (11 columns of 1.1 in), 2 rows per
-    sample (x_t over x0_hat) for 4 samples (8 rows of 1.15 in), at 100 dpi."""
-    sample.main([str(runs / "ddpm" / "model.pth"), "--num-samples", "4", "--reverse", "--out", str(tmp_path / "r.png")])
-    assert Image.open(tmp_path / "r_reverse.png").size == (1210, 920)
+def test_reverse_figure_shows_the_visited_steps_and_x0_for_four_samples(runs, tmp_path):
+    """figures.save_reverse_process: one x_t column per recorded step (ten, or all of a 5-step DDIM run)
+    and x_0 (columns of 1.1 in), 2 rows per sample (x_t over x0_hat, 1.15 in each) at 100 dpi."""
+    for steps, columns in ((5, 5 + 1), (20, 10 + 1)):
+        sample.main([str(runs / "ddpm" / "model.pth"), "--num-samples", "4", "--steps", str(steps), "--reverse",
+                     "--out", str(tmp_path / "r.png")])
+        assert Image.open(tmp_path / "r_reverse.png").size == (110 * columns, 920)
 
 
 def test_class_rows_and_single_label(runs, tmp_path):
