@@ -119,7 +119,7 @@ class QualityScore:
         if sample_shape is not None and tuple(sample_shape) != tuple(test.images.shape[1:]):
             raise DataError(f"the samples are {tuple(sample_shape)} (C, H, W) but {dataset}'s images are "
                             f"{tuple(test.images.shape[1:])}: score them against the dataset they were trained on")
-        check_labels(sample_labels, int(train.labels.max()) + 1)
+        check_classes(sample_labels, int(train.labels.max()) + 1)
         self.net, self.test_accuracy = self.load_or_train(dataset, data_dir, train, test, log)
         self.shape, self.num_classes = tuple(test.images.shape[1:]), self.net.head.out_features
         self.test_images = test.images
@@ -157,7 +157,7 @@ class QualityScore:
         if len(samples) < 2:
             raise DataError("fid needs at least 2 samples")
         check_range(samples)
-        check_labels(labels, self.num_classes)
+        check_classes(labels, self.num_classes)
         x = samples.float().cpu().clamp(-1, 1)  # round-off only: check_range allows RANGE_SLACK
         real = self.test_features[torch.randperm(len(self.test_features), generator=torch.Generator().manual_seed(0))
                                   [:len(x)]]
@@ -186,7 +186,7 @@ def check_range(samples: Tensor) -> None:
         raise DataError(f"the samples lie in {lo:.4g}..{hi:.4g}, but metrics.py expects [-1, 1]{hint}")
 
 
-def check_labels(labels: Tensor | None, num_classes: int) -> None:
+def check_classes(labels: Tensor | None, num_classes: int) -> None:
     """Labels of class-conditional samples must name classes the dataset has."""
     if labels is not None and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
         raise DataError(f"the labels lie in {int(labels.min())}..{int(labels.max())}, but this dataset's classes "

@@ -8,6 +8,7 @@
 
 # %%
 import os
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +20,6 @@ os.makedirs(OUT, exist_ok=True)
 import torch  # noqa: E402
 
 import figures  # noqa: E402
-import main  # noqa: E402
 from ddpm import DDPM, SCHEDULES  # noqa: E402
 from models import draw, load_checkpoint, model_from_checkpoint  # noqa: E402
 from synthetic import make_shapes  # noqa: E402
@@ -45,13 +45,17 @@ figures.save_schedules(1000, "linear", (1e-4, 0.02), os.path.join(OUT, "schedule
 
 # %% [markdown]
 # ## 3. A short training run: Algorithm 1, exactly as `python main.py DDPM` trains
-# One epoch on a few synthetic shapes (too few to draw good shapes: this shows the machinery).
+# The training script itself, run as you would type it: one epoch on a few synthetic shapes (too few to
+# draw good shapes: this shows the machinery).
 
 # %%
 run = os.path.join(OUT, "run")
-main.main(["DDPM", "--dataset", "shapes", "--limit", str(STEPS), "--epochs", "1", "--eval-samples", "0",
-           "--num-samples", "16", "--out", run, *(["--overwrite"] if os.path.exists(os.path.join(run, "model.pth"))
-                                                  else [])])
+command = [sys.executable, os.path.join(ROOT, "main.py"), "DDPM", "--dataset", "shapes", "--limit", str(STEPS),
+           "--epochs", "1", "--eval-samples", "0", "--num-samples", "16", "--out", run]
+if os.path.exists(os.path.join(run, "model.pth")):
+    command.append("--overwrite")  # the tour's own run folder from an earlier pass
+print(" ".join(command[1:]))
+subprocess.run(command, cwd=ROOT, check=True)
 
 # %% [markdown]
 # ## 4. Sampling from the checkpoint, and the reverse process made visible
