@@ -10,6 +10,7 @@ import os
 import sys
 
 MODELS = ("DDPM", "DDGM", "COND")
+PRECISIONS = ("auto", "fp32", "bf16")  # --precision (speed.py)
 MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
                "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
 REGISTRIES = {"schedule": ("ddpm", "SCHEDULES"), "sampler": ("ddpm", "SAMPLERS"), "net": ("unet", "NETWORKS"),

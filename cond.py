@@ -33,12 +33,13 @@ class ConditionalDDPM(DDPM):
             raise ValueError(f"guidance scale w must be >= 0, got {guidance_scale}")
         self.num_classes, self.p_uncond, self.guidance_scale = num_classes, p_uncond, guidance_scale
 
-    def loss(self, x0: Tensor, generator=None, y: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        """Ho & Salimans Alg. 1: with probability p_uncond, c <- null; then DDPM's Algorithm 1."""
+    def loss(self, x0: Tensor, generator=None, rows: slice | None = None, y: Tensor | None = None,
+             mask: Tensor | None = None) -> Tensor:
+        """Ho & Salimans Alg. 1: with probability p_uncond, c <- null; then DDPM's Algorithm 1 (rows: see there)."""
         if y is not None:
             drop = torch.rand(y.shape, device=y.device, generator=generator) < self.p_uncond
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-        return super().loss(x0, generator, y=y, mask=mask)
+        return super().loss(x0, generator, rows, y=y, mask=mask)
 
     def predict_eps(self, x_t: Tensor, t: Tensor, y: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """Guided eps (eq. 6) when labels are given; the two predictions share one batched call."""

@@ -115,16 +115,21 @@ class DDPM(nn.Module):
         pixels: (B,). loss() weights it per image (min-SNR) and averages over the batch."""
         return ((eps - eps_hat) ** 2).flatten(1).mean(1)
 
-    def loss(self, x0: Tensor, generator=None, **cond) -> Tensor:
-        """Algorithm 1 for a batch x0 (B, C, H, W) in [-1, 1]; cond goes to the network."""
+    def loss(self, x0: Tensor, generator=None, rows: slice | None = None, **cond) -> Tensor:
+        """Algorithm 1 for a batch x0 (B, C, H, W) in [-1, 1]; cond goes to the network. rows (data-parallel
+        training, parallel.py): t and eps are drawn for the whole batch, the network sees these rows only,
+        and the result is their share of the batch mean (the shares of all ranks add up to it)."""
         B = x0.shape[0]
         t = torch.randint(0, self.T, (B,), device=x0.device, generator=generator)  # line 3
         eps = self.noise_like(x0, t, generator)                                      # line 4
+        if rows is not None:
+            x0, t, eps = x0[rows], t[rows], eps[rows]
+            cond = {k: None if v is None else v[rows] for k, v in cond.items()}
         x_t = self.q_sample(x0, t, eps)
         per_image = self.eps_loss(self.eps_model(x_t, t, **cond), eps)               # line 5
-        if not self.min_snr_gamma:
-            return per_image.mean()
-        return (self.min_snr_weight(t) * per_image).mean()
+        if self.min_snr_gamma:
+            per_image = self.min_snr_weight(t) * per_image
+        return per_image.mean() if rows is None else per_image.sum() / B
 
     def min_snr_weight(self, t: Tensor) -> Tensor:
         """Min-SNR-gamma weighting for the eps loss (Hang et al. 2023, arXiv:2303.09556, Sec. 3.4):

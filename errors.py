@@ -3,6 +3,7 @@ traceback. DataError is the project's one exception for bad input; Parser gives 
 the same one-line form; run_script wraps a script's work. No torch here, so that `--help` and
 argument errors answer at once."""
 import argparse
+import os
 import sys
 import warnings
 
@@ -30,7 +31,18 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
+        self.exit(2, f"{self.prog}: {rank_prefix()}error: {one_line(message)} (see --help)\n")
+
+
+def rank() -> int:
+    """This process's rank under torchrun (RANK), 0 otherwise."""
+    value = os.environ.get("RANK", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def rank_prefix() -> str:
+    """"rank N: " under torchrun, whose processes all report (the first to fail ends the others)."""
+    return f"rank {rank()}: " if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else ""
 
 
 def one_line(text: str, limit: int | None = None) -> str:
@@ -88,6 +100,6 @@ def run_script(parser: argparse.ArgumentParser, work, args, interrupted=lambda: 
         except KeyboardInterrupt:
             parser.exit(130, f"\n{interrupted()}\n")
     if failure is not None:
-        parser.exit(2, f"{prog}: error: {failure}\n")
-    for w in {one_line(str(w.message), CAUSE_LENGTH): w for w in caught}:
+        parser.exit(2, f"{prog}: {rank_prefix()}error: {failure}\n")
+    for w in {one_line(str(w.message), CAUSE_LENGTH): w for w in caught} if not rank() else ():
         print(f"{prog}: note: {w}", file=sys.stderr)

@@ -11,8 +11,8 @@ import os
 import sys
 import time
 
-from catalog import MEDMNIST_2D, MODELS, PAPER, RECIPE, known
-from errors import HelpFormatter, Parser, run_script
+from catalog import MEDMNIST_2D, MODELS, PAPER, PRECISIONS, RECIPE, known
+from errors import DataError, HelpFormatter, Parser, rank, run_script
 from settings import option, problems
 
 
@@ -78,6 +78,12 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="output folder (default: contents_<MODEL>)")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="training and per-epoch sampling: bf16 autocast, fp32, or auto: bf16 where this machine "
+                   "computes it natively and a short check shows it faster, else fp32 (speed.py)")
+    p.add_argument("--threads", default="auto", metavar="N|auto",
+                   help="CPU threads; auto: all cores this process may use, fewer while other processes keep "
+                   "them busy (a shared machine), or OMP_NUM_THREADS where it is set")
     p.add_argument("--seed", type=int, default=0, help="seeds the initialisation, the batches and the sample noise")
     p.add_argument("--num-samples", type=int, default=64, help="per-epoch grid size (COND class: 8 per class)")
     p.add_argument("--sample-every", type=int, default=1, metavar="E",
@@ -112,6 +118,8 @@ def check_args(args, p: Parser) -> None:
     for w in args.guidance_sweep or []:
         if not math.isfinite(w) or not 0 <= w <= 100:
             p.error(f"--guidance-sweep must be a finite number in 0..100, got {w}")
+    if args.threads != "auto" and not (args.threads.isdigit() and 1 <= int(args.threads) <= 1024):
+        p.error(f"--threads must be auto or a whole number in 1..1024, got {args.threads!r}")
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite contradict each other: pick one")
     if args.model != "COND" and (args.cond or args.guidance_sweep):
@@ -128,36 +136,60 @@ def check_args(args, p: Parser) -> None:
 
 
 def train(args, done: dict) -> None:
-    """The whole run, in a run folder locked for it (runfolder.py); done["epoch"] follows the last saved epoch."""
+    """The whole run, in a run folder locked for it (runfolder.py) by rank 0, the only one that writes
+    (torchrun: parallel.py); done["epoch"] follows the last saved epoch."""
+    from parallel import start, stop, world
     from runfolder import RunFolder
     from training import check_process
     check_process(args)
+    rank, size = world()
+    if size > 1 and args.batch_size < size:
+        raise DataError(f"--batch-size {args.batch_size} is smaller than the {size} processes that share "
+                         "each batch: use a larger --batch-size or fewer processes")
     folder = RunFolder(args.out or f"contents_{args.model}", args.resume, args.overwrite)
-    folder.check()
-    folder.lock()
+    if rank == 0:
+        folder.check()
+        folder.lock()
     try:
-        train_in(folder, args, done)
+        if size > 1:
+            from models import pick_device
+            args.device = str(start(pick_device(args.device)))
+        train_in(folder, args, done, rank, size)
     finally:
-        folder.release()
+        stop()
+        if rank == 0:
+            folder.release()
 
 
-def train_in(folder, args, done: dict) -> None:
+def train_in(folder, args, done: dict, rank: int = 0, size: int = 1) -> None:
     """Per epoch: batches (Alg. 1), a sample figure with its scores, then the epoch's checkpoint, logs
-    and grid saved together (all or nothing)."""
+    and grid saved together (all or nothing). rank, size: this process among torchrun's (parallel.py);
+    each trains on its rows of every batch, rank 0 (lead) alone samples, scores and writes."""
     import torch
 
-    from data import DataError, dataset_info
     from figures import save_forward_diffusion, save_schedules
     from files import save_atomic, write_json
-    from metrics import MaskScore, QualityScore
+    from parallel import batch_losses, rows, unwrap, wrap
     from progress import Progress
-    from training import EXPLODED, prepare, sample_and_score, sampling_setup, save_epoch, train_step
+    from speed import thread_policy
+    from training import (
+        CHECK_EVERY,
+        diverged,
+        judge,
+        pick_precision,
+        prepare,
+        sample_and_score,
+        sampling_setup,
+        save_epoch,
+        train_step,
+    )
     from transforms import augment
     from unet import count_parameters
 
-    out = folder.out
+    out, lead = folder.out, rank == 0
     device, train_set, held_out, config, model, optimizer, ema, state = prepare(args, out)
-    folder.clear()
+    if lead:
+        folder.clear()
     losses, metrics = state["losses"], state["metrics"]
     done["epoch"] = state["epoch"]
     if state["epoch"] >= args.epochs and not args.guidance_sweep:
@@ -170,32 +202,29 @@ def train_in(folder, args, done: dict) -> None:
     print(f"{args.model} with {type(model.eps_model).__name__} ({count_parameters(model.eps_model):,} parameters) "
           f"on {args.dataset} ({len(train_set.images)} images {tuple(train_set.images.shape[1:])}), "
           f"T={model.T}, device {device}, samples by {steps}, writing {out}/", flush=True)
-    score = None
-    judge = dataset_info(args.dataset).judge
-    if args.eval_samples and judge == "classifier" and train_set.labels is not None:
-        score = QualityScore(args.dataset, args.data_dir, image_size=args.image_size)
-    elif args.eval_samples and judge == "segmenter" and train_set.masks is not None:
-        score = MaskScore(args.data_dir, config["image_size"], channels=args.channels)
-    elif args.eval_samples:
-        print(f"no fid for {args.dataset}: metrics.py scores datasets with a judge in data.DATASETS (labelled ones "
-              "with a test split, folders with masks)")
-        config["eval_samples"] = 0  # draw the grid only
-    write_json(config, folder.path("config.json"))
     x_all = train_set.images.to(device)
     y_all = train_set.labels.to(device) if config["cond"] == "class" else None
     m_all = train_set.masks.to(device) if config["cond"] == "mask" else None
-    g = torch.Generator(device).manual_seed(args.seed)
-    save_forward_diffusion(model, x_all[:8], folder.path("forward_diffusion.png"), g)
-    save_schedules(args.n_T, args.schedule, args.betas, folder.path("schedules.png"))
+    N, B = len(x_all), args.batch_size
+    threads, why = thread_policy(args.threads)  # speed.py: precision and threads for this machine
+    pick_precision(args.precision, config, model, x_all[:B], y_all, m_all, lead, size)
+    print(f"precision {config['precision_used']} ({config['precision_why']}); {why}"
+          + (f"; {size} processes (torchrun) share each batch" if size > 1 else ""), flush=True)
+    score = judge(args, config, train_set) if lead else None
+    if lead:
+        write_json(config, folder.path("config.json"))
+        g = torch.Generator(device).manual_seed(args.seed)
+        save_forward_diffusion(model, x_all[:8], folder.path("forward_diffusion.png"), g)
+        save_schedules(args.n_T, args.schedule, args.betas, folder.path("schedules.png"))
     setup = sampling_setup(config, held_out)
     sampler = ema.model if ema is not None else model
-    N, B = len(x_all), args.batch_size
+    model.eps_model = wrap(model.eps_model, device, size)  # several processes: DDP averages the gradients
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         torch.manual_seed(args.seed + epoch)  # a resumed run draws what an uninterrupted one would
         model.train()
-        t0, epoch_losses = time.time(), []
+        t0, epoch_losses, pending = time.time(), [], []  # pending: losses not read back yet (no host sync)
         perm = torch.randperm(N, device=device)
-        bar = Progress(range(0, N, B), -(-N // B), f"epoch {epoch}/{args.epochs}", "batches")
+        bar = Progress(range(0, N, B), -(-N // B), f"epoch {epoch}/{args.epochs}", "batches", show=lead)
         for i in bar:
             idx = perm[i:i + B]
             cond = {k: v[idx] for k, v in (("y", y_all), ("mask", m_all)) if v is not None}
@@ -203,14 +232,24 @@ def train_in(folder, args, done: dict) -> None:
             if args.augment:
                 x0, mask = augment(x0, cond.get("mask"))
                 cond.update({"mask": mask} if mask is not None else {})
-            loss = train_step(model, optimizer, ema, x0, len(losses) + 1, args.lr, args.warmup, **cond)  # Alg. 1
-            if not math.isfinite(loss) or loss > EXPLODED:
-                raise DataError(f"the loss became {loss:.3g} at step {len(losses) + 1} (epoch {epoch}): training "
-                                f"diverged; lower --lr (now {args.lr:g}) or check the schedule and --theta0. "
-                                f"{finished(out, done['epoch'])}")
-            epoch_losses.append(loss)
-            losses.append((len(losses) + 1, epoch, epoch_losses[-1]))
+            pending.append(train_step(model, optimizer, ema, x0, len(losses) + len(pending) + 1, args.lr,
+                                      args.warmup, precision=config["precision_used"],
+                                      rows=rows(len(x0), rank, size), world=size, **cond))  # Alg. 1
+            if threads.update():
+                bar.note(threads=torch.get_num_threads())
+            if len(pending) < CHECK_EVERY and i + B < N:
+                continue
+            for loss in batch_losses(pending, size):  # the global batch's losses, one sync for all
+                if diverged(loss):
+                    raise DataError(f"the loss became {loss:.3g} at step {len(losses) + 1} (epoch {epoch}): "
+                                    f"training diverged; lower --lr (now {args.lr:g}) or check the schedule and "
+                                    f"--theta0. {finished(out, done['epoch'])}")
+                epoch_losses.append(loss)
+                losses.append((len(losses) + 1, epoch, loss))
+            pending = []
             bar.note(loss=f"{sum(epoch_losses[-50:]) / len(epoch_losses[-50:]):.4f}")
+        if not lead:
+            continue
         train_s, t0 = time.time() - t0, time.time()
         write_grid, row = None, {}
         if epoch % args.sample_every == 0 or epoch == args.epochs:
@@ -221,7 +260,8 @@ def train_in(folder, args, done: dict) -> None:
         done["epoch"] = epoch
         grid = f"{out}/image_ep{epoch:03d}.png, " if write_grid else f"{out}/"
         print(", ".join(f"{k} {v}" for k, v in metrics[-1].items()) + f" -> {grid}model.pth", flush=True)
-    for w in args.guidance_sweep or []:
+    model.eps_model = unwrap(model.eps_model)
+    for w in (args.guidance_sweep or []) if lead else []:
         sampler.guidance_scale = w
         write_grid, _ = sample_and_score(sampler, config, setup, device)
         save_atomic(write_grid, folder.path(f"guidance_w{w:g}.png"))
@@ -241,6 +281,8 @@ def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(args, parser)
+    if rank() > 0:  # torchrun: rank 0 alone reports progress
+        sys.stdout = open(os.devnull, "w")
     done = {"epoch": 0}  # the last epoch saved, for the message if the run is stopped
     out = args.out or f"contents_{args.model}"
     stopped = lambda: f"interrupted. {finished(out, done['epoch'])}"  # noqa: E731

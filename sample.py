@@ -23,6 +23,7 @@ from files import check_outputs, png_out, save_atomic
 from formats import list_images, read_resized
 from models import draw, load_checkpoint, model_from_checkpoint, pick_device
 from settings import SEED_MAX
+from speed import PRECISIONS, autocast, choose_precision, sampling_check
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reverse", action="store_true", help="also write FILE_reverse.png (x_t and x0_hat along the way)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights are saved")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="bf16 autocast, fp32, or auto: bf16 where native and a short check shows it faster (speed.py)")
     g = p.add_argument_group("inpainting (RePaint, Lugmayr et al. 2022)")
     g.add_argument("--inpaint", metavar="IMAGE", help="regenerate the --region of this image, keep the rest")
     g.add_argument("--region", metavar="MASK", help="an image of the region to regenerate (white) and keep (black)")
@@ -155,8 +158,13 @@ def run(args) -> None:
         sampler, f"sampler {sampler}")
     how += ", clipped x0" if model.clip_x0 else ""
     print(f"{n} samples from {args.checkpoint} (epoch {ckpt.get('epoch')}, {weights} weights) by {how}", flush=True)
-    x = draw(model, n, shape, sampler=sampler, steps=steps, eta=eta, generator=g, progress=True, record=record,
-             kept=kept, **{k: v.to(device) for k, v in cond.items()})
+    given = {k: v.to(device) for k, v in cond.items()}
+    check = sampling_check(model, torch.randn(n, *shape, device=device), **given)
+    precision, why = choose_precision(args.precision, device, check)
+    print(f"precision {precision} ({why})", flush=True)
+    with autocast(precision, device):
+        x = draw(model, n, shape, sampler=sampler, steps=steps, eta=eta, generator=g, progress=True, record=record,
+                 kept=kept, **given).float()
     save_samples(x.cpu(), cond, out)
     if record:
         save_reverse_process(kept, x.cpu(), model.T, os.path.splitext(out)[0] + "_reverse.png")

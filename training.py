@@ -13,30 +13,38 @@ from figures import class_grid_labels, mask_triplets, save_grid, save_loss_curve
 from files import commit, discard, stage, write_loss_csv, write_metrics_csv
 from metrics import lesion_dice
 from models import ARCHITECTURE, EMA, build_model, draw, load_checkpoint, load_weights, pick_device
+from parallel import from_rank0, unwrap
+from speed import PRECISIONS, autocast, choose_precision, training_check
 
 # Settings that change what training does: --resume refuses a change (the rest, e.g. --epochs, may change).
 TRAINING = ("lr", "warmup", "batch_size", "limit", "seed", "ema_decay", "p_uncond", "min_snr", "augment")
 
 
 EXPLODED = 1e3  # the eps-prediction loss starts near 1 (or 2 for an untrained net); far above it, training diverged
+CHECK_EVERY = 50  # steps between reading the losses back (one host sync) and checking them
 
 
-def train_step(model, optimizer, ema, x0: torch.Tensor, step: int, lr: float, warmup: int, **cond) -> float:
-    """Algorithm 1, one step, as main.py and bench.py train: the loss of a batch x0 (lines 2-5, DDPM.loss),
-    the warm-up learning rate of this step (1, 2, ...), backward, Adam, then the EMA of the weights.
-    Returns the loss; one that is not finite or above EXPLODED is returned without a step (divergence)."""
-    loss = model.loss(x0, **cond)
-    value = loss.item()
-    if not math.isfinite(value) or value > EXPLODED:
-        return value
+def train_step(model, optimizer, ema, x0: torch.Tensor, step: int, lr: float, warmup: int, *,
+               precision: str = "fp32", rows: slice | None = None, world: int = 1, **cond) -> torch.Tensor:
+    """Algorithm 1, one step, as main.py and bench.py train: the loss of a batch x0 (lines 2-5, DDPM.loss)
+    in `precision` (speed.py), the warm-up learning rate of this step (1, 2, ...), backward, Adam, then the
+    EMA of the weights. rows, world: this rank's rows of the batch and the number of ranks (parallel.py).
+    Returns the loss (this rank's share of it) as a tensor, not read back, so that no step waits for the host;
+    the caller checks it (diverged) every CHECK_EVERY steps."""
+    with autocast(precision, x0.device):
+        loss = model.loss(x0, rows=rows, **cond)
     for group in optimizer.param_groups:
         group["lr"] = warmup_lr(lr, warmup, step)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * world).backward()  # DDP averages the ranks' gradients: `world` times the shares' mean is the batch's
     optimizer.step()
     if ema is not None:
         ema.update(model)
-    return value
+    return loss.detach()
+
+
+def diverged(loss: float) -> bool:
+    return not math.isfinite(loss) or loss > EXPLODED
 
 
 def warmup_lr(lr: float, warmup: int, step: int) -> float:
@@ -78,6 +86,32 @@ def make_config(args, train_set) -> dict:
     return config
 
 
+def judge(args, config: dict, train_set):
+    """The per-epoch score of the samples (metrics.py): fid by a classifier for labelled data, by a
+    segmenter for data with masks; None (and eval_samples 0: the grid only) for data without a judge."""
+    from metrics import MaskScore, QualityScore
+    kind = dataset_info(args.dataset).judge
+    if args.eval_samples and kind == "classifier" and train_set.labels is not None:
+        return QualityScore(args.dataset, args.data_dir, image_size=args.image_size)
+    if args.eval_samples and kind == "segmenter" and train_set.masks is not None:
+        return MaskScore(args.data_dir, config["image_size"], channels=args.channels)
+    if args.eval_samples:
+        print(f"no fid for {args.dataset}: metrics.py scores datasets with a judge in data.DATASETS (labelled ones "
+              "with a test split, folders with masks)")
+        config["eval_samples"] = 0
+    return None
+
+
+def pick_precision(requested: str, config: dict, model, x0: torch.Tensor, y_all, m_all, lead: bool,
+                   size: int) -> None:
+    """config["precision_used"] and ["precision_why"] for --precision (speed.choose_precision), timed on the
+    first batch x0 by rank 0 and agreed by all ranks (parallel.from_rank0)."""
+    cond = {k: v[:len(x0)] for k, v in (("y", y_all), ("mask", m_all)) if v is not None}
+    precision, why = choose_precision(requested, x0.device, training_check(model, x0, **cond)) if lead else \
+        ("fp32", "rank 0 decides")
+    config.update(precision_used=from_rank0(precision, PRECISIONS, x0.device, size), precision_why=why)
+
+
 def sampling_setup(config: dict, held_out) -> dict:
     """The fixed conditions of the per-epoch draw: n samples, the first n_grid shown in the grid,
     the first eval_samples scored; class rows 0..K-1 (8 each) repeat, held-out masks cycle."""
@@ -100,8 +134,9 @@ def sample_and_score(model, config, setup, device, score=None) -> tuple:
     g = torch.Generator(device).manual_seed(config["seed"] + 1)
     cond = {k: v.to(device) for k, v in setup["cond"].items()}
     shape = (config["in_channels"], config["image_size"], config["image_size"])
-    x = draw(model, setup["n"], shape, sampler=config["sampler"], steps=config["sample_steps"],
-             eta=config.get("sample_eta", 0.0), generator=g, progress=True, **cond).cpu()
+    with autocast(config.get("precision_used", "fp32"), device):
+        x = draw(model, setup["n"], shape, sampler=config["sampler"], steps=config["sample_steps"],
+                 eta=config.get("sample_eta", 0.0), generator=g, progress=True, **cond).float().cpu()
     if not torch.isfinite(x).all():
         raise DataError("the samples of this epoch are not finite (NaN/inf): the network or the settings diverged")
     k = setup["n_grid"]
@@ -162,7 +197,7 @@ def save_epoch(folder, model, optimizer, ema, epoch: int, config: dict, losses: 
     """The epoch's files, all or nothing: the self-describing checkpoint model.pth, the grid, loss.csv,
     loss_curve.png and metrics.csv are written to temporary files first and renamed only when all
     were written, the checkpoint first. A full disk leaves the run as it was after the last epoch."""
-    state = {"model": model.eps_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+    state = {"model": unwrap(model.eps_model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
              "ema": ema.state_dict() if ema is not None else None,
              "config": config, "losses": losses, "metrics": metrics}
     l1 = config["model"] == "DDGM" and config["loss"] == "l1"
