@@ -1,30 +1,40 @@
-"""How fast the networks train and sample on this machine: python bench.py [--quick] [--quality].
+"""How fast the networks train and sample on this machine: python bench.py [--quick] [--compile]
+[--concurrent 2] [--quality].
 
-Prints a table and writes bench.json, all measured in this one run: the machine's matmul
-throughput (fp32, bf16), and per network at batch 128: training images/s (median over steps
-after warm-up; Algorithm 1 with Adam, as main.py trains), FLOPs per training image
-(torch.utils.flop_counter), the achieved GFLOP/s as a fraction of the matmul throughput, ms per
-sampling step for 64 images and the per-epoch grid's sampling time with the default sampler.
-When diffusers or denoising_diffusion_pytorch are installed, their U-Nets of about the default
-net's size are measured interleaved with ours and the ratios printed. --quality also trains every
-network on the same MNIST images with main.py's default recipe and scores 256 samples with
-metrics.py: the fid each reaches after the same number of images. --device cuda runs it all on a
-GPU (bf16 by autocast there). Nothing here is a test: no assertions.
+Prints tables and writes bench.json, all measured in this one run, on the CPU capability it prints:
+- the machine's matmul throughput (fp32, bf16) and whether it computes bf16 natively (speed.py);
+- per network at main.py's batch (32; --batch): training images/s (median over steps after warm-up,
+  taken in turn; Algorithm 1 with Adam, as main.py trains) in fp32 and, where native, bf16 autocast,
+  FLOPs per training image (torch.utils.flop_counter), the share of the matmul peak of the faster
+  precision, ms per sampling step for 64 images and the per-epoch grid's sampling time;
+- the training step's variants on the default U-Net: a host sync per step (loss.item(), as before),
+  fused and foreach Adam, channels_last, bf16, and with --compile torch.compile with its compile time;
+- --concurrent N: one epoch of main.py on 4,096 MNIST images alone, then N side by side (starts 1 s
+  apart), with fixed threads and with --threads auto: the share of solo speed each keeps;
+- --quality: time to a fid (peers.py): our default U-Net trains --images MNIST images with main.py's
+  recipe; every other network trains until its fid reaches ours, and the times are compared.
+Peers (diffusers, denoising_diffusion_pytorch, MONAI) are measured when installed. --device cuda runs
+it on a GPU. Nothing here is a test: no assertions.
 """
 import argparse
+import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from catalog import RECIPE, unet_widths_for
+from catalog import PRECISIONS, RECIPE, unet_widths_for
 from ddpm import DDPM, linear_beta_schedule
 from errors import Parser, run_script
 from files import write_json
+from peers import peers, time_to_fid
 from settings import SEED_MAX
+from speed import autocast, native_bf16
 from training import train_step
 from unet import NETWORKS, count_parameters
 
@@ -53,75 +63,48 @@ def matmul_gflops(dtype: torch.dtype, device: torch.device, n: int = 1024, secon
     return 2 * n ** 3 * count / (time.perf_counter() - start) / 1e9
 
 
-class Peer(torch.nn.Module):
-    """A peer U-Net wrapped to our call eps_model(x_t, t) -> eps."""
-
-    def __init__(self, net, diffusers: bool):
-        super().__init__()
-        self.net, self.diffusers = net, diffusers
-
-    def forward(self, x_t, t, **cond):
-        return self.net(x_t, t).sample if self.diffusers else self.net(x_t, t)
-
-
-def peers(channels: int) -> dict:
-    """Other projects' U-Nets of about our default net's size (150k parameters), if installed (not in
-    requirements.txt): three resolutions, one residual block each, attention at the middle one."""
-    found = {}
-    try:
-        from diffusers import UNet2DModel
-        found["diffusers UNet2DModel (12, 24, 24)"] = Peer(UNet2DModel(
-            sample_size=28, in_channels=channels, out_channels=channels, block_out_channels=(12, 24, 24),
-            down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4), True)
-    except ImportError:
-        pass
-    try:
-        from denoising_diffusion_pytorch import Unet
-        found["denoising_diffusion_pytorch Unet (dim 8)"] = Peer(Unet(dim=8, channels=channels, dim_mults=(1, 2, 2)),
-                                                                 False)
-    except ImportError:
-        pass
-    return found
-
-
-def train_step_fn(net, channels: int, batch: int, bf16: bool, device: torch.device = CPU):
-    """One Algorithm 1 step (loss, backward, Adam) on a fixed random batch; returns a callable."""
+def train_step_fn(net, channels: int, batch: int, precision: str = "fp32", device: torch.device = CPU,
+                  adam: dict | None = None, channels_last: bool = False, read_loss: bool = False):
+    """One Algorithm 1 step (loss, backward, Adam) on a fixed random batch, as main.py takes it; returns a
+    callable. adam: Adam's options (fused, foreach); read_loss: read the loss back every step (a host sync)."""
     model = DDPM(net, linear_beta_schedule(1000)).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4, foreach=True)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, **(adam or {}))
     x0 = torch.randn(batch, channels, 28, 28, device=device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+        x0 = x0.contiguous(memory_format=torch.channels_last)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            train_step(model, opt, None, x0, step=1, lr=1e-4, warmup=0)
+        loss = train_step(model, opt, None, x0, step=1, lr=1e-4, warmup=0, precision=precision)
+        return loss.item() if read_loss else loss
     return step
 
 
 def flops_per_image(net, channels: int, batch: int, device: torch.device = CPU) -> float:
     with FlopCounterMode(display=False) as counter:
-        train_step_fn(net, channels, batch, False, device)()
+        train_step_fn(net, channels, batch, device=device)()
     return counter.get_total_flops() / batch
 
 
 @torch.no_grad()
-def ms_per_sampling_step(net, channels: int, device: torch.device, n: int = 64, repeats: int = 5) -> float:
+def ms_per_sampling_step(net, channels: int, device: torch.device, precision: str, n: int = 64,
+                         repeats: int = 5) -> float:
     x, t = torch.randn(n, channels, 28, 28, device=device), torch.full((n,), 500, device=device)
-    net(x, t)
     times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
+    with autocast(precision, device):
         net(x, t)
-        sync(device)
-        times.append(time.perf_counter() - start)
+        for _ in range(repeats):
+            sync(device)
+            start = time.perf_counter()
+            net(x, t)
+            sync(device)
+            times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
-def interleaved_img_per_s(nets: dict, channels: int, batch: int, steps: int, warmup: int, bf16: bool,
-                          device: torch.device) -> dict:
-    """Median images/s per network, their steps taken in turn so that load affects all alike."""
-    fns = {name: train_step_fn(net, channels, batch, bf16, device) for name, net in nets.items()}
-    times = {name: [] for name in nets}
+def interleaved_img_per_s(fns: dict, batch: int, steps: int, warmup: int, device: torch.device) -> dict:
+    """Median images/s per step function, their steps taken in turn so that load affects all alike."""
+    times = {name: [] for name in fns}
     for i in range(warmup + steps):
         for name, fn in fns.items():
             sync(device)
@@ -135,7 +118,7 @@ def interleaved_img_per_s(nets: dict, channels: int, batch: int, steps: int, war
 
 def networks(channels: int) -> dict:
     """Every network of unet.NETWORKS as main.py builds it for 28x28 images (the U-Net with its default
-    widths), the U-Net with the old (paper-like) widths 32 64 64, and the peers."""
+    widths), the U-Net with the old (paper-like) widths 32 64 64, and the peers (peers.py)."""
     torch.manual_seed(0)
     config = {"in_channels": channels, "image_size": 28, "num_classes": 0, "cond_channels": 0,
               "unet_widths": list(DEFAULT_WIDTHS)}
@@ -146,35 +129,72 @@ def networks(channels: int) -> dict:
     return nets
 
 
-def fid_after(nets: dict, images: int, data_dir: str, device: torch.device, seed: int = 0) -> dict:
-    """Each network trained on the same `images` MNIST images (one shuffle, repeated if more than an epoch)
-    with main.py's default recipe (Algorithm 1 with min-SNR weights, Adam at RECIPE's lr with warm-up, EMA), then
-    256 DDIM samples (50 steps, eta 1, clipped x0, EMA weights) scored by metrics.py: {name: row}."""
-    from data import load_dataset
-    from metrics import QualityScore
-    from models import EMA
-    train = load_dataset("mnist", data_dir, train=True, download=False)
-    score = QualityScore("mnist", data_dir)
-    B, rows = RECIPE["batch_size"], {}
-    g = torch.Generator().manual_seed(seed)
-    order = torch.cat([torch.randperm(len(train.images), generator=g) for _ in range(-(-images // len(train.images)))])
-    x_all = train.images.to(device)
-    for name, net in nets.items():
-        torch.manual_seed(seed)
-        model = DDPM(net, linear_beta_schedule(1000), clip_x0=True, min_snr_gamma=RECIPE["min_snr"]).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=RECIPE["lr"])
-        ema = EMA(model, RECIPE["ema_decay"])
+def default_net(channels: int = 1):
+    torch.manual_seed(0)
+    return NETWORKS["unet"]({"in_channels": channels, "image_size": 28, "num_classes": 0, "cond_channels": 0,
+                             "unet_widths": list(DEFAULT_WIDTHS)})
+
+
+def step_variants(batch: int, steps: int, warmup: int, device: torch.device, bf16: bool, compile_: bool) -> dict:
+    """img/s of the default U-Net's training step as main.py takes it (fp32, no host sync) and its variants,
+    interleaved; with compile_ also torch.compile's (its compile time measured apart)."""
+    variants = {"main.py's step (fp32, loss read every 50 steps)": {},
+                "+ loss.item() every step (a host sync)": {"read_loss": True},
+                "Adam fused=True": {"adam": {"fused": True}}, "Adam foreach=True": {"adam": {"foreach": True}},
+                "channels_last": {"channels_last": True}}
+    if bf16:
+        variants.update({"bf16 autocast": {"precision": "bf16"},
+                         "bf16 autocast + Adam fused": {"precision": "bf16", "adam": {"fused": True}}})
+    fns = {name: train_step_fn(default_net(), 1, batch, device=device, **kw) for name, kw in variants.items()}
+    extra = {}
+    if compile_:
+        net = torch.compile(default_net())
+        fn = train_step_fn(net, 1, batch, device=device, precision="bf16" if bf16 else "fp32")
         sync(device)
         start = time.perf_counter()
-        for step, i in enumerate(range(0, images - B + 1, B), start=1):
-            loss = train_step(model, opt, ema, x_all[order[i:i + B].to(device)], step, RECIPE["lr"], RECIPE["warmup"])
+        fn()
+        fn()
         sync(device)
-        seconds = time.perf_counter() - start
-        samples = ema.model.ddim_sample(256, (1, 28, 28), 50, 1.0, torch.Generator(device).manual_seed(seed + 1))
-        rows[name] = {"train_seconds": seconds, "final_loss": loss, **score(samples.cpu())}
-        print(f"  {name:42s} {step * B} images in {seconds:6.1f} s: fid {rows[name]['fid']:.1f} "
-              f"(fid_real {rows[name]['fid_real']:.1f})", flush=True)
-    return rows
+        extra["compile_seconds"] = time.perf_counter() - start
+        fns[f"torch.compile ({'bf16' if bf16 else 'fp32'})"] = fn
+    return {"img_per_s": interleaved_img_per_s(fns, batch, steps, warmup, device), **extra}
+
+
+def concurrent(n: int, data_dir: str, limit: int = 4096) -> dict:
+    """One epoch of main.py DDPM on `limit` MNIST images (fp32, no scores) alone and n side by side, with the
+    threads fixed at the core count (as before --threads auto) and with --threads auto: train seconds each."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    main_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        def runs(k: int, threads: str, tag: str) -> list:
+            procs = []
+            for j in range(k):
+                out = os.path.join(tmp, f"{tag}{j}")
+                procs.append((subprocess.Popen([sys.executable, main_py, "DDPM", "--limit", str(limit), "--epochs", "1",
+                                                "--eval-samples", "0", "--num-samples", "8", "--precision", "fp32",
+                                                "--threads", threads, "--data-dir", data_dir, "--out", out],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env), out))
+                time.sleep(1.0)
+            seconds = []
+            for proc, out in procs:
+                _, err = proc.communicate()
+                if proc.returncode:
+                    raise RuntimeError(f"main.py failed in --concurrent: {err.decode().strip()[-300:]}")
+                with open(os.path.join(out, "metrics.csv")) as f:
+                    header, row = f.read().splitlines()[:2]
+                seconds.append(float(dict(zip(header.split(","), row.split(",")))["train_seconds"]))
+            return seconds
+        for threads in (str(cores), "auto"):
+            solo = runs(1, threads, f"solo{threads}")[0]
+            side = runs(n, threads, f"side{threads}")
+            results[f"--threads {threads}"] = {"solo_seconds": solo, "side_by_side_seconds": side,
+                                               "share_of_solo": [solo / s for s in side]}
+            print(f"  --threads {threads:5s}: alone {solo:5.1f} s; {n} side by side "
+                  + ", ".join(f"{s:.1f} s" for s in side) + " = "
+                  + ", ".join(f"{100 * solo / s:.0f} %" for s in side) + " of solo speed each", flush=True)
+    return results
 
 
 def main(argv=None) -> None:
@@ -187,10 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="bench.py", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="3 timed steps, 1 channel, 3 timed sampling steps")
     p.add_argument("--steps", type=int, help="timed training steps per network (default 20; --quick 3)")
-    p.add_argument("--quality", action="store_true", help="also train each network on --images MNIST images and "
-                   "print the fid it reaches (needs MNIST in --data-dir)")
-    p.add_argument("--images", type=int, default=60000, help="--quality: training images per network")
-    p.add_argument("--data-dir", default="./data", help="--quality: where MNIST is")
+    p.add_argument("--batch", type=int, default=RECIPE["batch_size"], help="training batch (main.py's default)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile on the default U-Net")
+    p.add_argument("--concurrent", type=int, metavar="N", help="also run N main.py epochs side by side (needs MNIST)")
+    p.add_argument("--quality", action="store_true", help="also race every network to our default's fid after "
+                   "--images MNIST images (needs MNIST in --data-dir)")
+    p.add_argument("--images", type=int, default=60000, help="--quality: our default network's training images")
+    p.add_argument("--every", type=int, default=10000, help="--quality: images between scores")
+    p.add_argument("--budget", type=float, default=3.0,
+                   help="--quality: other networks stop after this many times our training time")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="--quality: precision of every network (auto: as main.py chooses, per network)")
+    p.add_argument("--data-dir", default="./data", help="--quality, --concurrent: where MNIST is")
     p.add_argument("--seed", type=int, default=0, help="--quality: seeds the initialisation, batches and samples")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--out", default="bench.json")
@@ -200,54 +228,83 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args, p: argparse.ArgumentParser) -> None:
     if args.steps is not None and not 1 <= args.steps <= 1000:
         p.error("--steps must lie in 1..1000")
+    for key, low, high in (("batch", 1, 4096), ("concurrent", 2, 16), ("every", RECIPE["batch_size"], 10_000_000)):
+        if getattr(args, key) is not None and not low <= getattr(args, key) <= high:
+            p.error(f"--{key} must lie in {low}..{high}")
     if not RECIPE["batch_size"] <= args.images <= 10_000_000:
         p.error(f"--images must lie in {RECIPE['batch_size']}..10000000")
+    if not 1 <= args.budget <= 100:
+        p.error("--budget must lie in 1..100")
     if not 0 <= args.seed <= SEED_MAX:
         p.error(f"--seed must lie in 0..{SEED_MAX}")
     if not args.out.endswith(".json"):
         p.error(f"--out {args.out} must end in .json (bench.py writes its measurements there)")
     from models import pick_device
     device = pick_device(args.device)
-    if args.quality:  # fail now, not after the speed part: --quality needs MNIST on disk
+    if args.quality or args.concurrent:  # fail now, not after the speed part: they need MNIST on disk
         from data import load_dataset
         load_dataset("mnist", args.data_dir, train=True, download=False, limit=1)
-    steps = args.steps or (3 if args.quick else 20)
-    warmup = 1 if args.quick else 3
+    steps, warmup, B = args.steps or (3 if args.quick else 20), 1 if args.quick else 3, args.batch
+    native, why = native_bf16(device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {platform.processor() or platform.machine()}"
-    print(f"bench.py: torch {torch.__version__}, {torch.get_num_threads()} threads, {where}")
+    print(f"bench.py: torch {torch.__version__}, {torch.get_num_threads()} threads, {where}; native bf16: "
+          f"{'yes' if native else 'no'} ({why})")
     peak = {"fp32": matmul_gflops(torch.float32, device, seconds=0.5 if args.quick else 2),
-            "bf16": matmul_gflops(torch.bfloat16, device, n=256 if device.type == "cpu" else 1024, seconds=0.5)}
-    bf16_ok = peak["bf16"] > peak["fp32"]  # no native bf16 here: emulated bf16 is many times slower
-    print(f"matmul: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s"
-          + ("" if bf16_ok else " (no native bf16 on this CPU: bf16 training skipped)"))
+            "bf16": matmul_gflops(torch.bfloat16, device, n=1024 if native else 256, seconds=0.5)}
+    print(f"matmul 1024^2: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s"
+          + ("" if native else " (emulated, at 256^2: bf16 training skipped)"))
     results = {"machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": where,
-                           "matmul_gflops": peak}, "networks": []}
-    header = f"{'network':42s} {'C':>2s} {'params':>8s} {'MFLOP/img':>10s} {'img/s fp32':>10s} {'img/s bf16':>10s} " \
-             f"{'% fp32 peak':>11s} {'ms/step(64)':>11s} {'grid s':>7s}"
-    print(header)
+                           "native_bf16": native, "native_bf16_why": why, "matmul_gflops": peak}, "networks": [],
+               "batch": B}
+    print(f"training at batch {B}; % peak: of the matmul peak of the faster precision")
+    print(f"{'network':42s} {'C':>2s} {'params':>8s} {'MFLOP/img':>10s} {'img/s fp32':>10s} {'img/s bf16':>10s} "
+          f"{'% peak':>8s} {'ms/step(64)':>11s} {'grid s':>7s}")
     for channels in (1,) if args.quick else (1, 3):
         nets = {name: net.to(device) for name, net in networks(channels).items()}
-        fp32 = interleaved_img_per_s(nets, channels, 128, steps, warmup, False, device)
-        bf16 = interleaved_img_per_s(nets, channels, 128, steps, warmup, True, device) if bf16_ok else {}
+        speeds = {precision: interleaved_img_per_s({name: train_step_fn(net, channels, B, precision, device)
+                                                    for name, net in nets.items()}, B, steps, warmup, device)
+                  for precision in (("fp32", "bf16") if native else ("fp32",))}
         for name, net in nets.items():
             flops = flops_per_image(net, channels, 16, device)
-            ms = ms_per_sampling_step(net, channels, device, repeats=3 if args.quick else 10)
+            best = max(speeds, key=lambda precision: speeds[precision][name])
+            ms = ms_per_sampling_step(net, channels, device, best, repeats=3 if args.quick else 10)
             row = {"network": name, "channels": channels, "params": count_parameters(net), "flops_per_image": flops,
-                   "img_per_s_fp32": fp32[name], "img_per_s_bf16": bf16.get(name),
-                   "fraction_of_fp32_peak": fp32[name] * flops / 1e9 / peak["fp32"],
+                   "img_per_s_fp32": speeds["fp32"][name], "img_per_s_bf16": speeds.get("bf16", {}).get(name),
+                   "faster": best, "fraction_of_peak": speeds[best][name] * flops / 1e9 / peak[best],
                    "ms_per_sampling_step_64": ms, "grid_seconds_ddim50": 50 * ms / 1000}
             results["networks"].append(row)
-            print(f"{name:42s} {channels:2d} {row['params']:8d} {flops / 1e6:10.1f} {fp32[name]:10.0f} "
-                  f"{bf16[name] if name in bf16 else float('nan'):10.0f} {100 * row['fraction_of_fp32_peak']:10.0f}% "
+            print(f"{name:42s} {channels:2d} {row['params']:8d} {flops / 1e6:10.1f} {row['img_per_s_fp32']:10.0f} "
+                  f"{row['img_per_s_bf16'] or float('nan'):10.0f} {100 * row['fraction_of_peak']:3.0f}% {best} "
                   f"{ms:11.1f} {row['grid_seconds_ddim50']:7.1f}")
         for name in nets:
             if not name.startswith(("CNN", "UNet")):
-                print(f"  default UNet / {name}: {fp32[DEFAULT] / fp32[name]:.2f}x training img/s (fp32)")
-    print("grid s: 64 samples x 50 DDIM steps (main.py's per-epoch default) from ms/step")
+                ours, theirs = (max(v[n] for v in speeds.values()) for n in (DEFAULT, name))
+                print(f"  default UNet / {name}: {ours / theirs:.2f}x training img/s (each in its faster precision)")
+    print("grid s: 64 samples x 50 DDIM steps (main.py's per-epoch default) from ms/step, in the faster precision")
+    print(f"the training step of the default U-Net at batch {B}, variants taken in turn:")
+    variants = step_variants(B, steps, warmup, device, native, args.compile)
+    base = next(iter(variants["img_per_s"].values()))
+    for name, speed in variants["img_per_s"].items():
+        print(f"  {name:50s} {speed:7.0f} img/s  {speed / base:5.2f}x")
+    if "compile_seconds" in variants:
+        gain = 1 / base - 1 / list(variants["img_per_s"].values())[-1]  # seconds saved per image
+        print(f"  torch.compile took {variants['compile_seconds']:.0f} s; it pays back after "
+              + (f"{variants['compile_seconds'] / gain:,.0f} images" if gain > 0 else "never (no faster)"))
+    results["step_variants"] = variants
+    if args.concurrent:
+        print(f"{args.concurrent} runs of main.py side by side (one epoch, 4,096 MNIST images, fp32):")
+        results["concurrent"] = concurrent(args.concurrent, args.data_dir)
     if args.quality:
-        print(f"fid after {args.images} MNIST images with main.py's default recipe (256 DDIM samples, metrics.py):")
-        results["quality"] = fid_after(networks(1), args.images, args.data_dir, device, args.seed)
+        print(f"time to fid (peers.py): our default U-Net trains {args.images} MNIST images with main.py's recipe "
+              f"(batch {RECIPE['batch_size']}); the others until they reach its fid (256 DDIM samples, metrics.py):")
+        rows = time_to_fid(networks(1), DEFAULT, args.images, args.data_dir, device, seed=args.seed, every=args.every,
+                           budget=args.budget, precision=args.precision)
+        for name, row in rows.items():
+            ratio = f"{row['ratio_to_ours']:.2f}x ours" if row["ratio_to_ours"] else \
+                f"not reached in {row['trace'][-1]['train_seconds']:.0f} s (> {row['ratio_at_least']:.2f}x ours)"
+            print(f"  {name:42s} to fid {row['target_fid']:.1f}: {ratio}")
+        results["quality"] = rows
     write_json(results, args.out)
     print(f"wrote {args.out}")
 
