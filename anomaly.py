@@ -54,14 +54,18 @@ def reconstruct(model, x0: Tensor, t_lambda: int, sampler: str = "ddim", steps: 
 
 
 def gaussian_blur(m: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian smoothing of maps (N, H, W) with std sigma pixels (0: unchanged)."""
+    """Separable Gaussian smoothing of maps (N, H, W) or (N, D, H, W) with std sigma pixels (0: unchanged):
+    one 1D convolution along each spatial axis, edges replicated."""
     if sigma <= 0:
         return m
     r = max(1, math.ceil(3 * sigma))
     k = torch.exp(-torch.arange(-r, r + 1, dtype=m.dtype, device=m.device) ** 2 / (2 * sigma ** 2))
-    k = (k / k.sum()).view(1, 1, 1, -1)
-    x = F.conv2d(F.pad(m[:, None], (r, r, 0, 0), mode="replicate"), k)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.transpose(2, 3))[:, 0]
+    k = (k / k.sum()).view(1, 1, -1)
+    for axis in range(1, m.dim()):
+        lines = m.movedim(axis, -1)
+        flat = F.pad(lines.reshape(-1, 1, lines.shape[-1]), (r, r), mode="replicate")
+        m = F.conv1d(flat, k).reshape(lines.shape).movedim(-1, axis)
+    return m
 
 
 def anomaly_maps(model, x0: Tensor, t_lambda: int, sampler: str, steps: int, eta: float, repeats: int,
@@ -206,14 +210,26 @@ def test_scans(args, config: dict) -> tuple:
         return load_dataset("folder", args.data_dir, train=True, image_size=size, channels=C), None, None
     if C != 1:
         raise DataError(f"the phantoms are grayscale and this model takes {C} channels")
-    from synthetic import make_phantom
+    from synthetic import make_phantom, make_phantom3d
+    volumes = args.dataset.startswith("phantom3d")
+    if volumes != (config.get("dims", 2) == 3):
+        raise DataError(f"--dataset {args.dataset} holds {'volumes' if volumes else 'images'} and this model was "
+                        f"trained on {'images' if volumes else 'volumes'}: use --dataset "
+                        f"{'phantom-anomaly' if volumes else 'phantom3d-anomaly'}")
+    make = make_phantom3d if volumes else make_phantom  # the same phantoms, in 3D
     lesion = DATASETS[args.dataset].lesion
-    test = make_phantom(args.n, size, seed=1, lesion=lesion)
+    test = make(args.n, size, seed=1, lesion=lesion)
     if lesion == "none":
         return test, None, None
-    val = make_phantom(args.n_val, size, seed=VALIDATION_SEED, lesion=lesion)
-    healthy_mean = make_phantom(2048, size, seed=0, lesion="none").images.mean(0)
+    val = make(args.n_val, size, seed=VALIDATION_SEED, lesion=lesion)
+    healthy_mean = make(2048 if not volumes else 512, size, seed=0, lesion="none").images.mean(0)
     return test, val, healthy_mean
+
+
+def axial(*tensors) -> list:
+    """Volumes (N, C, D, H, W) and maps (N, D, H, W) by their axial mid-slice, for the 2D figure; images as they are."""
+    volumes = tensors[0].dim() == 5
+    return [t if t is None or not volumes else t.select(t.dim() - 3, t.shape[-3] // 2) for t in tensors]
 
 
 def run(args) -> None:
@@ -263,7 +279,7 @@ def run(args) -> None:
     print(f"{len(test.images)} {args.dataset} scans: noise to t_lambda={t_lambda} of T={model.T}, denoise by {how}"
           f"{told}, {args.repeats} draws per map, Gaussian smoothing sigma {args.smooth:g} px", flush=True)
     test_map, recs = maps_at(t_lambda, test.images, "test scans")
-    save_anomaly_figure(test.images, recs, test_map, test.masks, out, rows=FIGURE_ROWS)
+    save_anomaly_figure(*axial(test.images, recs, test_map, test.masks), out, rows=FIGURE_ROWS)
     if val is None or test.masks is None:
         print(f"wrote {out} (scan | reconstruction | anomaly map | true mask outline); no score: "
               f"{args.dataset} has no validation split with lesion masks", flush=True)

@@ -9,10 +9,11 @@ Prints tables and writes bench.json, all measured in this one run, on the CPU ca
   precision, ms per sampling step for 64 images and the per-epoch grid's sampling time;
 - the training step's variants on the default U-Net: a host sync per step (loss.item(), as before),
   fused and foreach Adam, channels_last, bf16, and with --compile torch.compile with its compile time;
+- the 3D U-Net on 32^3 volumes (--dataset phantom3d): volumes/s, FLOPs per volume, ms per sampling step;
 - --concurrent N: one epoch of main.py on 4,096 MNIST images alone, then N side by side (starts 1 s
   apart), with fixed threads and with --threads auto: the share of solo speed each keeps;
 - --quality: time to a fid (peers.py): our default U-Net trains --images MNIST images with main.py's
-  recipe; every other network trains until its fid reaches ours, and the times are compared.
+  recipe; every peer trains until its fid reaches ours, and the times are compared.
 Peers (diffusers, denoising_diffusion_pytorch, MONAI) are measured when installed. --device cuda runs
 it on a GPU. Nothing here is a test: no assertions.
 """
@@ -160,6 +161,33 @@ def step_variants(batch: int, steps: int, warmup: int, device: torch.device, bf1
     return {"img_per_s": interleaved_img_per_s(fns, batch, steps, warmup, device), **extra}
 
 
+def volumes(device: torch.device, native: bool, steps: int, warmup: int, batch: int = 8, side: int = 32) -> dict:
+    """The 3D U-Net as main.py builds it for --dataset phantom3d (side^3 volumes, the widths of unet_widths_for):
+    training volumes/s at `batch` (fp32, and bf16 where native), FLOPs per volume, ms per sampling step for 8."""
+    torch.manual_seed(0)
+    net = NETWORKS["unet"]({"in_channels": 1, "image_size": side, "num_classes": 0, "cond_channels": 0, "dims": 3,
+                            "unet_widths": list(unet_widths_for(side))}).to(device)
+    model = DDPM(net, linear_beta_schedule(1000)).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    x0 = torch.randn(batch, 1, side, side, side, device=device)
+    fns = {p: (lambda p=p: train_step(model, opt, None, x0, 1, 1e-4, 0, precision=p))
+           for p in (("fp32", "bf16") if native else ("fp32",))}
+    speed = interleaved_img_per_s(fns, batch, steps, warmup, device)
+    with FlopCounterMode(display=False) as counter:
+        fns["fp32"]()
+    best = max(speed, key=speed.get)
+    x, t = torch.randn(8, 1, side, side, side, device=device), torch.full((8,), 500, device=device)
+    with torch.no_grad(), autocast(best, device):
+        net(x, t)
+        sync(device)
+        start = time.perf_counter()
+        net(x, t)
+        sync(device)
+    return {"widths": list(unet_widths_for(side)), "side": side, "batch": batch, "params": count_parameters(net),
+            "flops_per_volume": counter.get_total_flops() / batch, "volumes_per_s": speed, "faster": best,
+            "ms_per_sampling_step_8": 1000 * (time.perf_counter() - start)}
+
+
 def concurrent(n: int, data_dir: str, limit: int = 4096) -> dict:
     """One epoch of main.py DDPM on `limit` MNIST images (fp32, no scores) alone and n side by side, with the
     threads fixed at the core count (as before --threads auto) and with --threads auto: train seconds each."""
@@ -287,18 +315,28 @@ def run(args, p: argparse.ArgumentParser) -> None:
     base = next(iter(variants["img_per_s"].values()))
     for name, speed in variants["img_per_s"].items():
         print(f"  {name:50s} {speed:7.0f} img/s  {speed / base:5.2f}x")
-    if "compile_seconds" in variants:
-        gain = 1 / base - 1 / list(variants["img_per_s"].values())[-1]  # seconds saved per image
-        print(f"  torch.compile took {variants['compile_seconds']:.0f} s; it pays back after "
-              + (f"{variants['compile_seconds'] / gain:,.0f} images" if gain > 0 else "never (no faster)"))
+    if "compile_seconds" in variants:  # against the eager step of the same precision
+        speeds = variants["img_per_s"]
+        eager = speeds["bf16 autocast" if native else next(iter(speeds))]
+        gain = 1 / eager - 1 / list(speeds.values())[-1]  # seconds saved per image
+        payback = f"after {variants['compile_seconds'] / gain:,.0f} images" if gain > 0 else "never (no faster)"
+        print(f"  torch.compile took {variants['compile_seconds']:.0f} s; against the same step uncompiled, it pays "
+              f"back {payback}")
     results["step_variants"] = variants
+    v = volumes(device, native, max(2, steps // 4), 1)
+    print(f"3D U-Net {tuple(v['widths'])} on {v['side']}^3 volumes (--dataset phantom3d), batch {v['batch']}: "
+          f"{v['params']:,} parameters, {v['flops_per_volume'] / 1e9:.1f} GFLOP per training volume, "
+          + ", ".join(f"{s:.1f} volumes/s {p}" for p, s in v["volumes_per_s"].items())
+          + f"; {v['ms_per_sampling_step_8']:.0f} ms per sampling step for 8 volumes ({v['faster']})")
+    results["volumes"] = v
     if args.concurrent:
         print(f"{args.concurrent} runs of main.py side by side (one epoch, 4,096 MNIST images, fp32):")
         results["concurrent"] = concurrent(args.concurrent, args.data_dir)
     if args.quality:
         print(f"time to fid (peers.py): our default U-Net trains {args.images} MNIST images with main.py's recipe "
               f"(batch {RECIPE['batch_size']}); the others until they reach its fid (256 DDIM samples, metrics.py):")
-        rows = time_to_fid(networks(1), DEFAULT, args.images, args.data_dir, device, seed=args.seed, every=args.every,
+        racers = {name: net for name, net in networks(1).items() if name == DEFAULT or name in peers(1)}
+        rows = time_to_fid(racers, DEFAULT, args.images, args.data_dir, device, seed=args.seed, every=args.every,
                            budget=args.budget, precision=args.precision)
         for name, row in rows.items():
             ratio = f"{row['ratio_to_ours']:.2f}x ours" if row["ratio_to_ours"] else \

@@ -13,6 +13,8 @@ MODELS = ("DDPM", "DDGM", "COND")
 PRECISIONS = ("auto", "fp32", "bf16")  # --precision (speed.py)
 MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
                "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
+MEDMNIST_3D = ("organmnist3d", "nodulemnist3d", "adrenalmnist3d", "fracturemnist3d", "vesselmnist3d",
+               "synapsemnist3d")  # volumes (N, 28, 28, 28)
 REGISTRIES = {"schedule": ("ddpm", "SCHEDULES"), "sampler": ("ddpm", "SAMPLERS"), "net": ("unet", "NETWORKS"),
               "dataset": ("data", "DATASETS")}
 
@@ -34,7 +36,7 @@ def known(key: str) -> tuple:
     module, registry = REGISTRIES[key]
     loaded = sys.modules.get(module)
     names = tuple(getattr(loaded, registry)) if loaded is not None else registered(module, registry)
-    return (*names, *MEDMNIST_2D) if key == "dataset" else names
+    return (*names, *MEDMNIST_2D, *MEDMNIST_3D) if key == "dataset" else names
 
 
 # The defaults, chosen by measurement on a 2-core CPU (README, "How the defaults were chosen"): digits

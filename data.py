@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from catalog import MEDMNIST_2D
+from catalog import MEDMNIST_2D, MEDMNIST_3D
 from datatypes import Dataset, normalize_to_neg_one_to_one
 from errors import DataError, one_line
 from formats import IMAGE_EXTENSIONS, MAX_VALUES, list_images, parse_csv_rows, read_idx, read_npz, read_resized
@@ -103,9 +103,9 @@ def load_mnist(data_dir: str, train: bool = True, download: bool = True, limit: 
     return Dataset(uint8_to_images(images), check_labels(labels, raw), None)
 
 
-def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool = True,
-                  limit: int | None = None) -> Dataset:
-    """A 2D MedMNIST subset from data_dir/<name>.npz (keys train_images, train_labels, ...)."""
+def medmnist_split(name: str, data_dir: str, train: bool, download: bool, limit: int | None) -> tuple:
+    """(images, labels, path) of one split of data_dir/<name>.npz (keys train_images, train_labels, ...),
+    downloaded if missing, every split checked (check_splits)."""
     path = os.path.join(data_dir, f"{name}.npz")
     if not os.path.isfile(path):
         err = try_download(lambda: download_medmnist(name, data_dir), data_dir) if download else "download disabled"
@@ -117,7 +117,13 @@ def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool =
     if f"{split}_images" not in arrays or f"{split}_labels" not in arrays:
         raise DataError(f"{path} is not a MedMNIST .npz: it has no {split}_images/{split}_labels arrays")
     check_splits(arrays, path)
-    images, labels = arrays[f"{split}_images"][:limit], arrays[f"{split}_labels"][:limit]
+    return arrays[f"{split}_images"][:limit], arrays[f"{split}_labels"][:limit], path
+
+
+def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool = True,
+                  limit: int | None = None) -> Dataset:
+    """A 2D MedMNIST subset from data_dir/<name>.npz (keys train_images, train_labels, ...)."""
+    images, labels, path = medmnist_split(name, data_dir, train, download, limit)
     if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
         images = images.transpose(0, 2, 3, 1)  # channels first (N, C, H, W) -> MedMNIST's (N, H, W, C)
     if images.ndim == 4 and images.shape[3] == 1:
@@ -128,6 +134,19 @@ def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool =
                         f"got {images.dtype} {images.shape} and {labels.shape}")
     labels = labels.reshape(len(labels), -1)[:, 0]  # (N, 1) -> (N,); multi-label sets: the first label
     return Dataset(uint8_to_images(images), check_labels(labels, path), None)
+
+
+def load_medmnist3d(name: str, data_dir: str, train: bool = True, download: bool = True,
+                    limit: int | None = None) -> Dataset:
+    """A MedMNIST 3D subset (organmnist3d, ...) from data_dir/<name>.npz: uint8 volumes (N, D, H, W),
+    28^3 (64^3 in MedMNIST+), and labels (N, 1), as float volumes (N, 1, D, H, W) in [-1, 1]."""
+    images, labels, path = medmnist_split(name, data_dir, train, download, limit)
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0 or len(images) != len(labels) \
+            or len(set(images.shape[1:])) != 1:
+        raise DataError(f"{path}: expected uint8 cubic volumes (N, D, H, W) and N labels, "
+                        f"got {images.dtype} {images.shape} and {labels.shape}")
+    x = normalize_to_neg_one_to_one(torch.from_numpy(images.astype(np.float32) / 255)[:, None])
+    return Dataset(x, check_labels(labels.reshape(len(labels), -1)[:, 0], path), None)
 
 
 def check_splits(arrays: dict, path: str) -> None:
@@ -215,12 +234,12 @@ def load_dataset(name: str, data_dir: str = "data", train: bool = True, image_si
     limit: the first N images only, read without the rest where the format allows."""
     data = read_dataset(name, data_dir, train, image_size, channels, data_path, download, limit)
     data = Dataset(*(None if a is None else a[:limit] for a in data))
-    N, C, H, W = data.images.shape  # count, channels, height, width
+    N, C, *sides = data.images.shape  # count, channels, then H, W (volumes: D, H, W)
     if N == 0:
         raise DataError(f"{name}: no images to {'train on' if train else 'hold out'}")
-    if H != W:
-        raise DataError(f"{name}: images are {H}x{W}; this project trains on square images "
-                        "(--dataset folder resizes to --image-size)")
+    if len(set(sides)) != 1:
+        raise DataError(f"{name}: images are {'x'.join(map(str, sides))}; this project trains on square images "
+                        "and cubic volumes (--dataset folder resizes to --image-size)")
     return data
 
 
@@ -252,6 +271,13 @@ def read_phantom(lesion: str):
     return read
 
 
+def read_phantom3d(lesion: str):
+    def read(train, image_size, **_):
+        from synthetic import make_phantom3d
+        return make_phantom3d(n=512 if train else 64, size=image_size, seed=0 if train else 1, lesion=lesion)
+    return read
+
+
 def read_folder(data_dir, train, image_size, channels, limit, **_):
     return load_folder(data_dir, image_size, channels, train, limit)
 
@@ -268,22 +294,27 @@ DATASETS = {
     "phantom": DatasetInfo(read_phantom("bright"), size=64, masks=True, lesion="bright"),
     "phantom-healthy": DatasetInfo(read_phantom("none"), size=64, lesion="none"),
     "phantom-anomaly": DatasetInfo(read_phantom("hidden"), size=64, masks=True, lesion="hidden"),
+    "phantom3d": DatasetInfo(read_phantom3d("bright"), size=32, masks=True, lesion="bright"),
+    "phantom3d-healthy": DatasetInfo(read_phantom3d("none"), size=32, lesion="none"),
+    "phantom3d-anomaly": DatasetInfo(read_phantom3d("hidden"), size=32, masks=True, lesion="hidden"),
     "folder": DatasetInfo(read_folder, size=64, masks=True, judge="segmenter"),
     "csv": DatasetInfo(read_csv, size=28),
 }
 
 
 def read_medmnist(name: str):
-    return lambda data_dir, train, download, limit, **_: load_medmnist(name, data_dir, train, download, limit)
+    load = load_medmnist3d if name in MEDMNIST_3D else load_medmnist
+    return lambda data_dir, train, download, limit, **_: load(name, data_dir, train, download, limit)
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """The registry entry of a dataset name (a MedMNIST 2D subset by its name too), or DataError listing them."""
+    """The registry entry of a dataset name (a MedMNIST 2D or 3D subset by its name too), or DataError listing
+    them. The 3D subsets have no judge yet: no fid for volumes."""
     if name in DATASETS:
         return DATASETS[name]
-    if name in MEDMNIST_2D:
-        return DatasetInfo(read_medmnist(name), judge="classifier")
-    raise DataError(f"unknown dataset {name!r}: choose one of {', '.join([*DATASETS, *MEDMNIST_2D])}")
+    if name in MEDMNIST_2D or name in MEDMNIST_3D:
+        return DatasetInfo(read_medmnist(name), judge="classifier" if name in MEDMNIST_2D else None)
+    raise DataError(f"unknown dataset {name!r}: choose one of {', '.join([*DATASETS, *MEDMNIST_2D, *MEDMNIST_3D])}")
 
 
 def read_dataset(name, data_dir, train, image_size, channels, data_path, download, limit) -> Dataset:

@@ -7,9 +7,9 @@ from torch import Tensor
 
 
 class Dataset(NamedTuple):
-    images: Tensor              # (N, C, H, W) float in [-1, 1]
+    images: Tensor              # (N, C, H, W) float in [-1, 1]; volumes (N, C, D, H, W)
     labels: Tensor | None       # (N,) long
-    masks: Tensor | None        # (N, 1, H, W) float in {0, 1}
+    masks: Tensor | None        # (N, 1, H, W) float in {0, 1}; volumes (N, 1, D, H, W)
 
 
 def normalize_to_neg_one_to_one(x: Tensor) -> Tensor:

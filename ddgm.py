@@ -30,7 +30,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ddpm import DDPM
+from ddpm import DDPM, extract
 
 
 class DDGM(DDPM):
@@ -67,8 +67,8 @@ class DDGM(DDPM):
         step=False: (gbar_t - kbar_t theta_t) / sqrt(1 - alpha_bar_t), gbar_t ~ Gamma(kbar_t, theta_t);
         step=True:  (g_t - k_t theta_t) / sqrt(beta_t),                 g_t ~ Gamma(k_t, theta_t).
         Both have mean 0 and variance 1 (sqrt(k theta^2) is the exact std); drawn in float64."""
-        k = (self.k if step else self.k_bar)[t].view(-1, 1, 1, 1).expand(x.shape).contiguous()
-        theta = self.theta[t].view(-1, 1, 1, 1)
+        k = extract(self.k if step else self.k_bar, t, x).expand(x.shape).contiguous()
+        theta = extract(self.theta, t, x)
         g = torch._standard_gamma(k, generator=generator) * theta           # g ~ Gamma(k, theta)
         return ((g - k * theta) / (k.sqrt() * theta)).to(x.dtype)
 

@@ -41,9 +41,10 @@ SCHEDULES = {
 }
 
 
-def extract(a: Tensor, t: Tensor) -> Tensor:
-    """a[t] for a (T,) schedule and (B,) indices, shaped (B, 1, 1, 1) to broadcast on images."""
-    return a[t].view(-1, 1, 1, 1)
+def extract(a: Tensor, t: Tensor, x: Tensor) -> Tensor:
+    """a[t] for a (T,) schedule and (B,) indices, shaped (B, 1, ..., 1) to broadcast on x: images
+    (B, C, H, W) or volumes (B, C, D, H, W) alike, by x's own rank."""
+    return a[t].view(-1, *[1] * (x.dim() - 1))
 
 
 def repaint_times(T: int, jump_length: int, jump_count: int) -> list:
@@ -103,11 +104,12 @@ class DDPM(nn.Module):
 
     def q_step(self, x_prev: Tensor, t: Tensor, z: Tensor) -> Tensor:
         """Eq. (2), one forward step: x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) z, z = noise_like(step=True)."""
-        return (1 - extract(self.beta, t)).sqrt() * x_prev + extract(self.beta, t).sqrt() * z
+        beta = extract(self.beta, t, x_prev)
+        return (1 - beta).sqrt() * x_prev + beta.sqrt() * z
 
     def q_sample(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """Eq. (4): x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps. x0: (B, C, H, W)."""
-        alpha_bar = extract(self.alpha_bar, t)
+        """Eq. (4): x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps. x0: (B, C, H, W) or (B, C, D, H, W)."""
+        alpha_bar = extract(self.alpha_bar, t, x0)
         return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
 
     def eps_loss(self, eps_hat: Tensor, eps: Tensor) -> Tensor:
@@ -141,21 +143,22 @@ class DDPM(nn.Module):
     def p_sample_step(self, x_t: Tensor, t: Tensor, eps_hat: Tensor, z: Tensor) -> Tensor:
         """Alg. 2 line 4: x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_hat)
         + sigma_t z, with z ignored at the last step (paper t = 1, index 0)."""
-        alpha, beta, alpha_bar = (extract(a, t) for a in (self.alpha, self.beta, self.alpha_bar))
+        alpha, beta, alpha_bar = (extract(a, t, x_t) for a in (self.alpha, self.beta, self.alpha_bar))
         mean = (x_t - beta / (1 - alpha_bar).sqrt() * eps_hat) / alpha.sqrt()
-        sigma = extract(self.sigma2, t).sqrt() * (t > 0).view(-1, 1, 1, 1)
+        noise_on = (t > 0).view(-1, *[1] * (x_t.dim() - 1))  # no z at the last step
+        sigma = extract(self.sigma2, t, x_t).sqrt() * noise_on
         return mean + sigma * z
 
     def predict_x0(self, x_t: Tensor, t: Tensor, eps_hat: Tensor) -> Tensor:
         """Eq. (15): x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t), the network's
         current estimate of x_0 (Song et al. eq. 12 calls it the "predicted x_0")."""
-        alpha_bar = extract(self.alpha_bar, t)
+        alpha_bar = extract(self.alpha_bar, t, x_t)
         return (x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt()
 
     def clip_eps(self, x_t: Tensor, t: Tensor, eps_hat: Tensor) -> Tensor:
         """Not in Alg. 2, but in the authors' released sampler: clip x0_hat (eq. 15) to [-1, 1] and return
         the eps that matches it; line 4 then yields the posterior mean mu_tilde(x_t, x0) of eq. (7)."""
-        alpha_bar = extract(self.alpha_bar, t)
+        alpha_bar = extract(self.alpha_bar, t, x_t)
         x0 = self.predict_x0(x_t, t, eps_hat).clamp(-1, 1)
         return (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
 
@@ -232,7 +235,7 @@ class DDPM(nn.Module):
         """Song et al. eq. (12), from index t to index t_prev < t (-1 means x_0, alpha_bar_0 = 1):
         x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps_hat + sigma z, with a = alpha_bar
         and eq. (16): sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev)."""
-        a_t = extract(self.alpha_bar, t)
+        a_t = extract(self.alpha_bar, t, x_t)
         a_prev = self.alpha_bar[t_prev] if t_prev >= 0 else self.alpha_bar.new_tensor(1.0)
         x0_hat = self.predict_x0(x_t, t, eps_hat)                                 # "predicted x_0"
         sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()  # eq. (16)

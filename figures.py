@@ -19,10 +19,29 @@ def make_grid(x: Tensor, nrow: int = 8, pad: int = 2) -> Tensor:
     return grid
 
 
+def mid_slices(x: Tensor) -> Tensor:
+    """Volumes (N, C, D, H, W) as their three orthogonal mid-slices, axial (the middle of D), coronal
+    (of H) and sagittal (of W), one after the other per volume: (3N, C, S, S) for cubes of side S."""
+    N, C, D, H, W = x.shape  # count, channels, depth, height, width
+    return torch.stack([x[:, :, D // 2], x[:, :, :, H // 2], x[:, :, :, :, W // 2]], dim=1).flatten(0, 1)
+
+
+def save_slice_strip(x: Tensor, path: str, rows: int = 4, slices: int = 8) -> None:
+    """The first `rows` volumes (N, C, D, H, W) in [-1, 1], one per row, by `slices` axial slices evenly spaced
+    through D (z = ... above the columns): what a radiologist scrolls through."""
+    D = x.shape[2]
+    z = [int((j + 0.5) * D / slices) for j in range(slices)]
+    strip = x[:rows, :, z].transpose(1, 2).flatten(0, 1)  # (rows * slices, C, H, W)
+    save_grid(strip, path, nrow=slices, col_labels=[f"z={k}" for k in z])
+
+
 def save_grid(x: Tensor, path: str, nrow: int = 8, col_labels=None, row_labels=None) -> None:
     """Images (N, C, H, W) in [-1, 1] as one PNG grid (8-bit), mapped back to [0, 1]. col_labels /
-    row_labels: text written above the columns / left of the rows (e.g. t = ..., the class)."""
+    row_labels: text written above the columns / left of the rows (e.g. t = ..., the class).
+    Volumes (N, C, D, H, W) are shown as their mid-slices (mid_slices), three columns per volume."""
     from PIL import Image
+    if x.dim() == 5:
+        x, nrow = mid_slices(x), 3 * nrow
     grid = make_grid(unnormalize_to_zero_to_one(x.float().cpu()), nrow)
     pixels = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
@@ -64,16 +83,21 @@ def forward_diffusion_grid(model, x0: Tensor, generator=None, columns: int = 11)
 
 
 def save_forward_diffusion(model, x0: Tensor, path: str, generator=None, columns: int = 11) -> None:
-    """One row per training image x0 (B, C, H, W), one column per timestep."""
+    """One row per training image x0 (B, C, H, W), one column per timestep; volumes (B, C, D, H, W)
+    by their axial mid-slice."""
     T = model.T
     labels = ["t=0", *(f"t={round(j * T / (columns - 1))}" for j in range(1, columns))]
-    save_grid(forward_diffusion_grid(model, x0, generator, columns).flatten(0, 1), path, nrow=columns,
-              col_labels=labels)
+    grid = forward_diffusion_grid(model, x0, generator, columns).flatten(0, 1)
+    grid = grid[:, :, grid.shape[2] // 2] if grid.dim() == 5 else grid  # volumes: the axial mid-slice
+    save_grid(grid, path, nrow=columns, col_labels=labels)
 
 
 def mask_triplets(x: Tensor, masks: Tensor) -> Tensor:
     """For samples x (N, C, H, W) in [-1, 1] and masks (N, 1, H, W) in {0, 1}: (3N, 3, H, W) in
-    [-1, 1] ordered mask | generated image | image with the mask outline in red."""
+    [-1, 1] ordered mask | generated image | image with the mask outline in red. Volumes: the same
+    for each of their three mid-slices (9N images)."""
+    if x.dim() == 5:
+        x, masks = mid_slices(x), mid_slices(masks)
     image = x.clamp(-1, 1).expand(-1, 3, -1, -1) if x.shape[1] == 1 else x.clamp(-1, 1)
     eroded = -F.max_pool2d(-masks, 3, stride=1, padding=1)
     outline = (masks - eroded) > 0.5                             # (N, 1, H, W)
@@ -159,8 +183,8 @@ def save_reverse_process(kept: list, x0: Tensor, T: int, path: str, rows: int = 
     rows = min(rows, x0.shape[0])
     cols = len(kept) + 1
     fig, axes = plt.subplots(2 * rows, cols, figsize=(1.1 * cols, 2.3 * rows), squeeze=False)
-    def show(ax, img):
-        img = unnormalize_to_zero_to_one(img.float())
+    def show(ax, img):  # a volume (C, D, H, W) by its axial mid-slice
+        img = unnormalize_to_zero_to_one(img.float() if img.dim() == 3 else img[:, img.shape[1] // 2].float())
         ax.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])

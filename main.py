@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from catalog import MEDMNIST_2D, MODELS, PAPER, PRECISIONS, RECIPE, known
+from catalog import MEDMNIST_2D, MEDMNIST_3D, MODELS, PAPER, PRECISIONS, RECIPE, known
 from errors import DataError, HelpFormatter, Parser, rank, run_script
 from settings import option, problems
 
@@ -29,8 +29,8 @@ def build_parser() -> Parser:
                formatter_class=HelpFormatter)
     p.add_argument("model", type=str.upper, choices=MODELS, metavar="MODEL", help="DDPM, DDGM or COND")
     p.add_argument("--dataset", default="mnist", metavar="NAME",
-                   help=f"{', '.join(n for n in known('dataset') if n not in MEDMNIST_2D)} or a MedMNIST 2D name "
-                   "(pathmnist, ...)")
+                   help=f"{', '.join(n for n in known('dataset') if n not in MEDMNIST_2D + MEDMNIST_3D)} or a MedMNIST "
+                   "2D or 3D name (pathmnist, organmnist3d, ...)")
     p.add_argument("--data-dir", default="./data", help="where datasets are read from / downloaded to")
     p.add_argument("--data-path", help="the CSV file for --dataset csv")
     p.add_argument("--image-size", type=int,
@@ -85,7 +85,8 @@ def build_parser() -> Parser:
                    help="CPU threads; auto: all cores this process may use, fewer while other processes keep "
                    "them busy (a shared machine), or OMP_NUM_THREADS where it is set")
     p.add_argument("--seed", type=int, default=0, help="seeds the initialisation, the batches and the sample noise")
-    p.add_argument("--num-samples", type=int, default=64, help="per-epoch grid size (COND class: 8 per class)")
+    p.add_argument("--num-samples", type=int, help="per-epoch grid size (default: 64, volumes 8; COND class: 8 per "
+                   "class)")
     p.add_argument("--sample-every", type=int, default=1, metavar="E",
                    help="draw the grid and scores every E epochs (and after the last); checkpoints every epoch")
     p.add_argument("--limit", type=int, help="train on the first N images only")
@@ -207,7 +208,8 @@ def train_in(folder, args, done: dict, rank: int = 0, size: int = 1) -> None:
     m_all = train_set.masks.to(device) if config["cond"] == "mask" else None
     N, B = len(x_all), args.batch_size
     threads, why = thread_policy(args.threads)  # speed.py: precision and threads for this machine
-    pick_precision(args.precision, config, model, x_all[:B], y_all, m_all, lead, size)
+    pick_precision(args.precision, config, model, x_all[:B], y_all, m_all, lead, size,
+                   before=state.get("config", {}).get("precision_used"))
     print(f"precision {config['precision_used']} ({config['precision_why']}); {why}"
           + (f"; {size} processes (torchrun) share each batch" if size > 1 else ""), flush=True)
     score = judge(args, config, train_set) if lead else None

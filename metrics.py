@@ -194,14 +194,15 @@ def check_classes(labels: Tensor | None, num_classes: int) -> None:
 
 
 def dice(pred: Tensor, target: Tensor) -> Tensor:
-    """Dice overlap 2|A and B| / (|A| + |B|) per sample of two binary (N, 1, H, W) masks; 1 when both are empty."""
+    """Dice overlap 2|A and B| / (|A| + |B|) per sample of two binary (N, 1, H, W) masks (or volumes
+    (N, 1, D, H, W)); 1 when both are empty."""
     pred, target = pred.flatten(1).float(), target.flatten(1).float()
     inter, total = (pred * target).sum(1), pred.sum(1) + target.sum(1)
     return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
 
 
 def lesion_dice(x: Tensor, masks: Tensor, threshold: float = 0.8) -> float:
-    """Mask adherence for phantom samples x (N, 1, H, W) in [-1, 1]: mean Dice between the
+    """Mask adherence for phantom samples x (N, 1, H, W) or (N, 1, D, H, W) in [-1, 1]: mean Dice between the
     condition masks and the pixels brighter than threshold in [0, 1] (only the lesion is)."""
     return dice(unnormalize_to_zero_to_one(x) > threshold, masks > 0.5).mean().item()
 

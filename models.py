@@ -20,7 +20,7 @@ from unet import NETWORKS
 
 # Settings that shape the network or the process: a checkpoint resumes only with the same ones.
 ARCHITECTURE = ("model", "net", "unet_widths", "attention_res", "n_T", "betas", "schedule", "theta0", "loss", "cond",
-                "dataset", "in_channels", "image_size", "num_classes", "cond_channels")
+                "dataset", "in_channels", "image_size", "num_classes", "cond_channels", "dims")
 
 def build_model(config: dict) -> DDPM:
     """Network and diffusion process from a config (main.make_config's, or a checkpoint's)."""
@@ -142,6 +142,11 @@ def pick_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise DataError(f"--device {name}: only cpu and cuda are supported")
     return device
+
+
+def sample_shape(config: dict) -> tuple:
+    """(C, H, W) of one sample of a run, or (C, D, H, W) for a run on volumes (config["dims"] 3)."""
+    return (config["in_channels"], *[config["image_size"]] * config.get("dims", 2))
 
 
 @torch.no_grad()

@@ -67,7 +67,7 @@ def race(name: str, net, x_all, order, score, *, stop_images: int, budget_s: flo
         RECIPE["batch_size"]
     used, why = choose_precision(precision, device, training_check(model, x_all[order[:B]]))
     trace, seconds, reached, step = [], 0.0, None, 0
-    while reached is None and step * B < stop_images and seconds < budget_s:
+    while reached is None and (step + every // B) * B <= stop_images and seconds < budget_s:
         start = time.perf_counter()
         for _ in range(every // B):
             i = step * B % (len(order) - B + 1)

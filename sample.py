@@ -18,10 +18,10 @@ from data import DataError, load_dataset
 from datatypes import normalize_to_neg_one_to_one
 from ddpm import visited
 from errors import Parser, run_script
-from figures import class_grid_labels, mask_triplets, save_grid, save_reverse_process
+from figures import class_grid_labels, mask_triplets, save_grid, save_reverse_process, save_slice_strip
 from files import check_outputs, png_out, save_atomic
 from formats import list_images, read_resized
-from models import draw, load_checkpoint, model_from_checkpoint, pick_device
+from models import draw, load_checkpoint, model_from_checkpoint, pick_device, sample_shape
 from settings import SEED_MAX
 from speed import PRECISIONS, autocast, choose_precision, sampling_check
 
@@ -29,7 +29,7 @@ from speed import PRECISIONS, autocast, choose_precision, sampling_check
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="sample.py", description="Draw samples from a main.py checkpoint.")
     p.add_argument("checkpoint", help="a model.pth written by main.py")
-    p.add_argument("--num-samples", type=int, help="default 64; class-conditional: 8 per class")
+    p.add_argument("--num-samples", type=int, help="default 64 (volumes 8); class-conditional: 8 per class")
     p.add_argument("--sampler", metavar="NAME", help=f"one of ddpm.SAMPLERS: {', '.join(known('sampler'))} "
                    "(default: the run's; ddim for DDPM and COND, ddpm for DDGM)")
     p.add_argument("--steps", type=int, help="DDIM steps (default: the run's --sample-steps)")
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 def load_masks(config: dict, mask_dir: str | None) -> torch.Tensor:
     """(M, 1, H, W) masks in {0, 1}: PNGs from mask_dir resized to the model's size, or the held-out masks."""
     size = config["image_size"]
+    if mask_dir and config.get("dims", 2) == 3:
+        raise DataError("--mask-dir holds 2D mask images and this model draws volumes: leave it out to use the "
+                        "held-out 3D masks of its data")
     if mask_dir:
         if not os.path.isdir(mask_dir) or not list_images(mask_dir):
             raise DataError(f"--mask-dir {mask_dir} holds no mask images (.png, .jpg, .tif)")
@@ -91,7 +94,7 @@ def conditions(args, config: dict, n: int | None) -> tuple:
         masks = load_masks(config, args.mask_dir)
         n = n or len(masks)
         cond["mask"] = masks[torch.arange(n) % len(masks)]
-    return n or 64, cond
+    return n or (8 if config.get("dims", 2) == 3 else 64), cond
 
 
 def main(argv=None) -> None:
@@ -116,6 +119,7 @@ def outputs(args) -> dict:
     files = {"--out": out, "--out (its .npz)": os.path.splitext(out)[0] + ".npz"}
     if args.reverse:
         files["--out (its _reverse.png)"] = os.path.splitext(out)[0] + "_reverse.png"
+    files["--out (its _slices.png, for volumes)"] = os.path.splitext(out)[0] + "_slices.png"
     inputs = [args.checkpoint, *(list_images(args.mask_dir).values() if args.mask_dir and
                                  os.path.isdir(args.mask_dir) else []),
               *(f for f in (args.inpaint, args.region, args.cond_mask) if f and f != "none")]
@@ -143,11 +147,14 @@ def run(args) -> None:
         if not (math.isfinite(args.guidance) and args.guidance >= 0) or config["model"] != "COND":
             raise DataError("--guidance needs a COND checkpoint and a finite w >= 0")
         model.guidance_scale = args.guidance
+    if args.inpaint and config.get("dims", 2) == 3:
+        raise DataError("--inpaint reads a 2D image and this model draws volumes: inpainting volumes is not "
+                        "supported yet")
     if args.inpaint:
         return inpaint(args, model, config, device, files["--out"])
     n, cond = conditions(args, config, args.num_samples)
     out = files["--out"]
-    shape = (config["in_channels"], config["image_size"], config["image_size"])
+    shape = sample_shape(config)
     g = torch.Generator(device).manual_seed(args.seed)
     record, kept = (), []
     if args.reverse:  # ten of the steps the sampler visits, evenly spread
@@ -243,7 +250,7 @@ def save_samples(x: torch.Tensor, cond: dict, out: str) -> None:
     if not torch.isfinite(x).all():
         raise DataError("the samples are not finite (NaN/inf): this checkpoint's network diverged")
     if "mask" in cond:
-        save_grid(mask_triplets(x, cond["mask"]), out, nrow=6)
+        save_grid(mask_triplets(x, cond["mask"]), out, nrow=6 if x.dim() == 4 else 9)  # volumes: 3 mid-slices
     elif "y" in cond and len(x) % 8 == 0 and (cond["y"].view(-1, 8) == cond["y"].view(-1, 8)[:, :1]).all():
         save_grid(x, out, nrow=8, row_labels=[f"y={int(c)}" for c in cond["y"][::8]])  # one class per row
     else:
@@ -251,6 +258,10 @@ def save_samples(x: torch.Tensor, cond: dict, out: str) -> None:
     npz = os.path.splitext(out)[0] + ".npz"
     write_images_npz(x, cond, npz)
     print(f"wrote {out} and {npz}", flush=True)
+    if x.dim() == 5:  # volumes: also a strip of axial slices through each
+        strip = os.path.splitext(out)[0] + "_slices.png"
+        save_slice_strip(x, strip)
+        print(f"wrote {strip} (axial slices through the first volumes)", flush=True)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -76,7 +76,7 @@ CHECKS = {
     "epochs": whole(1, 100_000), "batch_size": whole(1, 4096), "warmup": whole(0, 1_000_000, " steps"),
     "n_T": whole(2, 10_000), "sample_steps": whole(1, 10_000), "num_samples": whole(1, 10_000),
     "eval_samples": whole(0, 10_000), "limit": whole(1, 10 ** 9, allow_none=True),
-    "image_size": whole(4, 512), "seed": whole(0, SEED_MAX), "in_channels": whole(1, 3),
+    "image_size": whole(4, 512), "dims": whole(2, 3), "seed": whole(0, SEED_MAX), "in_channels": whole(1, 3),
     "channels": whole(1, 3, allow_none=True), "num_classes": whole(0, 1000), "cond_channels": whole(0, 1),
     "lr": real(lambda v: 0 < v <= 1, "(0, 1]", ": Adam diverges far below 1 already (try 1e-3)"),
     "ema_decay": real(lambda v: 0 <= v < 1, "[0, 1)"),

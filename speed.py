@@ -51,13 +51,16 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def choose_precision(requested: str, device: torch.device, work, repeats: int = 6) -> tuple:
+def choose_precision(requested: str, device: torch.device, work, repeats: int = 6, before: str | None = None) -> tuple:
     """(precision, why) for --precision auto|fp32|bf16. auto: bf16 where native_bf16 and work(precision),
     one unit of the real work (a training step on a copy of the model), runs FASTER times faster in bf16
-    (medians of `repeats` timings after one warm-up, taken in turn); fp32 otherwise."""
+    (medians of `repeats` timings after one warm-up, taken in turn); fp32 otherwise. before: the precision
+    of a run being resumed, which auto keeps where it runs natively, so that the run goes on as it began."""
     if requested != "auto":
         return requested, "asked for with --precision"
     native, why = native_bf16(device)
+    if before == "fp32" or (before == "bf16" and native):
+        return before, f"as the run began (--resume); {why}"
     if not native:
         return "fp32", why
     times = {"fp32": [], "bf16": []}

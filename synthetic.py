@@ -78,6 +78,49 @@ def make_phantom(n: int = 2048, size: int = 64, seed: int = 0, lesion: str = "br
     return Dataset(normalize_to_neg_one_to_one(scan[:, None]), None, (scan != x01)[:, None].float())
 
 
+def ellipsoid(size: int, cx: Tensor, cy: Tensor, cz: Tensor, a: Tensor, b: Tensor, c: Tensor,
+              tilt: Tensor) -> Tensor:
+    """Boolean (N, D, H, W) on a size^3 grid of voxel centres in [0, 1]: inside the ellipsoid with centre
+    (cx, cy, cz) and semi-axes a, b, c (x, y, z), turned by tilt about the z axis (the slice normal)."""
+    g = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    zz, yy, xx = (v[None] for v in torch.meshgrid(g, g, g, indexing="ij"))
+    cx, cy, cz, a, b, c, tilt = (v.view(-1, 1, 1, 1) for v in (cx, cy, cz, a, b, c, tilt))
+    u = (xx - cx) * tilt.cos() + (yy - cy) * tilt.sin()
+    v = -(xx - cx) * tilt.sin() + (yy - cy) * tilt.cos()
+    return (u / a) ** 2 + (v / b) ** 2 + ((zz - cz) / c) ** 2 <= 1
+
+
+def make_phantom3d(n: int = 512, size: int = 32, seed: int = 0, lesion: str = "bright") -> Dataset:
+    """make_phantom in three dimensions: head volumes (N, 1, D, H, W) with an ellipsoidal skull shell,
+    brain tissue, two dark ventricles and, unless lesion="none", one ellipsoidal lesion in the brain with
+    its 3D mask. lesion "bright", "none" and "hidden" mean what they mean for make_phantom."""
+    if lesion not in ("bright", "none", "hidden"):
+        raise ValueError(f"lesion must be bright, none or hidden, got {lesion!r}")
+    g = torch.Generator().manual_seed(seed)
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
+    cx, cy, cz, tilt = u(0.47, 0.53), u(0.47, 0.53), u(0.47, 0.53), u(-0.3, 0.3)
+    a, b, c = u(0.36, 0.44), u(0.30, 0.36), u(0.32, 0.40)
+    head = ellipsoid(size, cx, cy, cz, a, b, c, tilt)
+    brain = ellipsoid(size, cx, cy, cz, 0.86 * a, 0.84 * b, 0.84 * c, tilt)
+    x01 = PHANTOM_SKULL * head.float()
+    x01[brain] = PHANTOM_BRAIN
+    for side in (-1, 1):  # ventricles, left and right of the centre
+        v = ellipsoid(size, cx + side * u(0.05, 0.09), cy + u(-0.04, 0.04), cz + u(-0.04, 0.04), u(0.04, 0.06),
+                      u(0.08, 0.12), u(0.06, 0.09), tilt)
+        x01[v] = PHANTOM_VENTRICLE
+    if lesion == "none":
+        return Dataset(normalize_to_neg_one_to_one(x01[:, None]), None, None)
+    radius, angle, height = u(0.0, 0.5), u(0.0, 6.2832), u(-0.4, 0.4)  # centre in the brain's inner half
+    lx, ly, lz = cx + radius * 0.8 * a * angle.cos(), cy + radius * 0.8 * b * angle.sin(), cz + height * c
+    region = ellipsoid(size, lx, ly, lz, u(0.07, 0.13), u(0.07, 0.13), u(0.07, 0.13), u(0.0, 3.1416)) & brain
+    if lesion == "bright":
+        x01[region] = PHANTOM_LESION
+        return Dataset(normalize_to_neg_one_to_one(x01[:, None]), None, region[:, None].float())
+    value = torch.where(torch.rand(n, generator=g) < 0.5, PHANTOM_SKULL, PHANTOM_VENTRICLE).view(-1, 1, 1, 1)
+    scan = torch.where(region, value, x01)
+    return Dataset(normalize_to_neg_one_to_one(scan[:, None]), None, (scan != x01)[:, None].float())
+
+
 def head_region(x: Tensor) -> Tensor:
     """Boolean: the pixels inside a phantom's head (the background is exactly -1, every tissue above it)."""
     return x > -1 + 0.05

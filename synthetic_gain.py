@@ -16,7 +16,7 @@ from data import DataError, load_dataset
 from errors import Parser, run_script
 from files import check_outputs, png_out
 from metrics import dice, segment, train_segmenter
-from models import draw, load_checkpoint, model_from_checkpoint, pick_device
+from models import draw, load_checkpoint, model_from_checkpoint, pick_device, sample_shape
 from transforms import augment
 
 
@@ -40,7 +40,7 @@ def synthetic_pairs(model, config: dict, masks: torch.Tensor, m: int, steps: int
     torch.manual_seed(seed)
     _, cond = augment(torch.zeros(m, 1, *masks.shape[2:]), masks[torch.randint(0, len(masks), (m,), generator=g)],
                       max_degrees=0.0)
-    shape = (config["in_channels"], config["image_size"], config["image_size"])
+    shape = sample_shape(config)
     x = draw(model, m, shape, sampler="ddim", steps=steps, eta=1.0,
              generator=torch.Generator(device).manual_seed(seed), mask=cond.to(device))
     return x.cpu().clamp(-1, 1), cond

@@ -12,7 +12,7 @@ from errors import cause, is_disk_full
 from figures import class_grid_labels, mask_triplets, save_grid, save_loss_curve
 from files import commit, discard, stage, write_loss_csv, write_metrics_csv
 from metrics import lesion_dice
-from models import ARCHITECTURE, EMA, build_model, draw, load_checkpoint, load_weights, pick_device
+from models import ARCHITECTURE, EMA, build_model, draw, load_checkpoint, load_weights, pick_device, sample_shape
 from parallel import from_rank0, unwrap
 from speed import PRECISIONS, autocast, choose_precision, training_check
 
@@ -67,20 +67,25 @@ def check_process(args) -> None:
 def make_config(args, train_set) -> dict:
     """Everything needed to rebuild the model: the arguments plus what the data decided."""
     config = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
-    N, C, H, W = train_set.images.shape  # count, channels, height, width
+    N, C, *sides = train_set.images.shape  # count, channels, then H, W (volumes: D, H, W), all equal
+    H = sides[-1]
     cond = args.cond or (None if args.model != "COND" else "class" if train_set.labels is not None else "mask")
     if cond == "class" and train_set.labels is None:
         raise DataError(f"--cond class needs labels, and {args.dataset} has none: use --cond mask or labelled data")
     if cond == "mask" and train_set.masks is None:
         raise DataError(f"--cond mask needs masks, and {args.dataset} has none: use folder (with masks/) or phantom")
+    if args.num_samples is None:  # volumes: 8, each shown by three slices
+        args.num_samples = config["num_samples"] = 8 if len(sides) == 3 else 64
+    if len(sides) == 3 and args.augment:
+        raise DataError("--augment flips, shifts and rotates 2D images; it does not work on volumes yet: leave it out")
     if args.unet_widths is None:  # the U-Net grows with the image (catalog.UNET_WIDTHS_BY_SIZE)
         args.unet_widths = unet_widths_for(H)
     step = 2 ** (len(args.unet_widths) - 1)  # the U-Net halves the image once per level
-    if args.net == "unet" and (H % step or W % step):
+    if args.net == "unet" and H % step:
         raise DataError(f"--net unet with {len(args.unet_widths)} widths needs image sides divisible by {step}, got "
-                        f"{H}x{W}: set --image-size or give fewer --unet-widths")
-    config.update(cond=cond, in_channels=C, image_size=H, betas=list(args.betas), unet_widths=list(args.unet_widths),
-                  attention_res=list(args.attention_res),
+                        f"{'x'.join(map(str, sides))}: set --image-size or give fewer --unet-widths")
+    config.update(cond=cond, in_channels=C, image_size=H, dims=len(sides), betas=list(args.betas),
+                  unet_widths=list(args.unet_widths), attention_res=list(args.attention_res),
                   num_classes=int(train_set.labels.max()) + 1 if cond == "class" else 0,
                   cond_channels=1 if cond == "mask" else 0)
     return config
@@ -102,13 +107,15 @@ def judge(args, config: dict, train_set):
     return None
 
 
-def pick_precision(requested: str, config: dict, model, x0: torch.Tensor, y_all, m_all, lead: bool,
-                   size: int) -> None:
+def pick_precision(requested: str, config: dict, model, x0: torch.Tensor, y_all, m_all, lead: bool, size: int,
+                   before: str | None = None) -> None:
     """config["precision_used"] and ["precision_why"] for --precision (speed.choose_precision), timed on the
-    first batch x0 by rank 0 and agreed by all ranks (parallel.from_rank0)."""
+    first batch x0 by rank 0 and agreed by all ranks (parallel.from_rank0). before: the precision of the run
+    being resumed, which auto keeps where this machine can run it natively, so that a resumed run trains on
+    as it began."""
     cond = {k: v[:len(x0)] for k, v in (("y", y_all), ("mask", m_all)) if v is not None}
-    precision, why = choose_precision(requested, x0.device, training_check(model, x0, **cond)) if lead else \
-        ("fp32", "rank 0 decides")
+    precision, why = choose_precision(requested, x0.device, training_check(model, x0, **cond), before=before) \
+        if lead else ("fp32", "rank 0 decides")
     config.update(precision_used=from_rank0(precision, PRECISIONS, x0.device, size), precision_why=why)
 
 
@@ -133,7 +140,7 @@ def sample_and_score(model, config, setup, device, score=None) -> tuple:
     metrics): write_grid(path) saves their grid; metrics holds fid, class_accuracy, Dice for phantom."""
     g = torch.Generator(device).manual_seed(config["seed"] + 1)
     cond = {k: v.to(device) for k, v in setup["cond"].items()}
-    shape = (config["in_channels"], config["image_size"], config["image_size"])
+    shape = sample_shape(config)
     with autocast(config.get("precision_used", "fp32"), device):
         x = draw(model, setup["n"], shape, sampler=config["sampler"], steps=config["sample_steps"],
                  eta=config.get("sample_eta", 0.0), generator=g, progress=True, **cond).float().cpu()
@@ -142,7 +149,8 @@ def sample_and_score(model, config, setup, device, score=None) -> tuple:
     k = setup["n_grid"]
     rows = None
     if config["cond"] == "mask":
-        grid, nrow = mask_triplets(x[:min(k, 16)], setup["cond"]["mask"][:min(k, 16)]), 6
+        grid = mask_triplets(x[:min(k, 16)], setup["cond"]["mask"][:min(k, 16)])
+        nrow = 6 if x.dim() == 4 else 9  # two samples per row; volumes: one, its three mid-slices
     else:
         grid, nrow = x[:k], 8
         rows = [f"y={c}" for c in range(config["num_classes"])] if config["cond"] == "class" else None

@@ -1,7 +1,7 @@
 """Noise-prediction networks eps_theta(x_t, t): the coursework CNN and a compact U-Net.
 
-Both take x_t (B, C, H, W), timestep indices t (B,) (index i is the paper's t = i + 1, see
-ddpm.py) and two optional conditions used by the conditional model (cond.py):
+Both take x_t (B, C, H, W) (volumes, dims=3: (B, C, D, H, W)), timestep indices t (B,) (index i
+is the paper's t = i + 1, see ddpm.py) and two optional conditions used by the conditional model (cond.py):
 - y (B,) class labels, embedded and added to the time embedding; label num_classes is the
   "null" class of classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598);
 - mask (B, cond_channels, H, W), concatenated to x_t as extra input channels, never noised.
@@ -22,6 +22,16 @@ def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
     w = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
     angles = t.float()[:, None] * w[None, :]
     return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def conv(dims: int, *args, **kwargs) -> nn.Module:
+    """Conv2d for images (dims 2), Conv3d for volumes (dims 3): the same network in either."""
+    return (nn.Conv2d if dims == 2 else nn.Conv3d)(*args, **kwargs)
+
+
+def per_channel(v: Tensor, dims: int) -> Tensor:
+    """(B, C) -> (B, C, 1, ..., 1), to add to feature maps of `dims` spatial dimensions."""
+    return v.view(*v.shape, *[1] * dims)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -61,65 +71,68 @@ def concat_condition(x_t: Tensor, mask: Tensor | None, cond_channels: int) -> Te
     if mask is None:
         raise ValueError(f"this network needs a mask with {cond_channels} channel(s)")
     if mask.shape[0] != x_t.shape[0] or mask.shape[1:] != (cond_channels, *x_t.shape[2:]):
+        sides = "H, W" if x_t.dim() == 4 else "D, H, W"
         raise ValueError(f"mask of shape {tuple(mask.shape)} does not match images of shape "
-                         f"{tuple(x_t.shape)}: masks must be (B, {cond_channels}, H, W) like x_t")
+                         f"{tuple(x_t.shape)}: masks must be (B, {cond_channels}, {sides}) like x_t")
     return torch.cat([x_t, mask.to(x_t.dtype)], dim=1)
 
 
 class CNN(nn.Module):
     """The coursework denoiser: blocks of (7x7 conv, GroupNorm, GELU) with hidden channels
-    (16, 32, 32, 16), the time embedding added after every block, and a 3x3 output conv."""
+    (16, 32, 32, 16), the time embedding added after every block, and a 3x3 output conv.
+    dims=3: volumes, with 7x7x7 and 3x3x3 convolutions."""
 
     def __init__(self, in_channels: int = 1, hidden: tuple = (16, 32, 32, 16), emb_dim: int = 64,
-                 num_classes: int = 0, cond_channels: int = 0):
+                 num_classes: int = 0, cond_channels: int = 0, dims: int = 2):
         super().__init__()
-        self.cond_channels = cond_channels
+        self.cond_channels, self.dims = cond_channels, dims
         self.embed = Embedding(emb_dim, num_classes)
         widths = (in_channels + cond_channels, *hidden)
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 7, padding=3) for a, b in zip(widths, hidden))
+        self.convs = nn.ModuleList(conv(dims, a, b, 7, padding=3) for a, b in zip(widths, hidden))
         self.norms = nn.ModuleList(group_norm(c) for c in hidden)
         self.emb_proj = nn.ModuleList(nn.Linear(emb_dim, c) for c in hidden)
-        self.out = nn.Conv2d(hidden[-1], in_channels, 3, padding=1)
+        self.out = conv(dims, hidden[-1], in_channels, 3, padding=1)
 
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None,
                 mask: Tensor | None = None) -> Tensor:
         emb = self.embed(t, y)                                   # (B, emb_dim)
         h = concat_condition(x_t, mask, self.cond_channels)
-        for conv, norm, proj in zip(self.convs, self.norms, self.emb_proj):
-            h = F.gelu(norm(conv(h))) + proj(emb)[:, :, None, None]  # after the norm, which would remove it
+        for layer, norm, proj in zip(self.convs, self.norms, self.emb_proj):
+            h = F.gelu(norm(layer(h))) + per_channel(proj(emb), self.dims)  # after the norm, which would remove it
         return self.out(h)
 
 
 class ResBlock(nn.Module):
-    """GroupNorm, GELU, 3x3 conv, + time embedding, GroupNorm, GELU, 3x3 conv, + skip."""
+    """GroupNorm, GELU, 3x3 conv, + time embedding, GroupNorm, GELU, 3x3 conv, + skip (3x3x3 for volumes)."""
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dims: int = 2):
         super().__init__()
-        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.dims = dims
+        self.norm1, self.conv1 = group_norm(c_in), conv(dims, c_in, c_out, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, c_out)
-        self.norm2, self.conv2 = group_norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.norm2, self.conv2 = group_norm(c_out), conv(dims, c_out, c_out, 3, padding=1)
+        self.skip = conv(dims, c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.gelu(self.norm1(x))) + self.emb_proj(emb)[:, :, None, None]
+        h = self.conv1(F.gelu(self.norm1(x))) + per_channel(self.emb_proj(emb), self.dims)
         h = self.conv2(F.gelu(self.norm2(h)))
         return h + self.skip(x)
 
 
 class SelfAttention(nn.Module):
-    """Single-head self-attention over the H*W positions, with a residual connection."""
+    """Single-head self-attention over the H*W (volumes: D*H*W) positions, with a residual connection."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, dims: int = 2):
         super().__init__()
         self.norm = group_norm(channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
+        self.qkv = conv(dims, channels, 3 * channels, 1)
+        self.proj = conv(dims, channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        B, C, H, W = x.shape  # batch, channels, height, width
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(2, 3).unbind(1)
-        h = F.scaled_dot_product_attention(q, k, v)             # (B, H*W, C)
-        return x + self.proj(h.transpose(1, 2).reshape(B, C, H, W))
+        B, C = x.shape[:2]  # batch, channels; then H, W (or D, H, W)
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, -1).transpose(2, 3).unbind(1)
+        h = F.scaled_dot_product_attention(q, k, v)             # (B, positions, C)
+        return x + self.proj(h.transpose(1, 2).reshape(x.shape))
 
 
 class UNet(nn.Module):
@@ -127,37 +140,40 @@ class UNet(nn.Module):
     skips, H -> H/2 -> ... -> H/2^(n-1) and back, for H, W divisible by 2^(n-1); c_k channels at
     H/2^(k-1). Self-attention at the deepest resolution (attention=True) and at every resolution
     listed in attention_res (feature-map sides in pixels, e.g. (16,) at 64 px). Three widths give
-    the two-level net of earlier versions, with the same parameter names (down1, pool1, ...)."""
+    the two-level net of earlier versions, with the same parameter names (down1, pool1, ...).
+    dims=3: the same network on volumes (B, C, D, H, W), with 3D convolutions, pooling and attention."""
 
     def __init__(self, in_channels: int = 1, widths: tuple = (32, 64, 64), attention: bool = True,
                  num_classes: int = 0, cond_channels: int = 0, image_size: int | None = None,
-                 attention_res: tuple = ()):
+                 attention_res: tuple = (), dims: int = 2):
         super().__init__()
         if len(widths) < 2:
             raise ValueError(f"UNet needs at least two widths (one level), got {widths}")
-        self.levels, emb_dim = len(widths) - 1, 4 * widths[0]
+        if dims not in (2, 3):
+            raise ValueError(f"UNet works on images (dims 2) or volumes (dims 3), not dims {dims}")
+        self.levels, emb_dim, self.dims = len(widths) - 1, 4 * widths[0], dims
         self.cond_channels = cond_channels
         attend = lambda k: image_size is not None and image_size // 2 ** (k - 1) in attention_res  # noqa: E731
         self.embed = Embedding(emb_dim, num_classes)
-        self.inp = nn.Conv2d(in_channels + cond_channels, widths[0], 3, padding=1)
+        self.inp = conv(dims, in_channels + cond_channels, widths[0], 3, padding=1)
         c = widths[0]
         for k in range(1, self.levels + 1):  # encoder level k works at H / 2^(k-1)
-            setattr(self, f"down{k}", ResBlock(c, widths[k - 1], emb_dim))
+            setattr(self, f"down{k}", ResBlock(c, widths[k - 1], emb_dim, dims))
             if attend(k):
-                setattr(self, f"attn_down{k}", SelfAttention(widths[k - 1]))
-            setattr(self, f"pool{k}", nn.Conv2d(widths[k - 1], widths[k - 1], 3, stride=2, padding=1))
+                setattr(self, f"attn_down{k}", SelfAttention(widths[k - 1], dims))
+            setattr(self, f"pool{k}", conv(dims, widths[k - 1], widths[k - 1], 3, stride=2, padding=1))
             c = widths[k - 1]
-        self.mid1 = ResBlock(c, widths[-1], emb_dim)
-        self.attn = SelfAttention(widths[-1]) if attention else nn.Identity()
-        self.mid2 = ResBlock(widths[-1], widths[-1], emb_dim)
+        self.mid1 = ResBlock(c, widths[-1], emb_dim, dims)
+        self.attn = SelfAttention(widths[-1], dims) if attention else nn.Identity()
+        self.mid2 = ResBlock(widths[-1], widths[-1], emb_dim, dims)
         c = widths[-1]
         for k in range(self.levels, 0, -1):  # decoder level k, back up to H / 2^(k-1)
-            setattr(self, f"up{k}", nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(c, c, 3, padding=1)))
-            setattr(self, f"dec{k}", ResBlock(c + widths[k - 1], widths[k - 1], emb_dim))
+            setattr(self, f"up{k}", nn.Sequential(nn.Upsample(scale_factor=2), conv(dims, c, c, 3, padding=1)))
+            setattr(self, f"dec{k}", ResBlock(c + widths[k - 1], widths[k - 1], emb_dim, dims))
             if attend(k):
-                setattr(self, f"attn_dec{k}", SelfAttention(widths[k - 1]))
+                setattr(self, f"attn_dec{k}", SelfAttention(widths[k - 1], dims))
             c = widths[k - 1]
-        self.out = nn.Sequential(group_norm(c), nn.GELU(), nn.Conv2d(c, in_channels, 3, padding=1))
+        self.out = nn.Sequential(group_norm(c), nn.GELU(), conv(dims, c, in_channels, 3, padding=1))
 
     def level(self, name: str, k: int):
         """The module f"{name}{k}", or identity where that level has none (attention)."""
@@ -165,10 +181,10 @@ class UNet(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None,
                 mask: Tensor | None = None) -> Tensor:
-        B, C, H, W = x_t.shape  # batch, channels, height, width
-        if H % 2 ** self.levels or W % 2 ** self.levels:
-            raise ValueError(f"this UNet ({self.levels} levels) needs height and width divisible by "
-                             f"{2 ** self.levels}, got {H}x{W}")
+        sides = x_t.shape[2:]  # H, W (volumes: D, H, W)
+        if x_t.dim() != self.dims + 2 or any(side % 2 ** self.levels for side in sides):
+            raise ValueError(f"this UNet ({self.dims}D, {self.levels} levels) needs (B, C, {'D, ' * (self.dims == 3)}"
+                             f"H, W) with sides divisible by {2 ** self.levels}, got {tuple(x_t.shape)}")
         emb = self.embed(t, y)                                   # (B, emb_dim)
         h = self.inp(concat_condition(x_t, mask, self.cond_channels))
         skips = []
@@ -184,16 +200,20 @@ class UNet(nn.Module):
 
 
 def unet_from_config(config: dict) -> UNet:
-    """The widths of the config; checkpoints from before --unet-widths existed used (32, 64, 64)."""
+    """The widths of the config; checkpoints from before --unet-widths existed used (32, 64, 64).
+    config["dims"] 3 (volumes) builds the 3D U-Net; images (2) are the default."""
     return UNet(config["in_channels"], tuple(config.get("unet_widths", (32, 64, 64))),
                 num_classes=config["num_classes"], cond_channels=config["cond_channels"],
-                image_size=config["image_size"], attention_res=tuple(config.get("attention_res", ())))
+                image_size=config["image_size"], attention_res=tuple(config.get("attention_res", ())),
+                dims=config.get("dims", 2))
 
 
 def cnn_from_config(config: dict) -> CNN:
-    return CNN(config["in_channels"], num_classes=config["num_classes"], cond_channels=config["cond_channels"])
+    return CNN(config["in_channels"], num_classes=config["num_classes"], cond_channels=config["cond_channels"],
+               dims=config.get("dims", 2))
 
 
-# Networks by name: f(config) -> eps_model. config holds in_channels, image_size, num_classes, cond_channels
-# and the network's own options (unet_widths, attention_res). A new one is a class, a function and a line here.
+# Networks by name: f(config) -> eps_model. config holds in_channels, image_size, num_classes, cond_channels,
+# dims (2 images, 3 volumes) and the network's own options (unet_widths, attention_res). A new one is a class,
+# a function and a line here.
 NETWORKS = {"unet": unet_from_config, "cnn": cnn_from_config}

@@ -18,14 +18,16 @@ def moments(x: torch.Tensor) -> tuple:
     return mu.item(), var.item(), (((x - mu) ** 3).mean() / var ** 1.5).item()
 
 
-@pytest.mark.parametrize("theta_0, i", [(0.001, 299), (0.5, 199), (0.5, 29)])
-def test_closed_form_mean_variance_and_skewness(theta_0, i):
+@pytest.mark.parametrize("theta_0, i, sides", [(0.001, 299, (1, 1)), (0.5, 199, (1, 1)), (0.5, 29, (1, 1)),
+                                               (0.5, 199, (1, 1, 1))])
+def test_closed_form_mean_variance_and_skewness(theta_0, i, sides):
     """x_t = sqrt(alpha_bar_t) x0 + (gbar_t - kbar_t theta_t): mean sqrt(alpha_bar_t) x0, variance
     1 - alpha_bar_t, skewness 2 / sqrt(kbar_t) with kbar_t = (1/alpha_bar_t - 1) / theta_0^2.
-    theta_0 = 0.5, t = 200: kbar ~ 1.4 (skewness ~ 1.7); t = 30: kbar ~ 0.07 (skewness ~ 7.5)."""
+    theta_0 = 0.5, t = 200: kbar ~ 1.4 (skewness ~ 1.7); t = 30: kbar ~ 0.07 (skewness ~ 7.5).
+    Volumes (n, 1, 1, 1, 1) as well as images (n, 1, 1, 1)."""
     model = DDGM(Recorder(), linear_beta_schedule(1000), theta_0=theta_0)
     n = 400_000
-    x0 = torch.full((n, 1, 1, 1), 0.3)
+    x0 = torch.full((n, 1, *sides), 0.3)
     t = torch.full((n,), i)
     x_t = model.q_sample(x0, t, model.noise_like(x0, t, torch.Generator().manual_seed(0)))
     alpha_bar = model.alpha_bar.double()[i].item()

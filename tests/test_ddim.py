@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddgm import DDGM
-from ddpm import DDPM, linear_beta_schedule
+from ddpm import DDPM, extract, linear_beta_schedule
 
 
 class PointMassEps(torch.nn.Module):
@@ -15,7 +15,7 @@ class PointMassEps(torch.nn.Module):
         self.alpha_bar, self.c = alpha_bar, c
 
     def forward(self, x_t, t, **cond):
-        a = self.alpha_bar[t].view(-1, 1, 1, 1)
+        a = extract(self.alpha_bar, t, x_t)
         return (x_t - a.sqrt() * self.c) / (1 - a).sqrt()
 
 
@@ -28,7 +28,7 @@ class GaussianEps(torch.nn.Module):
         self.alpha_bar, self.mu, self.s = alpha_bar, mu, s
 
     def forward(self, x_t, t, **cond):
-        a = self.alpha_bar[t].view(-1, 1, 1, 1)
+        a = extract(self.alpha_bar, t, x_t)
         return (1 - a).sqrt() * (x_t - a.sqrt() * self.mu) / (a * self.s ** 2 + 1 - a)
 
 
@@ -40,12 +40,13 @@ def model_with(eps_class, *args, T=1000):
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("steps", [1, 10, 50])
-def test_ddim_returns_the_point_mass(steps, eta):
+@pytest.mark.parametrize("sides", [(2, 2), (2, 2, 2)], ids=["images", "volumes"])
+def test_ddim_returns_the_point_mass(steps, eta, sides):
     """With the exact eps of x_0 = c, the predicted x_0 of eq. (12) is c at every step, and the last
-    step (to alpha_bar_0 = 1, sigma = 0 by eq. 16) returns it: every sample is c."""
-    c = torch.tensor([-0.5, 0.25, 0.75]).view(1, 3, 1, 1)
-    x = model_with(PointMassEps, c).ddim_sample(16, (3, 2, 2), steps, eta, torch.Generator().manual_seed(0))
-    assert x.shape == (16, 3, 2, 2)
+    step (to alpha_bar_0 = 1, sigma = 0 by eq. 16) returns it: every sample is c, image or volume."""
+    c = torch.tensor([-0.5, 0.25, 0.75]).view(1, 3, *[1] * len(sides))
+    x = model_with(PointMassEps, c).ddim_sample(16, (3, *sides), steps, eta, torch.Generator().manual_seed(0))
+    assert x.shape == (16, 3, *sides)
     assert torch.allclose(x, c.expand_as(x), atol=1e-4)
 
 

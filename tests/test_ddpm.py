@@ -70,12 +70,17 @@ def test_training_timesteps_cover_1_to_T():
     assert len(seen.unique()) == 10
 
 
-def test_q_sample_moments_match_eq4():
+VOLUMES = pytest.mark.parametrize("sides", [(1, 1), (1, 1, 1)], ids=["images", "volumes"])
+
+
+@VOLUMES
+def test_q_sample_moments_match_eq4(sides):
     """Eq. (4): q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I). Over n = 200,000
-    draws the standard error of the mean is sqrt((1 - alpha_bar) / n) < 0.0023; allow 5 of them."""
+    draws the standard error of the mean is sqrt((1 - alpha_bar) / n) < 0.0023; allow 5 of them.
+    Images (n, 1, 1, 1) and volumes (n, 1, 1, 1, 1) alike: the schedule broadcasts by the rank of x."""
     model = DDPM(Recorder(), linear_beta_schedule(1000))
     n, i = 200_000, 299
-    x0 = torch.full((n, 1, 1, 1), 0.7)
+    x0 = torch.full((n, 1, *sides), 0.7)
     t = torch.full((n,), i)
     torch.manual_seed(0)
     x_t = model.q_sample(x0, t, model.noise_like(x0, t))
@@ -99,14 +104,15 @@ def test_q_step_recursion_matches_closed_form():
     assert x.var().item() == pytest.approx(1 - alpha_bar, rel=0.015)
 
 
-def test_p_sample_step_matches_algorithm2_line4_by_hand():
+@VOLUMES
+def test_p_sample_step_matches_algorithm2_line4_by_hand(sides):
     """Alg. 2 line 4 with beta = (0.1, 0.2, 0.3), x_t = 1, eps_hat = 0.5, z = 2:
     t = 3 (index 2): alpha = 0.7, alpha_bar = 0.504,
       (1 - 0.3 / sqrt(0.496) * 0.5) / sqrt(0.7) + sqrt(0.3) * 2 = 0.940665 + 1.095445 = 2.036110;
     t = 1 (index 0): z ignored, (1 - 0.1 / sqrt(0.1) * 0.5) / sqrt(0.9) = 0.887426;
     sigma^2 = beta_tilde (eq. 7) at t = 3: (1 - 0.72) / (1 - 0.504) * 0.3 = 0.169355."""
     beta = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
-    x_t, eps_hat, z = torch.ones(2, 1, 1, 1), torch.full((2, 1, 1, 1), 0.5), torch.full((2, 1, 1, 1), 2.0)
+    x_t, eps_hat, z = torch.ones(2, 1, *sides), torch.full((2, 1, *sides), 0.5), torch.full((2, 1, *sides), 2.0)
     t = torch.tensor([2, 0])
     out = DDPM(Recorder(), beta).p_sample_step(x_t, t, eps_hat, z).flatten().tolist()
     assert out == pytest.approx([2.036110, 0.887426], abs=1e-5)

@@ -317,7 +317,7 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_resume_is_exact(tmp_path):
     """Kill -9 after the first checkpoint: model.pth loads, and --resume reproduces an uninterrupted run."""
     import signal
     import time
-    args = [*TINY, "--epochs", "3"]
+    args = [*TINY, "--epochs", "3", "--precision", "fp32"]  # the same precision in and out of pytest
     args[args.index("--limit") + 1] = "128"
     proc = subprocess.Popen([sys.executable, "main.py", "DDPM", *args, "--out", str(tmp_path / "killed")], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

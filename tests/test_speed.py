@@ -46,6 +46,18 @@ def test_auto_takes_bf16_only_where_the_check_shows_it_faster(monkeypatch, bf16_
     assert precision == expected and "avx512_bf16" in why and "x fp32's speed" in why
 
 
+@pytest.mark.parametrize("native, before, expected", [(True, "bf16", "bf16"), (False, "bf16", "fp32"),
+                                                      (True, "fp32", "fp32")])
+def test_a_resumed_auto_run_keeps_its_precision_where_it_can(monkeypatch, native, before, expected):
+    """--resume with auto: the run goes on in the precision it began with, untimed, unless this machine has no
+    native bf16 (a checkpoint moved from a bf16 machine to an AVX2 one trains on in fp32)."""
+    monkeypatch.setattr(speed, "native_bf16", lambda device: (native, "here"))
+    calls = []
+    precision, why = speed.choose_precision("auto", torch.device("cpu"), calls.append, before=before)
+    assert precision == expected and calls == []
+    assert ("as the run began" in why) == (expected == before)
+
+
 def test_a_bf16_training_step_matches_fp32_to_bf16_accuracy():
     """The same batch, noise and weights: the bf16 autocast loss is fp32's within bf16's ~3 significant digits."""
     from training import train_step
