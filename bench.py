@@ -166,7 +166,7 @@ def volumes(device: torch.device, native: bool, steps: int, warmup: int, batch: 
     training volumes/s at `batch` (fp32, and bf16 where native), FLOPs per volume, ms per sampling step for 8."""
     torch.manual_seed(0)
     net = NETWORKS["unet"]({"in_channels": 1, "image_size": side, "num_classes": 0, "cond_channels": 0, "dims": 3,
-                            "unet_widths": list(unet_widths_for(side))}).to(device)
+                            "unet_widths": list(unet_widths_for(side, 3))}).to(device)
     model = DDPM(net, linear_beta_schedule(1000)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     x0 = torch.randn(batch, 1, side, side, side, device=device)
@@ -183,7 +183,7 @@ def volumes(device: torch.device, native: bool, steps: int, warmup: int, batch: 
         start = time.perf_counter()
         net(x, t)
         sync(device)
-    return {"widths": list(unet_widths_for(side)), "side": side, "batch": batch, "params": count_parameters(net),
+    return {"widths": list(unet_widths_for(side, 3)), "side": side, "batch": batch, "params": count_parameters(net),
             "flops_per_volume": counter.get_total_flops() / batch, "volumes_per_s": speed, "faster": best,
             "ms_per_sampling_step_8": 1000 * (time.perf_counter() - start)}
 

@@ -40,7 +40,7 @@ def build_parser() -> Parser:
     p.add_argument("--epochs", type=int, default=20, help="train until this many epochs are done")
     p.add_argument("--paper-settings", action="store_true",
                    help="Ho et al.'s settings for every option below marked 'paper:' that is not given")
-    p.add_argument("--batch-size", type=int, help=recipe_help("images per training step", "batch_size"))
+    p.add_argument("--batch-size", type=int, help=recipe_help("images per training step (volumes: 8)", "batch_size"))
     p.add_argument("--lr", type=float, help=recipe_help("Adam learning rate", "lr"))
     p.add_argument("--warmup", type=int, help=recipe_help("steps of linear learning-rate warm-up from 0 to --lr",
                                                           "warmup"))
@@ -58,7 +58,8 @@ def build_parser() -> Parser:
                                                              f"{', '.join(known('net'))}", "net"))
     p.add_argument("--unet-widths", type=int, nargs="+", metavar="C",
                    help="U-Net channels per resolution, full size first; n widths give n - 1 down/up levels "
-                   "(default: 16 32 32 up to 32 px, 16 32 64 64 up to 64 px, 16 32 64 128 128 above)")
+                   "(default: 16 32 32 up to 32 px, 16 32 64 64 up to 64 px, 16 32 64 128 128 above; volumes: "
+                   "8 16 32 32)")
     p.add_argument("--attention-res", type=int, nargs="+", metavar="SIDE", default=[],
                    help="also self-attention at these feature-map sides in pixels (the deepest level always has it)")
     p.add_argument("--augment", action="store_true",
@@ -105,6 +106,7 @@ def build_parser() -> Parser:
 
 def check_args(args, p: Parser) -> None:
     """Impossible or memory-eating settings end here, with one line naming the fix, before torch loads."""
+    args.defaulted = [k for k in RECIPE if getattr(args, k) is None]  # volumes take their own batch (training.py)
     for key, value in ({**RECIPE, **PAPER} if args.paper_settings else RECIPE).items():
         if getattr(args, key) is None:  # DDGM: Algorithm 2 (no DDIM for Gamma noise), its own loss
             ddgm = {"sampler": "ddpm", "min_snr": 0.0}

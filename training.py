@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from catalog import unet_widths_for
+from catalog import VOLUME_BATCH, unet_widths_for
 from data import DataError, dataset_info, load_dataset
 from errors import cause, is_disk_full
 from figures import class_grid_labels, mask_triplets, save_grid, save_loss_curve
@@ -66,7 +66,7 @@ def check_process(args) -> None:
 
 def make_config(args, train_set) -> dict:
     """Everything needed to rebuild the model: the arguments plus what the data decided."""
-    config = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
+    config = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "defaulted")}
     N, C, *sides = train_set.images.shape  # count, channels, then H, W (volumes: D, H, W), all equal
     H = sides[-1]
     cond = args.cond or (None if args.model != "COND" else "class" if train_set.labels is not None else "mask")
@@ -76,10 +76,12 @@ def make_config(args, train_set) -> dict:
         raise DataError(f"--cond mask needs masks, and {args.dataset} has none: use folder (with masks/) or phantom")
     if args.num_samples is None:  # volumes: 8, each shown by three slices
         args.num_samples = config["num_samples"] = 8 if len(sides) == 3 else 64
+    if len(sides) == 3 and "batch_size" in getattr(args, "defaulted", []) and not args.paper_settings:
+        args.batch_size = config["batch_size"] = VOLUME_BATCH  # catalog.py: volumes train 8 at a time
     if len(sides) == 3 and args.augment:
         raise DataError("--augment flips, shifts and rotates 2D images; it does not work on volumes yet: leave it out")
     if args.unet_widths is None:  # the U-Net grows with the image (catalog.UNET_WIDTHS_BY_SIZE)
-        args.unet_widths = unet_widths_for(H)
+        args.unet_widths = unet_widths_for(H, len(sides))
     step = 2 ** (len(args.unet_widths) - 1)  # the U-Net halves the image once per level
     if args.net == "unet" and H % step:
         raise DataError(f"--net unet with {len(args.unet_widths)} widths needs image sides divisible by {step}, got "

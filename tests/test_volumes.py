@@ -186,3 +186,14 @@ def test_sample_reverse_and_mask_conditions_on_volumes(tmp_path):
     import numpy as np
     with np.load(tmp_path / "s.npz") as f:
         assert f["images"].shape == (2, 1, 8, 8, 8) and f["masks"].shape == (2, 1, 8, 8, 8)
+
+
+def test_volumes_default_to_their_own_batch_and_widths_unless_given(tmp_path):
+    """catalog.VOLUME_BATCH and UNET_WIDTHS_3D apply when the options are not given; given ones are kept."""
+    base = ["--dataset", "phantom3d", "--image-size", "8", "--limit", "8", "--n-T", "10", "--sample-steps", "1",
+            "--num-samples", "1", "--epochs", "1"]
+    main.main(["DDPM", *base, "--out", str(tmp_path / "a")])
+    main.main(["DDPM", *base, "--batch-size", "4", "--unet-widths", "4", "8", "--out", str(tmp_path / "b")])
+    a, b = (json.loads((tmp_path / d / "config.json").read_text()) for d in "ab")
+    assert (a["batch_size"], a["unet_widths"]) == (8, [8, 16, 32, 32])
+    assert (b["batch_size"], b["unet_widths"]) == (4, [4, 8])
