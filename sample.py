@@ -254,7 +254,7 @@ def save_samples(x: torch.Tensor, cond: dict, out: str) -> None:
     elif "y" in cond and len(x) % 8 == 0 and (cond["y"].view(-1, 8) == cond["y"].view(-1, 8)[:, :1]).all():
         save_grid(x, out, nrow=8, row_labels=[f"y={int(c)}" for c in cond["y"][::8]])  # one class per row
     else:
-        save_grid(x, out, nrow=8)
+        save_grid(x, out, nrow=8 if x.dim() == 4 else 4)  # volumes: 4 per row, each by its 3 mid-slices
     npz = os.path.splitext(out)[0] + ".npz"
     write_images_npz(x, cond, npz)
     print(f"wrote {out} and {npz}", flush=True)

@@ -154,7 +154,7 @@ def sample_and_score(model, config, setup, device, score=None) -> tuple:
         grid = mask_triplets(x[:min(k, 16)], setup["cond"]["mask"][:min(k, 16)])
         nrow = 6 if x.dim() == 4 else 9  # two samples per row; volumes: one, its three mid-slices
     else:
-        grid, nrow = x[:k], 8
+        grid, nrow = x[:k], 8 if x.dim() == 4 else 4  # volumes: 4 per row, each by its 3 mid-slices
         rows = [f"y={c}" for c in range(config["num_classes"])] if config["cond"] == "class" else None
     metrics = {}
     if score is not None and config["eval_samples"]:
