@@ -309,11 +309,11 @@ def read_medmnist(name: str):
 
 def dataset_info(name: str) -> DatasetInfo:
     """The registry entry of a dataset name (a MedMNIST 2D or 3D subset by its name too), or DataError listing
-    them. The 3D subsets have no judge yet: no fid for volumes."""
+    them. Every MedMNIST subset is labelled: its fid uses a classifier trained on it (2D or 3D)."""
     if name in DATASETS:
         return DATASETS[name]
     if name in MEDMNIST_2D or name in MEDMNIST_3D:
-        return DatasetInfo(read_medmnist(name), judge="classifier" if name in MEDMNIST_2D else None)
+        return DatasetInfo(read_medmnist(name), judge="classifier")
     raise DataError(f"unknown dataset {name!r}: choose one of {', '.join([*DATASETS, *MEDMNIST_2D, *MEDMNIST_3D])}")
 
 

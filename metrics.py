@@ -35,15 +35,18 @@ SEGMENTER_STEPS = 1500  # batches of 16 for the segmenter judge: about 2.5 minut
 
 
 class FeatureNet(nn.Module):
-    """LeNet-style classifier (LeCun et al. 1998) for C x H x W images in [-1, 1]; features() is
-    the penultimate layer (FEATURES values) that the Frechet distance compares."""
+    """LeNet-style classifier (LeCun et al. 1998) for C x H x W images in [-1, 1] (dims=3: C x D x H x W
+    volumes, with 3D convolutions and pooling); features() is the penultimate layer (FEATURES values) that
+    the Frechet distance compares."""
 
-    def __init__(self, in_channels: int, num_classes: int):
+    def __init__(self, in_channels: int, num_classes: int, dims: int = 2):
         super().__init__()
+        conv, pool, cells = (nn.Conv2d, nn.MaxPool2d, 4) if dims == 2 else (nn.Conv3d, nn.MaxPool3d, 2)
+        average = nn.AdaptiveAvgPool2d(cells) if dims == 2 else nn.AdaptiveAvgPool3d(cells)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * 16, FEATURES), nn.GELU())
+            conv(in_channels, 32, 3, padding=1), nn.GELU(), pool(2),
+            conv(32, 64, 3, padding=1), nn.GELU(), pool(2),
+            average, nn.Flatten(), nn.Linear(64 * cells ** dims, FEATURES), nn.GELU())
         self.head = nn.Linear(FEATURES, num_classes)
 
     def features(self, x: Tensor) -> Tensor:
@@ -90,7 +93,7 @@ def train_classifier(train, test, epochs: int = 2, batch_size: int = 128, min_st
     """Adam, lr 1e-3, `epochs` epochs (at least min_steps steps) on the training split; returns (net, test accuracy)."""
     torch.manual_seed(seed)
     num_classes = int(train.labels.max()) + 1
-    net = FeatureNet(train.images.shape[1], num_classes)
+    net = FeatureNet(train.images.shape[1], num_classes, dims=train.images.dim() - 2)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     N = len(train.images)
     steps = max(epochs * -(-N // batch_size), min_steps)
@@ -109,7 +112,7 @@ class QualityScore:
 
     def __init__(self, dataset: str, data_dir: str, log=print, sample_shape: tuple | None = None,
                  sample_labels: Tensor | None = None, **data_kw):
-        """sample_shape (C, H, W) and sample_labels, if given, are checked against the data before any
+        """sample_shape (C, H, W) or (C, D, H, W) and sample_labels, if given, are checked against the data before any
         classifier is trained."""
         train = load_dataset(dataset, data_dir, train=True, **data_kw)
         test = load_dataset(dataset, data_dir, train=False, **data_kw)
@@ -117,7 +120,7 @@ class QualityScore:
             raise DataError(f"{dataset} has no labels, so no feature classifier for fid can be trained: "
                             "fid needs a labelled dataset (mnist, shapes, a MedMNIST set)")
         if sample_shape is not None and tuple(sample_shape) != tuple(test.images.shape[1:]):
-            raise DataError(f"the samples are {tuple(sample_shape)} (C, H, W) but {dataset}'s images are "
+            raise DataError(f"the samples are {tuple(sample_shape)} but {dataset}'s images are "
                             f"{tuple(test.images.shape[1:])}: score them against the dataset they were trained on")
         check_classes(sample_labels, int(train.labels.max()) + 1)
         self.net, self.test_accuracy = self.load_or_train(dataset, data_dir, train, test, log)
@@ -133,7 +136,7 @@ class QualityScore:
         if os.path.isfile(path):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
-                net = FeatureNet(train.images.shape[1], state["num_classes"])
+                net = FeatureNet(train.images.shape[1], state["num_classes"], dims=train.images.dim() - 2)
                 net.load_state_dict(state["weights"])
                 return net.eval(), state["test_accuracy"]
             except Exception as e:  # a damaged cache is rebuilt, never trusted
@@ -349,13 +352,14 @@ def read_samples(path: str) -> tuple:
     if "images" not in arrays:
         raise DataError(f"{path} has no 'images' array: write it with sample.py")
     images, labels = arrays["images"], arrays.get("labels")
-    if images.ndim != 4 or not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all():
-        raise DataError(f"{path}: 'images' must be finite floats (N, C, H, W), got {images.dtype} {images.shape}")
+    if images.ndim not in (4, 5) or not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all():
+        raise DataError(f"{path}: 'images' must be finite floats (N, C, H, W) or volumes (N, C, D, H, W), got "
+                        f"{images.dtype} {images.shape}")
     if labels is not None and (labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer)):
         raise DataError(f"{path}: 'labels' must be N integers, got {labels.dtype} {labels.shape}")
     masks = arrays.get("masks")
     if masks is not None and (masks.shape != (len(images), 1, *images.shape[2:]) or not np.isin(masks, (0, 1)).all()):
-        raise DataError(f"{path}: 'masks' must be (N, 1, H, W) of 0 and 1 like the images {images.shape}, got "
+        raise DataError(f"{path}: 'masks' must be (N, 1, ...) of 0 and 1 like the images {images.shape}, got "
                         f"{masks.dtype} {masks.shape}")
     return (torch.from_numpy(images), None if labels is None else torch.from_numpy(labels.astype(np.int64)),
             None if masks is None else torch.from_numpy(masks.astype(np.float32)))
@@ -365,8 +369,8 @@ def main(argv=None) -> None:
     p = Parser(prog="metrics.py", description="fid, fid_real (and class_accuracy) of samples in the features of a "
                "small classifier trained on the dataset.")
     p.add_argument("samples", help="a .npz written by sample.py (images in [-1, 1], optional labels)")
-    p.add_argument("--dataset", required=True, help="mnist, shapes, a MedMNIST 2D name, or folder (images/ and masks/ "
-                   "in --data-dir: the segmenter judge)")
+    p.add_argument("--dataset", required=True, help="mnist, shapes, a MedMNIST 2D or 3D name, or folder (images/ and "
+                   "masks/ in --data-dir: the segmenter judge)")
     p.add_argument("--data-dir", default="./data", help="where the dataset is read from")
     p.add_argument("--image-size", type=int, help="folder: the side the real images are resized to (default: the "
                    "samples')")

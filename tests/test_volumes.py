@@ -136,8 +136,29 @@ def test_medmnist3d_files_load_as_volumes_and_train(tmp_path):
     out = tmp_path / "run"
     main.main(["DDPM", "--dataset", "organmnist3d", "--data-dir", str(tmp_path), "--limit", "4", "--batch-size", "2",
                "--unet-widths", "4", "8", "8", "--n-T", "10", "--sample-steps", "2", "--num-samples", "2",
-               "--epochs", "1", "--out", str(out)])
+               "--epochs", "1", "--eval-samples", "0", "--out", str(out)])
     assert json.loads((out / "config.json").read_text())["dims"] == 3 and (out / "image_ep001.png").exists()
+
+
+def test_labelled_volumes_get_a_3d_feature_fid_per_epoch_and_in_metrics_py(tmp_path, capsys):
+    """MedMNIST 3D is labelled, so a 3D classifier (metrics.FeatureNet, dims 3) is trained on it once and the
+    Frechet distance of its features scores the samples: per epoch in metrics.csv and by metrics.py on a .npz."""
+    import metrics
+    write_medmnist3d(tmp_path / "organmnist3d.npz", n=24, side=8)
+    out = tmp_path / "run"
+    main.main(["DDPM", "--dataset", "organmnist3d", "--data-dir", str(tmp_path), "--limit", "8", "--batch-size", "4",
+               "--unet-widths", "4", "8", "8", "--n-T", "10", "--sample-steps", "2", "--num-samples", "4",
+               "--eval-samples", "4", "--epochs", "1", "--out", str(out)])
+    with open(out / "metrics.csv") as f:
+        header, row = f.read().splitlines()[:2]
+    scores = dict(zip(header.split(","), row.split(",")))
+    assert float(scores["fid"]) >= 0 and float(scores["fid_real"]) >= 0
+    assert list((tmp_path / "classifiers").glob("organmnist3d-*.pt"))
+    sample.main([str(out / "model.pth"), "--num-samples", "4", "--out", str(tmp_path / "s.png")])
+    capsys.readouterr()
+    metrics.main([str(tmp_path / "s.npz"), "--dataset", "organmnist3d", "--data-dir", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert printed.startswith("n=4 fid=") and "fid_real=" in printed
 
 
 def test_a_2d_file_under_a_3d_name_is_one_line(tmp_path, capsys):
