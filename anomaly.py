@@ -226,10 +226,12 @@ def test_scans(args, config: dict) -> tuple:
     return test, val, healthy_mean
 
 
-def axial(*tensors) -> list:
-    """Volumes (N, C, D, H, W) and maps (N, D, H, W) by their axial mid-slice, for the 2D figure; images as they are."""
+def axial_slices(*tensors) -> list:
+    """Volumes (N, C, D, H, W) and maps (N, D, H, W) by their axial mid-slice (figures.axial), for the 2D
+    figure; images as they are."""
+    from figures import axial
     volumes = tensors[0].dim() == 5
-    return [t if t is None or not volumes else t.select(t.dim() - 3, t.shape[-3] // 2) for t in tensors]
+    return [t if t is None or not volumes else axial(t) for t in tensors]
 
 
 def run(args) -> None:
@@ -279,7 +281,7 @@ def run(args) -> None:
     print(f"{len(test.images)} {args.dataset} scans: noise to t_lambda={t_lambda} of T={model.T}, denoise by {how}"
           f"{told}, {args.repeats} draws per map, Gaussian smoothing sigma {args.smooth:g} px", flush=True)
     test_map, recs = maps_at(t_lambda, test.images, "test scans")
-    save_anomaly_figure(*axial(test.images, recs, test_map, test.masks), out, rows=FIGURE_ROWS)
+    save_anomaly_figure(*axial_slices(test.images, recs, test_map, test.masks), out, rows=FIGURE_ROWS)
     if val is None or test.masks is None:
         print(f"wrote {out} (scan | reconstruction | anomaly map | true mask outline); no score: "
               f"{args.dataset} has no validation split with lesion masks", flush=True)

@@ -41,10 +41,15 @@ SCHEDULES = {
 }
 
 
+def per_sample(v: Tensor, x: Tensor) -> Tensor:
+    """One value per sample, v (B,), shaped (B, 1, ..., 1) to broadcast on x: images (B, C, H, W) or
+    volumes (B, C, D, H, W) alike, by x's own rank."""
+    return v.view(-1, *[1] * (x.dim() - 1))
+
+
 def extract(a: Tensor, t: Tensor, x: Tensor) -> Tensor:
-    """a[t] for a (T,) schedule and (B,) indices, shaped (B, 1, ..., 1) to broadcast on x: images
-    (B, C, H, W) or volumes (B, C, D, H, W) alike, by x's own rank."""
-    return a[t].view(-1, *[1] * (x.dim() - 1))
+    """a[t] for a (T,) schedule and (B,) indices, per_sample on x."""
+    return per_sample(a[t], x)
 
 
 def repaint_times(T: int, jump_length: int, jump_count: int) -> list:
@@ -145,8 +150,7 @@ class DDPM(nn.Module):
         + sigma_t z, with z ignored at the last step (paper t = 1, index 0)."""
         alpha, beta, alpha_bar = (extract(a, t, x_t) for a in (self.alpha, self.beta, self.alpha_bar))
         mean = (x_t - beta / (1 - alpha_bar).sqrt() * eps_hat) / alpha.sqrt()
-        noise_on = (t > 0).view(-1, *[1] * (x_t.dim() - 1))  # no z at the last step
-        sigma = extract(self.sigma2, t, x_t).sqrt() * noise_on
+        sigma = extract(self.sigma2, t, x_t).sqrt() * per_sample(t > 0, x_t)  # no z at the last step
         return mean + sigma * z
 
     def predict_x0(self, x_t: Tensor, t: Tensor, eps_hat: Tensor) -> Tensor:

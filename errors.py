@@ -34,15 +34,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {rank_prefix()}error: {one_line(message)} (see --help)\n")
 
 
-def rank() -> int:
-    """This process's rank under torchrun (RANK), 0 otherwise."""
-    value = os.environ.get("RANK", "0")
-    return int(value) if value.isdigit() else 0
+def world() -> tuple:
+    """(rank, number of processes) of this process under torchrun (RANK, WORLD_SIZE); (0, 1) otherwise."""
+    rank, size = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    return int(rank) if rank.isdigit() else 0, int(size) if size.isdigit() else 1
 
 
 def rank_prefix() -> str:
     """"rank N: " under torchrun, whose processes all report (the first to fail ends the others)."""
-    return f"rank {rank()}: " if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else ""
+    rank, size = world()
+    return f"rank {rank}: " if size > 1 else ""
 
 
 def one_line(text: str, limit: int | None = None) -> str:
@@ -101,5 +102,5 @@ def run_script(parser: argparse.ArgumentParser, work, args, interrupted=lambda: 
             parser.exit(130, f"\n{interrupted()}\n")
     if failure is not None:
         parser.exit(2, f"{prog}: {rank_prefix()}error: {failure}\n")
-    for w in {one_line(str(w.message), CAUSE_LENGTH): w for w in caught} if not rank() else ():
+    for w in {one_line(str(w.message), CAUSE_LENGTH): w for w in caught} if not world()[0] else ():
         print(f"{prog}: note: {w}", file=sys.stderr)

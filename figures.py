@@ -19,11 +19,16 @@ def make_grid(x: Tensor, nrow: int = 8, pad: int = 2) -> Tensor:
     return grid
 
 
+def axial(x: Tensor) -> Tensor:
+    """The axial mid-slice (the middle of D) of volumes whose last three dimensions are D, H, W."""
+    return x.select(-3, x.shape[-3] // 2)
+
+
 def mid_slices(x: Tensor) -> Tensor:
     """Volumes (N, C, D, H, W) as their three orthogonal mid-slices, axial (the middle of D), coronal
     (of H) and sagittal (of W), one after the other per volume: (3N, C, S, S) for cubes of side S."""
     N, C, D, H, W = x.shape  # count, channels, depth, height, width
-    return torch.stack([x[:, :, D // 2], x[:, :, :, H // 2], x[:, :, :, :, W // 2]], dim=1).flatten(0, 1)
+    return torch.stack([axial(x), x[:, :, :, H // 2], x[:, :, :, :, W // 2]], dim=1).flatten(0, 1)
 
 
 def save_slice_strip(x: Tensor, path: str, rows: int = 4, slices: int = 8) -> None:
@@ -88,7 +93,7 @@ def save_forward_diffusion(model, x0: Tensor, path: str, generator=None, columns
     T = model.T
     labels = ["t=0", *(f"t={round(j * T / (columns - 1))}" for j in range(1, columns))]
     grid = forward_diffusion_grid(model, x0, generator, columns).flatten(0, 1)
-    grid = grid[:, :, grid.shape[2] // 2] if grid.dim() == 5 else grid  # volumes: the axial mid-slice
+    grid = axial(grid) if grid.dim() == 5 else grid
     save_grid(grid, path, nrow=columns, col_labels=labels)
 
 
@@ -184,7 +189,7 @@ def save_reverse_process(kept: list, x0: Tensor, T: int, path: str, rows: int = 
     cols = len(kept) + 1
     fig, axes = plt.subplots(2 * rows, cols, figsize=(1.1 * cols, 2.3 * rows), squeeze=False)
     def show(ax, img):  # a volume (C, D, H, W) by its axial mid-slice
-        img = unnormalize_to_zero_to_one(img.float() if img.dim() == 3 else img[:, img.shape[1] // 2].float())
+        img = unnormalize_to_zero_to_one((img if img.dim() == 3 else axial(img)).float())
         ax.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -12,7 +12,7 @@ import sys
 import time
 
 from catalog import MEDMNIST_2D, MEDMNIST_3D, MODELS, PAPER, PRECISIONS, RECIPE, known
-from errors import DataError, HelpFormatter, Parser, rank, run_script
+from errors import DataError, HelpFormatter, Parser, run_script, world
 from settings import option, problems
 
 
@@ -141,7 +141,7 @@ def check_args(args, p: Parser) -> None:
 def train(args, done: dict) -> None:
     """The whole run, in a run folder locked for it (runfolder.py) by rank 0, the only one that writes
     (torchrun: parallel.py); done["epoch"] follows the last saved epoch."""
-    from parallel import start, stop, world
+    from parallel import start, stop
     from runfolder import RunFolder
     from training import check_process
     check_process(args)
@@ -238,7 +238,7 @@ def train_in(folder, args, done: dict, rank: int = 0, size: int = 1) -> None:
                 cond.update({"mask": mask} if mask is not None else {})
             pending.append(train_step(model, optimizer, ema, x0, len(losses) + len(pending) + 1, args.lr,
                                       args.warmup, precision=config["precision_used"],
-                                      rows=rows(len(x0), rank, size), world=size, **cond))  # Alg. 1
+                                      rows=rows(len(x0), rank, size), processes=size, **cond))  # Alg. 1
             if threads.update():
                 bar.note(threads=torch.get_num_threads())
             if len(pending) < CHECK_EVERY and i + B < N:
@@ -285,7 +285,7 @@ def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(args, parser)
-    if rank() > 0:  # torchrun: rank 0 alone reports progress
+    if world()[0] > 0:  # torchrun: rank 0 alone reports progress
         sys.stdout = open(os.devnull, "w")
     done = {"epoch": 0}  # the last epoch saved, for the message if the run is stopped
     out = args.out or f"contents_{args.model}"

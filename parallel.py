@@ -1,5 +1,6 @@
 """Data-parallel training over processes started by torchrun, PyTorch's launcher:
-`torchrun --nproc_per_node N main.py DDPM ...`. One process is one rank; without torchrun there is one.
+`torchrun --nproc_per_node N main.py DDPM ...`. One process is one rank; without torchrun there is one
+(errors.world reads which, without torch).
 
 Every rank holds the same data and draws the same random numbers (seed, shuffle, augmentation, and
 Algorithm 1's timesteps and noise for the whole batch), exactly as one process would. It runs the
@@ -16,11 +17,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 TIMEOUT = datetime.timedelta(hours=1)  # the other ranks wait this long while rank 0 samples and saves an epoch
-
-
-def world() -> tuple:
-    """(rank, world size) of this process: (0, 1) unless started by torchrun."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def start(device: torch.device) -> torch.device:

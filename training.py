@@ -25,10 +25,10 @@ CHECK_EVERY = 50  # steps between reading the losses back (one host sync) and ch
 
 
 def train_step(model, optimizer, ema, x0: torch.Tensor, step: int, lr: float, warmup: int, *,
-               precision: str = "fp32", rows: slice | None = None, world: int = 1, **cond) -> torch.Tensor:
+               precision: str = "fp32", rows: slice | None = None, processes: int = 1, **cond) -> torch.Tensor:
     """Algorithm 1, one step, as main.py and bench.py train: the loss of a batch x0 (lines 2-5, DDPM.loss)
     in `precision` (speed.py), the warm-up learning rate of this step (1, 2, ...), backward, Adam, then the
-    EMA of the weights. rows, world: this rank's rows of the batch and the number of ranks (parallel.py).
+    EMA of the weights. rows, processes: this rank's rows of the batch and the number of ranks (parallel.py).
     Returns the loss (this rank's share of it) as a tensor, not read back, so that no step waits for the host;
     the caller checks it (diverged) every CHECK_EVERY steps."""
     with autocast(precision, x0.device):
@@ -36,7 +36,7 @@ def train_step(model, optimizer, ema, x0: torch.Tensor, step: int, lr: float, wa
     for group in optimizer.param_groups:
         group["lr"] = warmup_lr(lr, warmup, step)
     optimizer.zero_grad(set_to_none=True)
-    (loss * world).backward()  # DDP averages the ranks' gradients: `world` times the shares' mean is the batch's
+    (loss * processes).backward()  # DDP averages the ranks' gradients; `processes` x their mean is the batch's
     optimizer.step()
     if ema is not None:
         ema.update(model)

@@ -218,3 +218,19 @@ def test_volumes_default_to_their_own_batch_and_widths_unless_given(tmp_path):
     a, b = (json.loads((tmp_path / d / "config.json").read_text()) for d in "ab")
     assert (a["batch_size"], a["unet_widths"]) == (8, [8, 16, 32, 32])
     assert (b["batch_size"], b["unet_widths"]) == (4, [4, 8])
+
+
+def test_2d_only_sample_options_on_a_3d_model_are_one_line(tmp_path, capsys):
+    out = tmp_path / "cond"
+    main.main(["COND", *TINY3D, "--out", str(out)])
+    (tmp_path / "masks").mkdir()
+    from PIL import Image
+    Image.new("L", (8, 8)).save(tmp_path / "masks" / "m.png")
+    Image.new("L", (8, 8)).save(tmp_path / "scan.png")
+    capsys.readouterr()
+    for extra, message in ((["--inpaint", str(tmp_path / "scan.png"), "--region", str(tmp_path / "masks" / "m.png")],
+                            "--inpaint reads a 2D image"), (["--mask-dir", str(tmp_path / "masks")], "draws volumes")):
+        with pytest.raises(SystemExit) as e:
+            sample.main([str(out / "model.pth"), *extra, "--out", str(tmp_path / "s.png")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and len(err.splitlines()) == 1, err
