@@ -2,9 +2,10 @@
 masks (N, 1, H, W) in {0, 1} or None (datatypes.Dataset; the [0, 1] <-> [-1, 1] mapping is there too).
 Batches are drawn by random index; --augment transforms whole batches (transforms.py).
 
-DATASETS, at the end, is the registry of the names a user can type: mnist, MedMNIST 2D subsets by
-name (pathmnist, pneumoniamnist, ...), csv, folder (images/ and optional masks/), and the synthetic
-shapes and phantoms of synthetic.py. The file formats are read in formats.py.
+DATASETS, at the end, is the registry of the names a user can type: mnist, MedMNIST 2D and 3D subsets
+by name (pathmnist, organmnist3d, ...), csv, folder (images/ and optional masks/), nifti (the same with
+.nii.gz volumes, read by the optional nibabel), and the synthetic shapes and phantoms of synthetic.py.
+The file formats are read in formats.py.
 Every loader checks what it reads (dtype, range, shape, finiteness, label values) and either
 converts it correctly or raises DataError with a one-line message naming the file; sizes are
 checked before anything large is allocated.
@@ -15,12 +16,26 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from catalog import MEDMNIST_2D, MEDMNIST_3D
 from datatypes import Dataset, normalize_to_neg_one_to_one
 from errors import DataError, one_line
-from formats import IMAGE_EXTENSIONS, MAX_VALUES, list_images, parse_csv_rows, read_idx, read_npz, read_resized
+from formats import (
+    IMAGE_EXTENSIONS,
+    MAX_VALUES,
+    NIFTI_EXTENSIONS,
+    list_images,
+    list_volumes,
+    nifti_voxels,
+    open_nifti,
+    parse_csv_rows,
+    read_idx,
+    read_npz,
+    read_resized,
+)
+from progress import Progress
 
 MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -225,6 +240,63 @@ def load_folder(data_dir: str, image_size: int, channels: int | None, train: boo
     return Dataset(x, None, m)
 
 
+def resize_volume(a: np.ndarray, size: int) -> Tensor:
+    """A float (D, H, W) volume resampled to size^3: averaging over the voxels each new one covers along
+    the sides that shrink (area), then trilinear along those that grow. Values stay within the input's range."""
+    v = torch.from_numpy(a)[None, None]
+    v = F.interpolate(v, size=tuple(min(s, size) for s in a.shape), mode="area")
+    return F.interpolate(v, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
+
+
+def binarize_label_map(a: np.ndarray) -> np.ndarray:
+    """A 3D mask by its values: a label map of whole numbers (0 background, 1, 2, 4 ... lesion classes, as in
+    BraTS) marks every nonzero label; a mask of fractions, the values at or above half the highest."""
+    return (a != 0) if np.array_equal(a, np.round(a)) else (a >= a.max() / 2)
+
+
+def load_nifti_folder(data_dir: str, image_size: int, channels: int | None, train: bool = True,
+                      limit: int | None = None) -> Dataset:
+    """data_dir/images/*.nii(.gz) (+ optional data_dir/masks/ with the same names, on the same voxel grid),
+    as (N, 1, S, S, S) volumes in [-1, 1] with S = image_size: each reoriented to RAS+ (formats.open_nifti),
+    scaled by its own min..max (CT and MRI intensities have no common scale) and resampled to a cube, as
+    MedMNIST 3D does. Masks by binarize_label_map, resampled the same way and cut at 0.5. The last 10% of
+    the sorted names are held out (train=False)."""
+    if channels not in (None, 1):
+        raise DataError("NIfTI volumes are read as one channel: drop --channels 3")
+    image_dir, mask_dir = os.path.join(data_dir, "images"), os.path.join(data_dir, "masks")
+    if not os.path.isdir(image_dir):
+        raise DataError(f"no images/ folder in {data_dir}: put the .nii.gz volumes in {image_dir}")
+    images = list_volumes(image_dir)
+    if not images:
+        raise DataError(f"{image_dir} holds no {'/'.join(NIFTI_EXTENSIONS)} volumes")
+    masks = list_volumes(mask_dir) if os.path.isdir(mask_dir) else None
+    if masks is not None and images.keys() != masks.keys():
+        only_i, only_m = sorted(images.keys() - masks.keys()), sorted(masks.keys() - images.keys())
+        raise DataError(f"volumes and masks do not match: without mask: {', '.join(only_i[:5]) or '-'}; "
+                        f"without volume: {', '.join(only_m[:5]) or '-'} (names must match)")
+    names = sorted(images)
+    held_out = max(1, len(names) // 10) if len(names) > 1 else 0
+    names = (names[:len(names) - held_out] if train else names[len(names) - held_out:] or names)[:limit]
+    x, m = [], []
+    for name in Progress(names, len(names), f"reading {'training' if train else 'held-out'} volumes", "volume"):
+        image = open_nifti(images[name])
+        a = nifti_voxels(image, images[name])
+        lo, hi = float(a.min()), float(a.max())
+        if hi == lo:
+            raise DataError(f"{images[name]} holds the single value {lo:g}: an empty volume has nothing to learn; "
+                            "remove it")
+        x.append(resize_volume((a - lo) / (hi - lo), image_size).clamp(0, 1))  # clamp: round-off only
+        if masks is not None:
+            mask = open_nifti(masks[name])
+            if mask.shape != image.shape or not np.allclose(mask.affine, image.affine, rtol=1e-4, atol=1e-3):
+                raise DataError(f"mask {name} ({'x'.join(map(str, mask.shape))}) is not on its volume's voxel grid "
+                                f"({'x'.join(map(str, image.shape))}, or another affine): masks must share it")
+            b = binarize_label_map(nifti_voxels(mask, masks[name])).astype(np.float32)
+            m.append(resize_volume(b, image_size) >= 0.5)
+    return Dataset(normalize_to_neg_one_to_one(torch.stack(x)[:, None]), None,
+                   torch.stack(m)[:, None].float() if masks is not None else None)
+
+
 def load_dataset(name: str, data_dir: str = "data", train: bool = True, image_size: int | None = None,
                  channels: int | None = None, data_path: str | None = None, download: bool = True,
                  limit: int | None = None) -> Dataset:
@@ -282,6 +354,10 @@ def read_folder(data_dir, train, image_size, channels, limit, **_):
     return load_folder(data_dir, image_size, channels, train, limit)
 
 
+def read_nifti(data_dir, train, image_size, channels, limit, **_):
+    return load_nifti_folder(data_dir, image_size, channels, train, limit)
+
+
 def read_csv(data_path, image_size, channels, limit, **_):
     if not data_path:
         raise DataError("--dataset csv needs --data-path FILE.csv")
@@ -298,6 +374,7 @@ DATASETS = {
     "phantom3d-healthy": DatasetInfo(read_phantom3d("none"), size=32, lesion="none"),
     "phantom3d-anomaly": DatasetInfo(read_phantom3d("hidden"), size=32, masks=True, lesion="hidden"),
     "folder": DatasetInfo(read_folder, size=64, masks=True, judge="segmenter"),
+    "nifti": DatasetInfo(read_nifti, size=32, masks=True),
     "csv": DatasetInfo(read_csv, size=28),
 }
 

@@ -4,6 +4,7 @@ images and masks (8-bit, 16-bit, float; masks binarised by their own values). da
 these return into datasets."""
 import csv
 import gzip
+import logging
 import os
 import zlib
 
@@ -210,3 +211,85 @@ def read_resized(paths: list, image_size: int, mode: str | None, sizes: list | N
               "range to scale by, integer ones were mapped to value / 65535, others to 0.5", flush=True)
     x = np.stack(out).clip(0, 1)  # bilinear resizing keeps [0, 1] up to round-off
     return (x >= 0.5).astype(np.float32) if mode == "mask" else x
+
+
+# --- NIfTI volumes (.nii, .nii.gz), read by nibabel, an optional dependency ------------------------
+
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+MAX_VOLUME_VOXELS = 2 ** 27  # one volume of up to 512^3 voxels (0.5 GB as float32), checked from its header
+
+
+def nifti_stem(name: str) -> str | None:
+    """"brain_001" for brain_001.nii or brain_001.nii.gz (any case), None for other files."""
+    low = name.lower()
+    return next((name[:-len(e)] for e in NIFTI_EXTENSIONS if low.endswith(e)), None)
+
+
+def list_volumes(folder: str) -> dict:
+    """{stem: path} of the NIfTI files in folder; a.nii beside a.nii.gz is refused (one stem, two files)."""
+    found = {}
+    for f in sorted(os.listdir(folder)):
+        stem = nifti_stem(f)
+        if stem is None:
+            continue
+        if stem in found:
+            raise DataError(f"{folder} holds {os.path.basename(found[stem])} and {f}: two files with one name; "
+                            "keep one of them")
+        found[stem] = os.path.join(folder, f)
+    return found
+
+
+def open_nifti(path: str):
+    """The nibabel image of a NIfTI file (header read, no voxels yet), reoriented to RAS+ (the closest
+    canonical orientation), so that every volume of a folder lies the same way round. One 3D volume per
+    file (trailing axes of length 1 are dropped); its size is checked before any voxel is read."""
+    try:
+        import nibabel
+    except ImportError as e:
+        raise DataError("reading NIfTI volumes needs nibabel, an optional dependency: pip install nibabel") from e
+    logging.getLogger("nibabel.global").setLevel(logging.CRITICAL + 1)  # its notes would add lines: errors come here
+    try:
+        image = nibabel.load(path)
+        if not isinstance(image, (nibabel.Nifti1Image, nibabel.Nifti2Image)):
+            raise DataError(f"{path} is a {type(image).__name__}, not a NIfTI-1 or NIfTI-2 volume: convert it "
+                            "to .nii.gz")
+        shape = tuple(image.shape)
+        while len(shape) > 3 and shape[-1] == 1:
+            shape = shape[:-1]
+        if len(shape) != 3:
+            raise DataError(f"{path} has shape {tuple(image.shape)}: one 3D volume per file is read (split 4D "
+                            "series or modalities into files of their own)")
+        if min(shape) < 2:
+            raise DataError(f"{path} has shape {shape}: a volume needs at least 2 voxels along each side")
+        dtype = image.get_data_dtype()
+        if dtype.kind not in "uif":
+            raise DataError(f"{path} stores {dtype} voxels ({'complex' if dtype.kind == 'c' else 'not one number'} per "
+                            "voxel): one real intensity per voxel is read; convert it to a grayscale volume")
+        if np.prod(shape, dtype=np.float64) > MAX_VOLUME_VOXELS:
+            raise DataError(f"{path} is {'x'.join(map(str, shape))} voxels, more than the {MAX_VOLUME_VOXELS:,} "
+                            "this project reads from one file: crop or downsample it first")
+        return nibabel.as_closest_canonical(nibabel.funcs.squeeze_image(image))
+    except DataError:
+        raise
+    except nibabel.orientations.OrientationError as e:
+        raise DataError(f"{path}: its affine gives no orientation (a zero or degenerate sform/qform): fix its "
+                        "header") from e
+    except (OSError, EOFError, ValueError, zlib.error, MemoryError, nibabel.filebasedimages.ImageFileError,
+            nibabel.spatialimages.HeaderDataError) as e:
+        raise DataError(f"{path} is not a readable NIfTI file ({one_line(str(e), 150) or type(e).__name__})") from e
+
+
+def nifti_voxels(image, path: str) -> np.ndarray:
+    """The voxels of an open_nifti image as float32 (D, H, W): D runs inferior to superior (so that an
+    axial slice is x[d]), H anterior to posterior (the nose at the top of an axial slice), W the patient's
+    left to right (neurological convention: the patient's right on the image's right). Scaled by the
+    header's slope and intercept, as nibabel does; non-finite voxels are refused."""
+    import nibabel
+    try:
+        a = np.asarray(image.get_fdata(dtype=np.float32))
+    except (OSError, EOFError, ValueError, zlib.error, MemoryError, nibabel.filebasedimages.ImageFileError) as e:
+        raise DataError(f"{path}: its voxels cannot be read ({one_line(str(e), 150) or type(e).__name__}): the "
+                        "file is damaged") from e
+    if not np.isfinite(a).all():
+        raise DataError(f"{path} holds non-finite voxels (nan/inf): fix or remove it")
+    return np.ascontiguousarray(a.transpose(2, 1, 0)[:, ::-1, :])  # RAS (x, y, z) -> (z, -y, x)

@@ -31,10 +31,12 @@ def build_parser() -> Parser:
     p.add_argument("--dataset", default="mnist", metavar="NAME",
                    help=f"{', '.join(n for n in known('dataset') if n not in MEDMNIST_2D + MEDMNIST_3D)} or a MedMNIST "
                    "2D or 3D name (pathmnist, organmnist3d, ...)")
-    p.add_argument("--data-dir", default="./data", help="where datasets are read from / downloaded to")
+    p.add_argument("--data-dir", default="./data", help="where datasets are read from / downloaded to (folder, "
+                   "nifti: its images/ and masks/)")
     p.add_argument("--data-path", help="the CSV file for --dataset csv")
     p.add_argument("--image-size", type=int,
-                   help="folder/phantom: resize to this (default: 64); csv: side length (28)")
+                   help="folder/phantom: resize to this (default: 64); nifti/phantom3d: the cube's side "
+                   "(32); csv: side length (28)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="folder/csv: 1 grayscale or 3 RGB (default: from the "
                    "files; csv 1)")
     p.add_argument("--epochs", type=int, default=20, help="train until this many epochs are done")
@@ -203,7 +205,8 @@ def train_in(folder, args, done: dict, rank: int = 0, size: int = 1) -> None:
              "ddpm": f"Algorithm 2, {args.n_T} steps"}.get(args.sampler, f"sampler {args.sampler}")
     steps += ", clipped x0" if args.clip_x0 else ""
     print(f"{args.model} with {type(model.eps_model).__name__} ({count_parameters(model.eps_model):,} parameters) "
-          f"on {args.dataset} ({len(train_set.images)} images {tuple(train_set.images.shape[1:])}), "
+          f"on {args.dataset} ({len(train_set.images)} {'volumes' if config['dims'] == 3 else 'images'} "
+          f"{tuple(train_set.images.shape[1:])}), "
           f"T={model.T}, device {device}, samples by {steps}, writing {out}/", flush=True)
     x_all = train_set.images.to(device)
     y_all = train_set.labels.to(device) if config["cond"] == "class" else None

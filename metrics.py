@@ -13,7 +13,8 @@ small segmentation U-Net trained once on the real training split (image -> lesio
 - mask_dice: Dice between each sample's condition mask and the segmenter's mask of the sample;
 - mask_dice_real: the segmenter on real held-out slices against their true masks (the ceiling);
 - fid and fid_real with the segmenter's encoder features, against the training split.
-Also the mask Dice used for the phantom data set (lesion_dice).
+For the phantoms (phantom, phantom3d), whose lesion is the only tissue brighter than 0.8, no judge is
+trained: lesion_dice scores mask-conditioned samples against their masks, beside shuffled masks (chance).
 """
 import hashlib
 import os
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data import DataError, load_dataset
+from data import DataError, dataset_info, load_dataset
 from datatypes import unnormalize_to_zero_to_one
 from errors import Parser, run_script
 from formats import read_npz
@@ -365,12 +366,28 @@ def read_samples(path: str) -> tuple:
             None if masks is None else torch.from_numpy(masks.astype(np.float32)))
 
 
+def phantom_dice(images: Tensor, masks: Tensor | None, name: str) -> dict:
+    """dice (lesion_dice against each sample's own condition mask) and dice_shuffled_masks (against the
+    next sample's mask: chance level) for mask-conditioned samples of a phantom."""
+    if masks is None:
+        raise DataError(f"the samples have no 'masks' array: {name}'s Dice needs samples drawn for masks "
+                        "(sample.py with a COND --cond mask model)")
+    volumes = name.startswith("phantom3d")
+    if (images.dim() == 5) != volumes:
+        raise DataError(f"the samples are {'volumes' if images.dim() == 5 else 'images'} but {name} holds "
+                        f"{'volumes' if volumes else 'images'}: pass the --dataset they were drawn for")
+    if len(images) < 2:
+        raise DataError("the Dice beside shuffled masks needs at least 2 samples")
+    return {"dice": round(lesion_dice(images, masks), 4),
+            "dice_shuffled_masks": round(lesion_dice(images, masks.roll(1, dims=0)), 4)}
+
+
 def main(argv=None) -> None:
     p = Parser(prog="metrics.py", description="fid, fid_real (and class_accuracy) of samples in the features of a "
                "small classifier trained on the dataset.")
     p.add_argument("samples", help="a .npz written by sample.py (images in [-1, 1], optional labels)")
-    p.add_argument("--dataset", required=True, help="mnist, shapes, a MedMNIST 2D or 3D name, or folder (images/ and "
-                   "masks/ in --data-dir: the segmenter judge)")
+    p.add_argument("--dataset", required=True, help="mnist, shapes, a MedMNIST 2D or 3D name, folder (images/ and "
+                   "masks/ in --data-dir: the segmenter judge), or phantom/phantom3d (mask Dice by threshold)")
     p.add_argument("--data-dir", default="./data", help="where the dataset is read from")
     p.add_argument("--image-size", type=int, help="folder: the side the real images are resized to (default: the "
                    "samples')")
@@ -381,7 +398,9 @@ def score_file(args) -> None:
     images, labels, masks = read_samples(args.samples)
     check_range(images)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    if args.dataset == "folder":
+    if dataset_info(args.dataset).lesion == "bright":
+        result = phantom_dice(images, masks, args.dataset)
+    elif args.dataset == "folder":
         score = MaskScore(args.data_dir, args.image_size or images.shape[-1], log=log, sample_shape=images.shape[1:])
         result = score(images, masks=masks)
     else:
