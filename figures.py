@@ -26,9 +26,12 @@ def axial(x: Tensor) -> Tensor:
 
 def mid_slices(x: Tensor) -> Tensor:
     """Volumes (N, C, D, H, W) as their three orthogonal mid-slices, axial (the middle of D), coronal
-    (of H) and sagittal (of W), one after the other per volume: (3N, C, S, S) for cubes of side S."""
+    (of H) and sagittal (of W), one after the other per volume: (3N, C, S, S) for cubes of side S.
+    D runs from inferior to superior (data.load_nifti_folder), so the coronal and sagittal slices are
+    flipped to show superior at the top, as scanners do."""
     N, C, D, H, W = x.shape  # count, channels, depth, height, width
-    return torch.stack([axial(x), x[:, :, :, H // 2], x[:, :, :, :, W // 2]], dim=1).flatten(0, 1)
+    coronal, sagittal = x[:, :, :, H // 2].flip(-2), x[:, :, :, :, W // 2].flip(-2)
+    return torch.stack([axial(x), coronal, sagittal], dim=1).flatten(0, 1)
 
 
 def save_slice_strip(x: Tensor, path: str, rows: int = 4, slices: int = 8) -> None:

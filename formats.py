@@ -239,15 +239,21 @@ def list_volumes(folder: str) -> dict:
     return found
 
 
+def need_nibabel():
+    """The nibabel module, or DataError saying how to install it (an optional dependency)."""
+    try:
+        import nibabel
+    except ImportError as e:
+        raise DataError("NIfTI volumes need nibabel, an optional dependency: pip install nibabel") from e
+    logging.getLogger("nibabel.global").setLevel(logging.CRITICAL + 1)  # its notes would add lines: errors come here
+    return nibabel
+
+
 def open_nifti(path: str):
     """The nibabel image of a NIfTI file (header read, no voxels yet), reoriented to RAS+ (the closest
     canonical orientation), so that every volume of a folder lies the same way round. One 3D volume per
     file (trailing axes of length 1 are dropped); its size is checked before any voxel is read."""
-    try:
-        import nibabel
-    except ImportError as e:
-        raise DataError("reading NIfTI volumes needs nibabel, an optional dependency: pip install nibabel") from e
-    logging.getLogger("nibabel.global").setLevel(logging.CRITICAL + 1)  # its notes would add lines: errors come here
+    nibabel = need_nibabel()
     try:
         image = nibabel.load(path)
         if not isinstance(image, (nibabel.Nifti1Image, nibabel.Nifti2Image)):
@@ -293,3 +299,11 @@ def nifti_voxels(image, path: str) -> np.ndarray:
     if not np.isfinite(a).all():
         raise DataError(f"{path} holds non-finite voxels (nan/inf): fix or remove it")
     return np.ascontiguousarray(a.transpose(2, 1, 0)[:, ::-1, :])  # RAS (x, y, z) -> (z, -y, x)
+
+
+def nifti_bytes(v: np.ndarray) -> bytes:
+    """A (D, H, W) volume in nifti_voxels' order as the bytes of a .nii.gz: float32 voxels, RAS+ with 1 mm
+    voxels (the true spacing is not known to a sample), so that nifti_voxels reads back v."""
+    nibabel = need_nibabel()
+    a = np.ascontiguousarray(v[:, ::-1, :].transpose(2, 1, 0), dtype=np.float32)  # (z, -y, x) -> RAS (x, y, z)
+    return gzip.compress(nibabel.Nifti1Image(a, np.eye(4)).to_bytes(), compresslevel=6)

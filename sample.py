@@ -4,23 +4,26 @@ Rebuilds the model from the checkpoint's own config (with its EMA weights when p
 writes FILE.png (8 per row; class-conditional: one row per class unless --label; masks:
 mask | sample | outline) and FILE.npz (images float32 (N, C, H, W) in [-1, 1], plus labels or
 masks). --reverse also writes FILE_reverse.png: x_t and the network's x0_hat along the way.
+Volumes also get FILE_slices.png, and with --nifti a folder FILE_nifti/ of .nii.gz files for a viewer.
 """
 import argparse
 import math
 import os
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 import torch
 
 from catalog import known
 from data import DataError, load_dataset
-from datatypes import normalize_to_neg_one_to_one
+from datatypes import normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
 from ddpm import visited
 from errors import Parser, run_script
 from figures import class_grid_labels, mask_triplets, save_grid, save_reverse_process, save_slice_strip
 from files import check_outputs, png_out, save_atomic
-from formats import list_images, read_resized
+from formats import list_images, need_nibabel, nifti_bytes, read_resized
 from models import draw, load_checkpoint, model_from_checkpoint, pick_device, sample_shape
 from settings import SEED_MAX
 from speed import PRECISIONS, autocast, choose_precision, sampling_check
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output PNG (default: samples.png beside the checkpoint); the .npz goes beside it")
     p.add_argument("--reverse", action="store_true", help="also write FILE_reverse.png (x_t and x0_hat along the way)")
+    p.add_argument("--nifti", action="store_true", help="volumes: also write each as FILE_nifti/images/NNNN.nii.gz "
+                   "(and its condition mask in masks/), the layout --dataset nifti reads, for a viewer (needs nibabel)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights are saved")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -120,6 +125,12 @@ def outputs(args) -> dict:
     if args.reverse:
         files["--out (its _reverse.png)"] = os.path.splitext(out)[0] + "_reverse.png"
     files["--out (its _slices.png, for volumes)"] = os.path.splitext(out)[0] + "_slices.png"
+    if args.nifti:
+        need_nibabel()
+        folder = os.path.splitext(out)[0] + "_nifti"
+        if os.path.exists(folder):  # a folder of volumes is never merged into or replaced
+            raise DataError(f"--nifti would write into {folder}, which exists: move it or choose another --out")
+        files["--out (its _nifti folder)"] = folder
     inputs = [args.checkpoint, *(list_images(args.mask_dir).values() if args.mask_dir and
                                  os.path.isdir(args.mask_dir) else []),
               *(f for f in (args.inpaint, args.region, args.cond_mask) if f and f != "none")]
@@ -147,6 +158,8 @@ def run(args) -> None:
         if not (math.isfinite(args.guidance) and args.guidance >= 0) or config["model"] != "COND":
             raise DataError("--guidance needs a COND checkpoint and a finite w >= 0")
         model.guidance_scale = args.guidance
+    if args.nifti and config.get("dims", 2) != 3:
+        raise DataError("--nifti writes volumes and this model draws 2D images: use the .npz or the .png")
     if args.inpaint and config.get("dims", 2) == 3:
         raise DataError("--inpaint reads a 2D image and this model draws volumes: inpainting volumes is not "
                         "supported yet")
@@ -172,7 +185,7 @@ def run(args) -> None:
     with autocast(precision, device):
         x = draw(model, n, shape, sampler=sampler, steps=steps, eta=eta, generator=g, progress=True, record=record,
                  kept=kept, **given).float()
-    save_samples(x.cpu(), cond, out)
+    save_samples(x.cpu(), cond, out, nifti=args.nifti)
     if record:
         save_reverse_process(kept, x.cpu(), model.T, os.path.splitext(out)[0] + "_reverse.png")
         print(f"wrote {os.path.splitext(out)[0]}_reverse.png", flush=True)
@@ -244,7 +257,7 @@ def write_images_npz(x: torch.Tensor, cond: dict, npz: str) -> None:
     save_atomic(write, npz)
 
 
-def save_samples(x: torch.Tensor, cond: dict, out: str) -> None:
+def save_samples(x: torch.Tensor, cond: dict, out: str, nifti: bool = False) -> None:
     """out (grid, 8 per row or mask triplets) and out's .npz: images float32 (N, C, H, W) in [-1, 1],
     plus labels or masks. Non-finite samples are refused, not saved as black cells."""
     if not torch.isfinite(x).all():
@@ -262,6 +275,30 @@ def save_samples(x: torch.Tensor, cond: dict, out: str) -> None:
         strip = os.path.splitext(out)[0] + "_slices.png"
         save_slice_strip(x, strip)
         print(f"wrote {strip} (axial slices through the first volumes)", flush=True)
+    if nifti:
+        save_nifti(x, cond, os.path.splitext(out)[0] + "_nifti")
+
+
+def save_nifti(x: torch.Tensor, cond: dict, folder: str) -> None:
+    """Volumes (N, 1, D, H, W) in [-1, 1] as folder/images/NNNN.nii.gz with intensities in [0, 1], and their
+    condition masks as folder/masks/NNNN.nii.gz: the layout --dataset nifti and viewers read. Written into a
+    temporary folder renamed into place at the end, so that an interrupted run leaves no half folder."""
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", dir=os.path.dirname(os.path.abspath(folder)))
+    parts = {"images": unnormalize_to_zero_to_one(x)[:, 0], "masks": cond["mask"][:, 0] if "mask" in cond else None}
+    try:
+        for part, volumes in parts.items():
+            if volumes is None:
+                continue
+            os.mkdir(os.path.join(staging, part))
+            for i, v in enumerate(volumes.float().numpy()):
+                with open(os.path.join(staging, part, f"{i:04d}.nii.gz"), "wb") as f:
+                    f.write(nifti_bytes(v))
+        os.chmod(staging, 0o755)
+        os.rename(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    print(f"wrote {folder}/ ({len(x)} volumes{' and their masks' if 'mask' in cond else ''} as .nii.gz)", flush=True)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

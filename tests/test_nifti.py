@@ -140,3 +140,40 @@ def test_without_nibabel_a_nifti_folder_is_one_line_naming_the_install(tmp_path,
                    "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "pip install nibabel" in err and len(err.splitlines()) == 1, err
+
+
+def test_sample_writes_volumes_and_masks_as_a_nifti_folder_that_loads_back(tmp_path, capsys):
+    from test_volumes import TINY3D
+
+    import sample
+    out = tmp_path / "cond"
+    main.main(["COND", *TINY3D, "--out", str(out)])
+    sample.main([str(out / "model.pth"), "--num-samples", "3", "--nifti", "--out", str(tmp_path / "s.png")])
+    with np.load(tmp_path / "s.npz") as f:
+        images, masks = f["images"], f["masks"]
+    folder = tmp_path / "s_nifti"
+    assert sorted(p.name for p in (folder / "images").iterdir()) == ["0000.nii.gz", "0001.nii.gz", "0002.nii.gz"]
+    back = load_dataset("nifti", str(folder), image_size=8)  # the first 2 of 3 (the last is held out)
+    lo, hi = images.min(axis=(1, 2, 3, 4), keepdims=True), images.max(axis=(1, 2, 3, 4), keepdims=True)
+    np.testing.assert_allclose(back.images.numpy(), ((images - lo) / (hi - lo) * 2 - 1)[:2], atol=1e-5)
+    assert np.array_equal(back.masks.numpy(), masks[:2])
+    before = (folder / "images" / "0000.nii.gz").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # a second run never writes into the folder
+        sample.main([str(out / "model.pth"), "--num-samples", "3", "--nifti", "--out", str(tmp_path / "s.png")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "exists: move it" in err and len(err.splitlines()) == 1, err
+    assert (folder / "images" / "0000.nii.gz").read_bytes() == before
+
+
+def test_sample_nifti_on_a_2d_model_is_one_line(tmp_path, capsys):
+    import sample
+    out = tmp_path / "ddpm"
+    main.main(["DDPM", "--dataset", "shapes", "--limit", "8", "--batch-size", "4", "--net", "cnn", "--n-T", "10",
+               "--sample-steps", "1", "--num-samples", "1", "--epochs", "1", "--eval-samples", "0", "--out", str(out)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        sample.main([str(out / "model.pth"), "--nifti", "--out", str(tmp_path / "s.png")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--nifti writes volumes" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "s_nifti").exists() and not (tmp_path / "s.png").exists()

@@ -72,7 +72,8 @@ def test_mid_slices_are_axial_coronal_sagittal_in_turn():
     x[1, 0, :, 2] = 1     # the coronal mid-plane (middle of H) of volume 1
     s = mid_slices(x)
     assert s.shape == (6, 1, 4, 4)
-    assert s[0].eq(1).all() and s[1][0, 2].eq(1).all() and s[2][0, 2].eq(1).all()  # volume 0: all, row, row
+    # volume 0: all, then a row in the coronal and sagittal slices, which show superior (high D) at the top
+    assert s[0].eq(1).all() and s[1][0, 1].eq(1).all() and s[2][0, 1].eq(1).all() and s[1].sum() == 4
     assert s[4].eq(1).all() and s[3][0, 2].eq(1).all()  # volume 1: its coronal slice is all ones
 
 
