@@ -211,6 +211,22 @@ def lesion_dice(x: Tensor, masks: Tensor, threshold: float = 0.8) -> float:
     return dice(unnormalize_to_zero_to_one(x) > threshold, masks > 0.5).mean().item()
 
 
+def lesion_recall(x: Tensor, masks: Tensor, threshold: float = 0.8) -> float:
+    """The share of the masks' pixels that the samples draw brighter than threshold, over all samples: is the
+    lesion where the mask says? (Dice also counts bright pixels elsewhere, such as grain on the skull.)"""
+    inside = masks > 0.5
+    return ((unnormalize_to_zero_to_one(x) > threshold) & inside).sum().item() / max(inside.sum().item(), 1)
+
+
+def lesion_scores(x: Tensor, masks: Tensor) -> dict:
+    """dice and lesion_recall of phantom samples against their own condition masks, and against the masks
+    shuffled (each sample against the next one's: chance level)."""
+    shuffled = masks.roll(1, dims=0)
+    return {"dice": round(lesion_dice(x, masks), 4), "dice_shuffled_masks": round(lesion_dice(x, shuffled), 4),
+            "lesion_recall": round(lesion_recall(x, masks), 4),
+            "lesion_recall_shuffled_masks": round(lesion_recall(x, shuffled), 4)}
+
+
 # --- the segmenter judge for mask-conditioned samples --------------------------------------------
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -367,8 +383,7 @@ def read_samples(path: str) -> tuple:
 
 
 def phantom_dice(images: Tensor, masks: Tensor | None, name: str) -> dict:
-    """dice (lesion_dice against each sample's own condition mask) and dice_shuffled_masks (against the
-    next sample's mask: chance level) for mask-conditioned samples of a phantom."""
+    """lesion_scores of mask-conditioned samples of a phantom, after checking that they are."""
     if masks is None:
         raise DataError(f"the samples have no 'masks' array: {name}'s Dice needs samples drawn for masks "
                         "(sample.py with a COND --cond mask model)")
@@ -378,8 +393,7 @@ def phantom_dice(images: Tensor, masks: Tensor | None, name: str) -> dict:
                         f"{'volumes' if volumes else 'images'}: pass the --dataset they were drawn for")
     if len(images) < 2:
         raise DataError("the Dice beside shuffled masks needs at least 2 samples")
-    return {"dice": round(lesion_dice(images, masks), 4),
-            "dice_shuffled_masks": round(lesion_dice(images, masks.roll(1, dims=0)), 4)}
+    return lesion_scores(images, masks)
 
 
 def main(argv=None) -> None:

@@ -11,7 +11,7 @@ from data import DataError, dataset_info, load_dataset
 from errors import cause, is_disk_full
 from figures import class_grid_labels, mask_triplets, save_grid, save_loss_curve
 from files import commit, discard, stage, write_loss_csv, write_metrics_csv
-from metrics import lesion_dice
+from metrics import lesion_scores
 from models import ARCHITECTURE, EMA, build_model, draw, load_checkpoint, load_weights, pick_device, sample_shape
 from parallel import from_rank0, unwrap
 from speed import PRECISIONS, autocast, choose_precision, training_check
@@ -162,8 +162,7 @@ def sample_and_score(model, config, setup, device, score=None) -> tuple:
         given = {k: setup["cond"][c][:n] for k, c in (("labels", "y"), ("masks", "mask")) if c in setup["cond"]}
         metrics.update(score(x[:n].clamp(-1, 1), **given))
     if setup["masks"] is not None:  # phantom: the lesion is the only bright region
-        metrics["dice"] = round(lesion_dice(x, setup["masks"]), 4)
-        metrics["dice_shuffled_masks"] = round(lesion_dice(x, setup["masks"].roll(1, dims=0)), 4)
+        metrics.update(lesion_scores(x, setup["masks"]))
     return (lambda path: save_grid(grid, path, nrow=nrow, row_labels=rows)), metrics
 
 

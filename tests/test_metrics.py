@@ -110,3 +110,15 @@ def test_damaged_classifier_cache_is_rebuilt(tmp_path):
     again = QualityScore("shapes", str(tmp_path), log=messages.append)
     assert any("not a usable classifier" in m for m in messages)
     assert again.test_accuracy == score.test_accuracy  # same seed, same data: the same classifier
+
+
+def test_lesion_recall_counts_the_masks_pixels_drawn_bright_whatever_else_is_bright():
+    """Half of the mask bright: recall 0.5; bright grain elsewhere lowers the Dice but not the recall."""
+    from metrics import lesion_dice, lesion_recall
+    masks = torch.zeros(2, 1, 4, 4)
+    masks[:, :, :2, :2] = 1  # 4 pixels each
+    x = -torch.ones(2, 1, 4, 4)
+    x[:, :, 0, :2] = 1       # 2 of the 4 drawn bright
+    assert lesion_recall(x, masks) == 0.5 and lesion_dice(x, masks) == pytest.approx(2 * 2 / (2 + 4))
+    x[:, :, 3, :] = 1        # grain: 4 bright pixels outside
+    assert lesion_recall(x, masks) == 0.5 and lesion_dice(x, masks) == pytest.approx(2 * 2 / (6 + 4))

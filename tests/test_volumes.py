@@ -105,6 +105,7 @@ def test_cond_with_3d_masks_reports_dice(tmp_path):
         header, row = f.read().splitlines()[:2]
     metrics = dict(zip(header.split(","), row.split(",")))
     assert 0 <= float(metrics["dice"]) <= 1 and "dice_shuffled_masks" in metrics
+    assert 0 <= float(metrics["lesion_recall"]) <= 1 and "lesion_recall_shuffled_masks" in metrics
 
 
 def test_augment_on_volumes_is_one_line(tmp_path, capsys):
@@ -238,8 +239,8 @@ def test_2d_only_sample_options_on_a_3d_model_are_one_line(tmp_path, capsys):
 
 
 def test_metrics_py_scores_phantom3d_samples_by_mask_dice(tmp_path, capsys):
-    """Real phantom3d volumes with their own masks score Dice 1 (only the lesion passes 0.8); with the masks
-    shuffled far less; samples without masks or of the wrong dimension are one line."""
+    """Real phantom3d volumes with their own masks score Dice and lesion recall 1 (only the lesion passes 0.8);
+    with the masks shuffled far less; samples without masks or of the wrong dimension are one line."""
     import numpy as np
 
     import metrics
@@ -248,6 +249,7 @@ def test_metrics_py_scores_phantom3d_samples_by_mask_dice(tmp_path, capsys):
     metrics.main([str(tmp_path / "real.npz"), "--dataset", "phantom3d"])
     scores = dict(kv.split("=") for kv in capsys.readouterr().out.split())
     assert float(scores["dice"]) == 1.0 and float(scores["dice_shuffled_masks"]) < 0.5
+    assert float(scores["lesion_recall"]) == 1.0 and float(scores["lesion_recall_shuffled_masks"]) < 0.5
     np.savez(tmp_path / "bare.npz", images=heads.images.numpy())
     np.savez(tmp_path / "flat.npz", images=heads.images[:, :, 8].numpy(), masks=heads.masks[:, :, 8].numpy())
     for name, message in (("bare", "no 'masks' array"), ("flat", "the samples are images but phantom3d holds volumes")):
