@@ -12,7 +12,8 @@ t_lambda loses the patient's own anatomy: --sweep shows the trade-off.
 On the phantoms (true masks, a validation split) it prints the pixel AUROC over all test pixels
 inside the head and the Dice at the threshold that is best on the validation split, for the
 diffusion map and for two baselines: the best single intensity threshold and |x_0 - mean healthy
-scan|. On other data (e.g. --dataset folder) it writes the figure only.
+scan|. On other data (--dataset folder, or nifti for volumes) it writes the figure only, or, for a
+mask-conditioned model and scans with masks, scores its counterfactual map the same way.
 """
 import argparse
 import math
@@ -36,6 +37,7 @@ from settings import SEED_MAX
 SWEEP = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6)  # t_lambda / T for --sweep
 VALIDATION_SEED = 2  # the phantom-anomaly scans used to choose thresholds (test scans: seed 1)
 FIGURE_ROWS = 6  # scans shown in the figure
+FOLDERS = {"folder": 2, "nifti": 3}  # the user's own scans: images or volumes
 
 
 # --- the detector -------------------------------------------------------------------------------
@@ -154,9 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                "main.py checkpoint trained on healthy scans.")
     p.add_argument("checkpoint", help="a model.pth written by main.py (e.g. trained on --dataset phantom-healthy)")
     p.add_argument("--dataset", default="phantom-anomaly",
-                   choices=[n for n, info in DATASETS.items() if info.lesion or n == "folder"],
-                   help="test scans: a phantom (scored) or folder (figure of its first 6 images only)")
-    p.add_argument("--data-dir", default="./data", help="--dataset folder: images/ (and masks/ for the outline)")
+                   choices=[n for n, info in DATASETS.items() if info.lesion or n in FOLDERS],
+                   help="test scans: a phantom (scored), or folder or nifti (figure of its first 6 scans only)")
+    p.add_argument("--data-dir", default="./data", help="--dataset folder or nifti: images/ (and masks/ for the "
+                   "outline)")
     p.add_argument("--t-lambda", type=int, help="paper time to noise to, 1..T (default: T/4)")
     p.add_argument("--sampler", choices=known("sampler"), default="ddim",
                    help="reverse process: ddim (--steps, --eta) or ddpm (Algorithm 2, t_lambda steps)")
@@ -197,17 +200,22 @@ def main(argv=None) -> None:
 
 def test_scans(args, config: dict) -> tuple:
     """(test set, validation set or None, mean healthy scan or None) at the model's image size."""
-    size, C = config["image_size"], config["in_channels"]
-    if args.dataset == "folder" and config.get("cond") == "mask":  # real scans with lesion masks, held out
-        held = load_dataset("folder", args.data_dir, train=False, image_size=size, channels=C)
+    size, C, dims = config["image_size"], config["in_channels"], config.get("dims", 2)
+    if args.dataset in FOLDERS and FOLDERS[args.dataset] != dims:
+        raise DataError(f"--dataset {args.dataset} holds {'volumes' if dims == 2 else 'images'} and this model was "
+                        f"trained on {'images' if dims == 2 else 'volumes'}: use --dataset "
+                        f"{'folder' if dims == 2 else 'nifti'}")
+    channels = C if args.dataset == "folder" else None
+    if args.dataset in FOLDERS and config.get("cond") == "mask":  # real scans with lesion masks, held out
+        held = load_dataset(args.dataset, args.data_dir, train=False, image_size=size, channels=channels)
         if held.masks is None or len(held.images) < 4:
             raise DataError(f"{args.data_dir} needs masks/ and at least 40 scans (4 held out) to score the maps")
         half = len(held.images) // 2  # the first half of the held-out scans chooses t_lambda and the threshold
-        train = load_dataset("folder", args.data_dir, train=True, image_size=size, channels=C)
+        train = load_dataset(args.dataset, args.data_dir, train=True, image_size=size, channels=channels)
         cut = lambda s: Dataset(*(None if a is None else a[s] for a in held))  # noqa: E731
         return cut(slice(half, None)), cut(slice(None, half)), train.images.mean(0)
-    if args.dataset == "folder":
-        return load_dataset("folder", args.data_dir, train=True, image_size=size, channels=C), None, None
+    if args.dataset in FOLDERS:
+        return load_dataset(args.dataset, args.data_dir, train=True, image_size=size, channels=channels), None, None
     if C != 1:
         raise DataError(f"the phantoms are grayscale and this model takes {C} channels")
     from synthetic import make_phantom, make_phantom3d
@@ -246,9 +254,9 @@ def run(args) -> None:
     if config.get("cond") == "class":
         raise DataError("anomaly.py needs an unconditional (DDPM, DDGM) or a mask-conditioned COND model, not a "
                         "class-conditional one")
-    if counterfactual and args.dataset != "folder":
-        raise DataError("a mask-conditioned model maps real scans: use --dataset folder --data-dir DIR (images/ and "
-                        "masks/)")
+    if counterfactual and args.dataset not in FOLDERS:
+        raise DataError("a mask-conditioned model maps real scans: use --dataset folder (or nifti) --data-dir DIR "
+                        "(images/ and masks/)")
     model = model_from_checkpoint(ckpt, device, use_ema=not args.no_ema, path=args.checkpoint)
     t_lambda = args.t_lambda or max(1, round(model.T / 4))
     if counterfactual and args.t_lambda is None:

@@ -177,3 +177,22 @@ def test_sample_nifti_on_a_2d_model_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--nifti writes volumes" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "s_nifti").exists() and not (tmp_path / "s.png").exists()
+
+
+def test_anomaly_py_maps_a_nifti_folder_and_refuses_the_wrong_dimension(tmp_path, capsys):
+    import anomaly
+    for i in range(4):
+        write(tmp_path / "data" / "images" / f"s{i}.nii.gz", head(12) + i)
+    out = tmp_path / "run"
+    main.main(["DDPM", "--dataset", "nifti", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
+               "--unet-widths", "4", "8", "8", "--n-T", "20", "--sample-steps", "2", "--num-samples", "2",
+               "--epochs", "1", "--out", str(out)])
+    capsys.readouterr()
+    anomaly.main([str(out / "model.pth"), "--dataset", "nifti", "--data-dir", str(tmp_path / "data"), "--repeats", "1",
+                  "--steps", "2", "--out", str(tmp_path / "a.png")])
+    assert (tmp_path / "a.png").exists() and "no score" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        anomaly.main([str(out / "model.pth"), "--dataset", "folder", "--data-dir", str(tmp_path / "data"),
+                      "--out", str(tmp_path / "b.png")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "use --dataset nifti" in err and len(err.splitlines()) == 1, err
