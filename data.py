@@ -206,25 +206,32 @@ def load_csv(path: str, image_size: int, channels: int, limit: int | None = None
     return Dataset(to_images(pixels.reshape(len(a), image_size, image_size, channels) / scale), labels, None)
 
 
+def folder_split(data_dir: str, listing, item: str, extensions: tuple, train: bool, limit: int | None) -> tuple:
+    """(files, mask files or None, names of this split) of data_dir/images/ and the optional data_dir/masks/,
+    matched by name; the last 10% of the sorted names are held out (train=False). listing(folder) gives
+    {name: path} (formats.list_images or list_volumes); item names what a file holds, for the messages."""
+    image_dir, mask_dir = os.path.join(data_dir, "images"), os.path.join(data_dir, "masks")
+    if not os.path.isdir(image_dir):
+        raise DataError(f"no images/ folder in {data_dir}: put the {item}s ({'/'.join(extensions)}) in {image_dir}")
+    images = listing(image_dir)
+    if not images:
+        raise DataError(f"{image_dir} holds no {'/'.join(extensions)} {item}s")
+    masks = listing(mask_dir) if os.path.isdir(mask_dir) else None
+    if masks is not None and images.keys() != masks.keys():
+        only_i, only_m = sorted(images.keys() - masks.keys()), sorted(masks.keys() - images.keys())
+        raise DataError(f"{item}s and masks do not match: without mask: {', '.join(only_i[:5]) or '-'}; "
+                        f"without {item}: {', '.join(only_m[:5]) or '-'} (names must match)")
+    names = sorted(images)
+    held_out = max(1, len(names) // 10) if len(names) > 1 else 0
+    return images, masks, (names[:len(names) - held_out] if train else names[len(names) - held_out:] or names)[:limit]
+
+
 def load_folder(data_dir: str, image_size: int, channels: int | None, train: bool = True,
                 limit: int | None = None) -> Dataset:
     """data_dir/images/ (+ optional data_dir/masks/ with the same file names and sizes). The last
     10% of the sorted names are held out (train=False). Masks are binarised by their own values
     (binarize_mask)."""
-    image_dir, mask_dir = os.path.join(data_dir, "images"), os.path.join(data_dir, "masks")
-    if not os.path.isdir(image_dir):
-        raise DataError(f"no images/ folder in {data_dir}: put the images in {image_dir}")
-    images = list_images(image_dir)
-    if not images:
-        raise DataError(f"{image_dir} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
-    masks = list_images(mask_dir) if os.path.isdir(mask_dir) else None
-    if masks is not None and images.keys() != masks.keys():
-        only_i, only_m = sorted(images.keys() - masks.keys()), sorted(masks.keys() - images.keys())
-        raise DataError(f"images and masks do not match: without mask: {', '.join(only_i[:5]) or '-'}; "
-                        f"without image: {', '.join(only_m[:5]) or '-'} (names must match)")
-    names = sorted(images)
-    held_out = max(1, len(names) // 10) if len(names) > 1 else 0
-    names = (names[:len(names) - held_out] if train else names[len(names) - held_out:] or names)[:limit]
+    images, masks, names = folder_split(data_dir, list_images, "image", IMAGE_EXTENSIONS, train, limit)
     if channels is None:  # grayscale if the first image is
         channels = 1 if read_resized([images[names[0]]], 1, None).ndim == 3 else 3
     image_sizes, mask_sizes = [], []
@@ -263,20 +270,7 @@ def load_nifti_folder(data_dir: str, image_size: int, channels: int | None, trai
     the sorted names are held out (train=False)."""
     if channels not in (None, 1):
         raise DataError("NIfTI volumes are read as one channel: drop --channels 3")
-    image_dir, mask_dir = os.path.join(data_dir, "images"), os.path.join(data_dir, "masks")
-    if not os.path.isdir(image_dir):
-        raise DataError(f"no images/ folder in {data_dir}: put the .nii.gz volumes in {image_dir}")
-    images = list_volumes(image_dir)
-    if not images:
-        raise DataError(f"{image_dir} holds no {'/'.join(NIFTI_EXTENSIONS)} volumes")
-    masks = list_volumes(mask_dir) if os.path.isdir(mask_dir) else None
-    if masks is not None and images.keys() != masks.keys():
-        only_i, only_m = sorted(images.keys() - masks.keys()), sorted(masks.keys() - images.keys())
-        raise DataError(f"volumes and masks do not match: without mask: {', '.join(only_i[:5]) or '-'}; "
-                        f"without volume: {', '.join(only_m[:5]) or '-'} (names must match)")
-    names = sorted(images)
-    held_out = max(1, len(names) // 10) if len(names) > 1 else 0
-    names = (names[:len(names) - held_out] if train else names[len(names) - held_out:] or names)[:limit]
+    images, masks, names = folder_split(data_dir, list_volumes, "volume", NIFTI_EXTENSIONS, train, limit)
     x, m = [], []
     for name in Progress(names, len(names), f"reading {'training' if train else 'held-out'} volumes", "volume"):
         image = open_nifti(images[name])
