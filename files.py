@@ -1,10 +1,12 @@
 """Writing files safely: every file a script writes goes through save_atomic (a fresh temporary file,
 then a rename, so an interrupted run never leaves half a file), or through stage/commit when several
-files must change together (an epoch's checkpoint, logs and grid: all or nothing). Also JSON and CSV
+files must change together (an epoch's checkpoint, logs and grid: all or nothing), or, for a new folder
+of files (sample.py --nifti), through save_folder_atomic. Also JSON and CSV
 writers, and the check that no script writes over one of its own inputs. No torch here."""
 import csv
 import json
 import os
+import shutil
 import tempfile
 
 from errors import DataError
@@ -47,6 +49,20 @@ def discard(staged: list) -> None:
 def save_atomic(write, path: str) -> None:
     """write(tmp), then rename onto path."""
     commit([stage(write, path)])
+
+
+def save_folder_atomic(write, folder: str) -> None:
+    """write(tmp) into a fresh temporary folder beside folder, then rename it to folder, which must not
+    exist: a folder of several files appears whole or not at all (on failure the temporary one is removed)."""
+    parent = os.path.dirname(os.path.abspath(folder))
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".tmp", dir=parent)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700, as for reserve's files
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_json(obj, path: str) -> None:

@@ -382,7 +382,7 @@ def read_samples(path: str) -> tuple:
             None if masks is None else torch.from_numpy(masks.astype(np.float32)))
 
 
-def phantom_dice(images: Tensor, masks: Tensor | None, name: str) -> dict:
+def phantom_scores(images: Tensor, masks: Tensor | None, name: str) -> dict:
     """lesion_scores of mask-conditioned samples of a phantom, after checking that they are."""
     if masks is None:
         raise DataError(f"the samples have no 'masks' array: {name}'s Dice needs samples drawn for masks "
@@ -413,7 +413,7 @@ def score_file(args) -> None:
     check_range(images)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if dataset_info(args.dataset).lesion == "bright":
-        result = phantom_dice(images, masks, args.dataset)
+        result = phantom_scores(images, masks, args.dataset)
     elif args.dataset == "folder":
         score = MaskScore(args.data_dir, args.image_size or images.shape[-1], log=log, sample_shape=images.shape[1:])
         result = score(images, masks=masks)

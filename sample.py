@@ -9,9 +9,7 @@ Volumes also get FILE_slices.png, and with --nifti a folder FILE_nifti/ of .nii.
 import argparse
 import math
 import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -22,7 +20,7 @@ from datatypes import normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
 from ddpm import visited
 from errors import Parser, run_script
 from figures import class_grid_labels, mask_triplets, save_grid, save_reverse_process, save_slice_strip
-from files import check_outputs, png_out, save_atomic
+from files import check_outputs, png_out, save_atomic, save_folder_atomic
 from formats import list_images, need_nibabel, nifti_bytes, read_resized
 from models import draw, load_checkpoint, model_from_checkpoint, pick_device, sample_shape
 from settings import SEED_MAX
@@ -281,11 +279,11 @@ def save_samples(x: torch.Tensor, cond: dict, out: str, nifti: bool = False) -> 
 
 def save_nifti(x: torch.Tensor, cond: dict, folder: str) -> None:
     """Volumes (N, 1, D, H, W) in [-1, 1] as folder/images/NNNN.nii.gz with intensities in [0, 1], and their
-    condition masks as folder/masks/NNNN.nii.gz: the layout --dataset nifti and viewers read. Written into a
-    temporary folder renamed into place at the end, so that an interrupted run leaves no half folder."""
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", dir=os.path.dirname(os.path.abspath(folder)))
+    condition masks as folder/masks/NNNN.nii.gz: the layout --dataset nifti and viewers read, written whole or
+    not at all (files.save_folder_atomic)."""
     parts = {"images": unnormalize_to_zero_to_one(x)[:, 0], "masks": cond["mask"][:, 0] if "mask" in cond else None}
-    try:
+
+    def write(staging):
         for part, volumes in parts.items():
             if volumes is None:
                 continue
@@ -293,12 +291,9 @@ def save_nifti(x: torch.Tensor, cond: dict, folder: str) -> None:
             for i, v in enumerate(volumes.float().numpy()):
                 with open(os.path.join(staging, part, f"{i:04d}.nii.gz"), "wb") as f:
                     f.write(nifti_bytes(v))
-        os.chmod(staging, 0o755)
-        os.rename(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    save_folder_atomic(write, folder)
     print(f"wrote {folder}/ ({len(x)} volumes{' and their masks' if 'mask' in cond else ''} as .nii.gz)", flush=True)
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -196,3 +196,17 @@ def test_anomaly_py_maps_a_nifti_folder_and_refuses_the_wrong_dimension(tmp_path
                       "--out", str(tmp_path / "b.png")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "use --dataset nifti" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_folder_that_fails_half_way_is_not_left_behind(tmp_path):
+    """files.save_folder_atomic (sample.py --nifti): an error after some files leaves no folder and no
+    temporary one."""
+    from files import save_folder_atomic
+
+    def write(folder):
+        (tmp_path / "probe").write_text(folder)
+        open(f"{folder}/0000.nii.gz", "wb").close()
+        raise OSError("disk full")
+    with pytest.raises(OSError):
+        save_folder_atomic(write, str(tmp_path / "s_nifti"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe"]
