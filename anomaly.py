@@ -24,15 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from catalog import known
 from data import DATASETS, DataError, load_dataset
 from datatypes import Dataset
-from ddpm import SAMPLERS
-from errors import Parser, run_script
-from files import check_outputs, png_out
-from models import load_checkpoint, model_from_checkpoint, pick_device
-from progress import Progress
-from settings import SEED_MAX
+from models import check_sampler, default_sampler, draw, model_from_checkpoint
+from plumbing.catalog import known
+from plumbing.checkpoints import load_checkpoint
+from plumbing.errors import Parser, run_script
+from plumbing.files import check_outputs, png_out
+from plumbing.progress import Progress
+from plumbing.settings import SEED_MAX
+from plumbing.speed import pick_device
 
 SWEEP = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6)  # t_lambda / T for --sweep
 VALIDATION_SEED = 2  # the phantom-anomaly scans used to choose thresholds (test scans: seed 1)
@@ -51,8 +52,8 @@ def reconstruct(model, x0: Tensor, t_lambda: int, sampler: str = "ddim", steps: 
     i = t_lambda - 1  # the index of paper time t_lambda (ddpm.py: index i is t = i + 1)
     t = torch.full((x0.shape[0],), i, device=x0.device, dtype=torch.long)
     x_t = model.q_sample(x0, t, model.noise_like(x0, t, generator))  # eq. (4)
-    return SAMPLERS[sampler](model, len(x0), tuple(x0.shape[1:]), steps=min(steps, t_lambda), eta=eta,
-                             generator=generator, x_start=x_t, t_start=i, **cond)
+    return draw(model, len(x0), tuple(x0.shape[1:]), sampler=sampler, steps=steps, eta=eta, generator=generator,
+                x_start=x_t, t_start=i, **cond)
 
 
 def gaussian_blur(m: Tensor, sigma: float) -> Tensor:
@@ -104,7 +105,8 @@ def auroc(scores: Tensor, labels: Tensor) -> float:
     s, y = scores.flatten().double().numpy(), labels.flatten().bool().numpy()
     P, N = int(y.sum()), int((~y).sum())
     if P == 0 or N == 0:
-        raise ValueError("AUROC needs both lesion and healthy pixels")
+        raise DataError("the anomaly maps cannot be scored: AUROC needs both lesion and healthy pixels inside the "
+                        "heads, and these masks mark only one kind; check the masks/ folder")
     ranks = rankdata(s)  # average ranks for ties
     return float((ranks[y].sum() - P * (P + 1) / 2) / (P * N))
 
@@ -161,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="./data", help="--dataset folder or nifti: images/ (and masks/ for the "
                    "outline)")
     p.add_argument("--t-lambda", type=int, help="paper time to noise to, 1..T (default: T/4)")
-    p.add_argument("--sampler", choices=known("sampler"), default="ddim",
-                   help="reverse process: ddim (--steps, --eta) or ddpm (Algorithm 2, t_lambda steps)")
+    p.add_argument("--sampler", metavar="NAME", help=f"reverse process, one of ddpm.SAMPLERS: "
+                   f"{', '.join(known('sampler'))} (ddim: --steps, --eta; ddpm: Algorithm 2, t_lambda steps; "
+                   "default: ddim where the process has it)")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps from t_lambda to 0")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic given x_t)")
     p.add_argument("--repeats", type=int, default=4, help="noise draws K averaged per map")
@@ -263,8 +266,8 @@ def run(args) -> None:
         t_lambda = None  # chosen on the validation scans below
     if t_lambda is not None and t_lambda > model.T:
         raise DataError(f"--t-lambda must lie in 1..{model.T} (T of this model)")
-    if args.sampler == "ddim" and config["model"] == "DDGM":
-        raise DataError("DDIM is derived for Gaussian noise, not DDGM's Gamma noise: use --sampler ddpm")
+    args.sampler = args.sampler or default_sampler(config["model"], "ddim")
+    check_sampler(model, args.sampler)
     test, val, healthy_mean = test_scans(args, config)
     if val is None:  # nothing to score: map only the scans the figure shows
         test = Dataset(*(None if a is None else a[:FIGURE_ROWS] for a in test))
@@ -283,8 +286,8 @@ def run(args) -> None:
             print(f"  validation t_lambda={t}: auroc={aurocs[t]:.4f}", flush=True)
         t_lambda = max(aurocs, key=aurocs.get)
         print(f"t_lambda={t_lambda}: the best AUROC on the {len(val.images)} validation scans", flush=True)
-    how = f"DDIM {min(args.steps, t_lambda)} steps, eta {args.eta:g}" if args.sampler == "ddim" else \
-        f"Algorithm 2, {t_lambda} steps"
+    how = {"ddim": f"DDIM {min(args.steps, t_lambda)} steps, eta {args.eta:g}",
+           "ddpm": f"Algorithm 2, {t_lambda} steps"}.get(args.sampler, f"sampler {args.sampler}")
     told = " with an empty condition mask (counterfactual: no tumour)" if counterfactual else ""
     print(f"{len(test.images)} {args.dataset} scans: noise to t_lambda={t_lambda} of T={model.T}, denoise by {how}"
           f"{told}, {args.repeats} draws per map, Gaussian smoothing sigma {args.smooth:g} px", flush=True)

@@ -22,6 +22,13 @@ def guided_eps(eps_cond: Tensor, eps_uncond: Tensor, w: float) -> Tensor:
 class ConditionalDDPM(DDPM):
     """DDPM whose network takes y (class labels, num_classes = null) and/or mask.
     p_uncond: label-drop probability in training; guidance_scale: w in eq. (6)."""
+    conditions = ("class", "mask")
+    options = ("min_snr", "p_uncond", "guidance")
+
+    @classmethod
+    def from_config(cls, eps_model: nn.Module, beta: Tensor, config: dict) -> "ConditionalDDPM":
+        return cls(eps_model, beta, config["num_classes"], config["p_uncond"], config["guidance"],
+                   clip_x0=config.get("clip_x0", False), min_snr_gamma=config.get("min_snr", 0.0))
 
     def __init__(self, eps_model: nn.Module, beta: Tensor, num_classes: int = 0,
                  p_uncond: float = 0.1, guidance_scale: float = 2.0, sigma2: str = "beta", clip_x0: bool = False,
@@ -33,13 +40,20 @@ class ConditionalDDPM(DDPM):
             raise ValueError(f"guidance scale w must be >= 0, got {guidance_scale}")
         self.num_classes, self.p_uncond, self.guidance_scale = num_classes, p_uncond, guidance_scale
 
-    def loss(self, x0: Tensor, generator=None, rows: slice | None = None, y: Tensor | None = None,
-             mask: Tensor | None = None) -> Tensor:
-        """Ho & Salimans Alg. 1: with probability p_uncond, c <- null; then DDPM's Algorithm 1 (rows: see there)."""
+    def draws(self, x0: Tensor, y: Tensor | None = None, **cond) -> dict:
+        """DDPM's t and eps for the whole batch, and which labels are dropped (see loss)."""
+        drop = {} if y is None else {"drop": torch.rand(y.shape, device=y.device) < self.p_uncond}
+        return {**drop, **super().draws(x0)}
+
+    def loss(self, x0: Tensor, t: Tensor | None = None, eps: Tensor | None = None, y: Tensor | None = None,
+             mask: Tensor | None = None, drop: Tensor | None = None) -> Tensor:
+        """Ho & Salimans Alg. 1: with probability p_uncond, c <- null (drop, drawn here unless given, as t and
+        eps are); then DDPM's Algorithm 1."""
         if y is not None:
-            drop = torch.rand(y.shape, device=y.device, generator=generator) < self.p_uncond
+            if drop is None:
+                drop = torch.rand(y.shape, device=y.device) < self.p_uncond
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-        return super().loss(x0, generator, rows, y=y, mask=mask)
+        return super().loss(x0, t, eps, y=y, mask=mask)
 
     def predict_eps(self, x_t: Tensor, t: Tensor, y: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """Guided eps (eq. 6) when labels are given; the two predictions share one batched call."""

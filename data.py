@@ -1,6 +1,6 @@
 """Datasets as in-memory tensors: images (N, C, H, W) in [-1, 1], labels (N,) or None,
 masks (N, 1, H, W) in {0, 1} or None (datatypes.Dataset; the [0, 1] <-> [-1, 1] mapping is there too).
-Batches are drawn by random index; --augment transforms whole batches (transforms.py).
+Batches are drawn by random index; --augment (augment) flips, shifts and rotates whole batches.
 
 DATASETS, at the end, is the registry of the names a user can type: mnist, MedMNIST 2D and 3D subsets
 by name (pathmnist, organmnist3d, ...), csv, folder (images/ and optional masks/), nifti (the same with
@@ -10,6 +10,7 @@ Every loader checks what it reads (dtype, range, shape, finiteness, label values
 converts it correctly or raises DataError with a one-line message naming the file; sizes are
 checked before anything large is allocated.
 """
+import math
 import os
 from collections.abc import Callable
 from typing import NamedTuple
@@ -19,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from catalog import MEDMNIST_2D, MEDMNIST_3D
 from datatypes import Dataset, normalize_to_neg_one_to_one
-from errors import DataError, one_line
-from formats import (
+from plumbing.catalog import MEDMNIST_2D, MEDMNIST_3D
+from plumbing.errors import DataError, one_line
+from plumbing.formats import (
     IMAGE_EXTENSIONS,
     MAX_VALUES,
     NIFTI_EXTENSIONS,
@@ -35,7 +36,7 @@ from formats import (
     read_npz,
     read_resized,
 )
-from progress import Progress
+from plumbing.progress import Progress
 
 MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -307,6 +308,28 @@ def load_dataset(name: str, data_dir: str = "data", train: bool = True, image_si
         raise DataError(f"{name}: images are {'x'.join(map(str, sides))}; this project trains on square images "
                         "and cubic volumes (--dataset folder resizes to --image-size)")
     return data
+
+
+# --- augmentation for small datasets (--augment) ---------------------------------------------------
+
+def augment(x0: Tensor, mask: Tensor | None = None, max_shift: float = 0.0625, max_degrees: float = 10.0,
+            flip: bool = True) -> tuple:
+    """--augment: per image a random horizontal flip, shift (up to max_shift of the side) and rotation
+    (up to max_degrees), one affine map applied alike to the image (bilinear, background -1 outside)
+    and its mask (nearest, 0 outside). x0 (B, C, H, W) in [-1, 1], mask (B, 1, H, W) or None. Uses
+    torch's global generator, which main.py seeds per epoch (so --resume draws the same)."""
+    B = x0.shape[0]
+    angle = (torch.rand(B) * 2 - 1) * math.radians(max_degrees)
+    shift = (torch.rand(B, 2) * 2 - 1) * max_shift * 2  # affine_grid's coordinates span [-1, 1]: 2 per side
+    sign = torch.where(torch.rand(B) < 0.5, -1.0, 1.0) if flip else torch.ones(B)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos * sign, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * sign, cos, shift[:, 1]], 1)], 1).to(x0)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x0.shape), align_corners=False)
+    x = F.grid_sample(x0 + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+    if mask is None:
+        return x, None
+    return x, F.grid_sample(mask, grid.to(mask.dtype), mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 # --- the registry: one entry per dataset a user can name ------------------------------------------

@@ -35,6 +35,17 @@ from ddpm import DDPM, extract
 
 class DDGM(DDPM):
     """DDPM with Gamma noise. theta_0 > 0 (default 0.001); loss_type "l2" (default) or "l1"."""
+    samplers = ("ddpm",)          # Algorithm 2 only: DDIM's eq. (12) is derived for Gaussian noise
+    options = ("theta0", "loss")  # no min-SNR weighting: its loss is the paper's
+
+    @classmethod
+    def from_config(cls, eps_model: nn.Module, beta: Tensor, config: dict) -> "DDGM":
+        return cls(eps_model, beta, theta_0=config["theta0"], loss_type=config["loss"],
+                   clip_x0=config.get("clip_x0", False))
+
+    @property
+    def loss_name(self) -> str:
+        return "L1 loss" if self.loss_type == "l1" else "MSE loss"
 
     def __init__(self, eps_model: nn.Module, beta: Tensor, theta_0: float = 0.001,
                  loss_type: str = "l2", sigma2: str = "beta", clip_x0: bool = False):

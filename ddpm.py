@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from progress import Progress
+from plumbing.progress import Progress
 
 
 def linear_beta_schedule(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> Tensor:
@@ -77,6 +77,16 @@ class DDPM(nn.Module):
     Subclasses change the noise (noise_like, x_T_like), the loss (eps_loss) or the network
     call (predict_eps), nothing else.
     """
+    # What the scripts ask of a process (models.PROCESSES), so that none of them tests a process's name:
+    samplers = None            # the names in SAMPLERS it can draw with (None: every one)
+    conditions = ()            # what its network may be conditioned on: "class", "mask"
+    options = ("min_snr",)     # the command-line settings of its loss and noise it takes
+    loss_name = "MSE loss"     # what loss_curve.png calls its loss
+
+    @classmethod
+    def from_config(cls, eps_model: nn.Module, beta: Tensor, config: dict) -> "DDPM":
+        """The process a run's config describes (main.py's settings, or a checkpoint's)."""
+        return cls(eps_model, beta, clip_x0=config.get("clip_x0", False), min_snr_gamma=config.get("min_snr", 0.0))
 
     def __init__(self, eps_model: nn.Module, beta: Tensor, sigma2: str = "beta", clip_x0: bool = False,
                  min_snr_gamma: float = 0.0):
@@ -122,21 +132,26 @@ class DDPM(nn.Module):
         pixels: (B,). loss() weights it per image (min-SNR) and averages over the batch."""
         return ((eps - eps_hat) ** 2).flatten(1).mean(1)
 
-    def loss(self, x0: Tensor, generator=None, rows: slice | None = None, **cond) -> Tensor:
-        """Algorithm 1 for a batch x0 (B, C, H, W) in [-1, 1]; cond goes to the network. rows (data-parallel
-        training, parallel.py): t and eps are drawn for the whole batch, the network sees these rows only,
-        and the result is their share of the batch mean (the shares of all ranks add up to it)."""
-        B = x0.shape[0]
-        t = torch.randint(0, self.T, (B,), device=x0.device, generator=generator)  # line 3
-        eps = self.noise_like(x0, t, generator)                                      # line 4
-        if rows is not None:
-            x0, t, eps = x0[rows], t[rows], eps[rows]
-            cond = {k: None if v is None else v[rows] for k, v in cond.items()}
+    def draws(self, x0: Tensor, **cond) -> dict:
+        """Alg. 1 lines 3-4 for a whole batch x0: t ~ Uniform({1, ..., T}) (as indices 0..T-1) and
+        eps = noise_like. loss() draws them itself; torchrun draws them for the whole batch and gives each
+        process its rows (plumbing/parallel.py), so that the processes together train as one."""
+        t = torch.randint(0, self.T, (x0.shape[0],), device=x0.device)             # line 3
+        return {"t": t, "eps": self.noise_like(x0, t)}                               # line 4
+
+    def loss(self, x0: Tensor, t: Tensor | None = None, eps: Tensor | None = None, **cond) -> Tensor:
+        """Algorithm 1 for a batch x0 (B, C, H, W) in [-1, 1]: the mean over the batch of L_simple (eq. 14),
+        each image weighted by min_snr_weight when min_snr_gamma > 0. t, eps: lines 3-4, drawn here unless
+        given (draws). cond goes to the network."""
+        if t is None:
+            t = torch.randint(0, self.T, (x0.shape[0],), device=x0.device)          # line 3
+        if eps is None:
+            eps = self.noise_like(x0, t)                                             # line 4
         x_t = self.q_sample(x0, t, eps)
         per_image = self.eps_loss(self.eps_model(x_t, t, **cond), eps)               # line 5
         if self.min_snr_gamma:
             per_image = self.min_snr_weight(t) * per_image
-        return per_image.mean() if rows is None else per_image.sum() / B
+        return per_image.mean()
 
     def min_snr_weight(self, t: Tensor) -> Tensor:
         """Min-SNR-gamma weighting for the eps loss (Hang et al. 2023, arXiv:2303.09556, Sec. 3.4):
@@ -191,23 +206,21 @@ class DDPM(nn.Module):
         return x_start, t_start
 
     @torch.no_grad()
-    def sample(self, n: int, shape: tuple, generator=None, record=(), progress: bool = False,
-               x_start: Tensor | None = None, t_start: int | None = None, **cond):
+    def sample(self, n: int, shape: tuple, generator=None, x_start: Tensor | None = None,
+               t_start: int | None = None, on_step=None, **cond) -> Tensor:
         """Algorithm 2: n samples of shape (C, H, W), returned (n, C, H, W) in about [-1, 1].
-        record: timestep indices at which to keep (t, x_t, x0_hat) on the CPU; if given, returns
-        (x_0, that list) so the reverse process can be shown (sample.py --reverse).
-        x_start, t_start: run only lines 2-5 from t = t_start + 1 down to 1, starting from x_start."""
+        x_start, t_start: run only lines 2-5 from t = t_start + 1 down to 1, starting from x_start.
+        on_step(i, x_t, x0_hat), if given, sees every step (sample.py --reverse draws the reverse process)."""
         x_t, top = self.start(n, shape, generator, x_start, t_start)                  # line 1
         n, device = x_t.shape[0], x_t.device
-        kept = []
-        for i in Progress(reversed(range(top + 1)), top + 1, "sampling", "steps", show=progress):
+        for i in reversed(range(top + 1)):
             t = torch.full((n,), i, device=device, dtype=torch.long)                # line 2: t = T..1
             z = self.noise_like(x_t, t, generator, step=True)                       # line 3
             eps_hat = self.eps_for_sampling(x_t, t, **cond)
-            if i in record:
-                kept.append((i, x_t.cpu(), self.predict_x0(x_t, t, eps_hat).cpu()))
+            if on_step is not None:
+                on_step(i, x_t, self.predict_x0(x_t, t, eps_hat))
             x_t = self.p_sample_step(x_t, t, eps_hat, z)                             # line 4
-        return (x_t, kept) if record else x_t                                       # line 6: x_0
+        return x_t                                                                  # line 6: x_0
 
     @torch.no_grad()
     def inpaint(self, x0: Tensor, keep: Tensor, jump_length: int = 10, jump_count: int = 10, generator=None,
@@ -253,53 +266,44 @@ class DDPM(nn.Module):
         return torch.linspace(top, 0, steps).round().long().unique_consecutive().tolist()
 
     @torch.no_grad()
-    def ddim_sample(self, n: int, shape: tuple, steps: int, eta: float = 0.0, generator=None, record=(),
-                    progress: bool = False, x_start: Tensor | None = None, t_start: int | None = None, **cond):
+    def ddim_sample(self, n: int, shape: tuple, steps: int, eta: float = 0.0, generator=None,
+                    x_start: Tensor | None = None, t_start: int | None = None, on_step=None, **cond) -> Tensor:
         """DDIM (Song et al. Sec. 4): n samples (n, C, H, W) through `steps` timesteps tau of 1..T,
         evenly spaced from paper t = T down to t = 1 (Sec. 4.2). eta = 0: deterministic given x_T;
-        eta = 1: the DDPM posterior variance. record, x_start, t_start: as in sample()."""
+        eta = 1: the DDPM posterior variance. x_start, t_start, on_step: as in sample()."""
         x_t, top = self.start(n, shape, generator, x_start, t_start)
         if not 1 <= steps <= top + 1:
             raise ValueError(f"DDIM needs 1 <= steps <= {top + 1} (the timesteps to go), got {steps}")
         n, device = x_t.shape[0], x_t.device
         tau = self.ddim_timesteps(steps, top)
-        kept = []
-        for j, i in enumerate(Progress(tau, len(tau), "sampling (DDIM)", "steps", show=progress)):
+        for j, i in enumerate(tau):
             t = torch.full((n,), i, device=device, dtype=torch.long)
             eps_hat = self.eps_for_sampling(x_t, t, **cond)
-            if i in record:
-                kept.append((i, x_t.cpu(), self.predict_x0(x_t, t, eps_hat).cpu()))
+            if on_step is not None:
+                on_step(i, x_t, self.predict_x0(x_t, t, eps_hat))
             z = self.noise_like(x_t, t, generator, step=True) if eta > 0 else torch.zeros_like(x_t)
             x_t = self.ddim_step(x_t, t, tau[j + 1] if j + 1 < len(tau) else -1, eps_hat, z, eta)
-        return (x_t, kept) if record else x_t
+        return x_t
 
+
+# Samplers share one contract, which every script honours (main.py, sample.py --reverse, anomaly.py):
+#   f(model, n, shape, *, steps, eta, generator, x_start=None, t_start=None, on_step=None, **cond) -> x_0
+# n samples (n, *shape) in about [-1, 1]; steps, eta: DDIM's (a sampler may ignore them); x_start, t_start:
+# start from a given x_t at index t_start instead of x_T (anomaly.py); on_step(i, x_t, x0_hat) at every
+# timestep index i visited; cond: the network's conditions (y, mask) only. A new one is a function and a line
+# in SAMPLERS.
 
 def ancestral(model: DDPM, n: int, shape: tuple, *, steps: int = 50, eta: float = 0.0, generator=None,
-              progress: bool = False, record=(), kept: list | None = None, **cond) -> Tensor:
-    """Algorithm 2 (DDPM.sample), all T steps; steps and eta are DDIM's and unused here. The
-    (i, x_t, x0_hat) at the indices in record are appended to kept."""
-    if not record:
-        return model.sample(n, shape, generator, progress=progress, **cond)
-    x, k = model.sample(n, shape, generator, record, progress, **cond)
-    kept.extend(k)
-    return x
+              x_start: Tensor | None = None, t_start: int | None = None, on_step=None, **cond) -> Tensor:
+    """Algorithm 2 (DDPM.sample), every step from T (or t_start); steps and eta are DDIM's, unused here."""
+    return model.sample(n, shape, generator, x_start, t_start, on_step, **cond)
 
 
 def ddim(model: DDPM, n: int, shape: tuple, *, steps: int = 50, eta: float = 0.0, generator=None,
-         progress: bool = False, record=(), kept: list | None = None, **cond) -> Tensor:
-    """DDIM (DDPM.ddim_sample, Song et al. eq. 12 and 16) in `steps` steps with eta; record, kept as above."""
-    if not record:
-        return model.ddim_sample(n, shape, steps, eta, generator, progress=progress, **cond)
-    x, k = model.ddim_sample(n, shape, steps, eta, generator, record, progress, **cond)
-    kept.extend(k)
-    return x
+         x_start: Tensor | None = None, t_start: int | None = None, on_step=None, **cond) -> Tensor:
+    """DDIM (DDPM.ddim_sample, Song et al. eq. 12 and 16) in `steps` steps (at most those left) with eta."""
+    top = model.T - 1 if t_start is None else t_start
+    return model.ddim_sample(n, shape, min(steps, top + 1), eta, generator, x_start, t_start, on_step, **cond)
 
 
-def visited(model: DDPM, sampler: str, steps: int) -> list:
-    """The timestep indices a sampler passes through, from T - 1 down (for recording the reverse process)."""
-    return model.ddim_timesteps(steps) if sampler == "ddim" else list(range(model.T - 1, -1, -1))
-
-
-# Samplers by name: f(model, n, shape, *, steps, eta, generator, progress, record, kept, **cond) -> x_0
-# (n, C, H, W). A new one is a function and a line here.
 SAMPLERS = {"ddim": ddim, "ddpm": ancestral}

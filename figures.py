@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from datatypes import unnormalize_to_zero_to_one
-from files import save_atomic
+from plumbing.files import save_atomic
 
 
 def make_grid(x: Tensor, nrow: int = 8, pad: int = 2) -> Tensor:

@@ -11,9 +11,9 @@ import os
 import sys
 import time
 
-from catalog import MEDMNIST_2D, MEDMNIST_3D, MODELS, PAPER, PRECISIONS, RECIPE, known
-from errors import DataError, HelpFormatter, Parser, run_script, world
-from settings import option, problems
+from plumbing.catalog import MEDMNIST_2D, MEDMNIST_3D, PAPER, PRECISIONS, RECIPE, known
+from plumbing.errors import HelpFormatter, Parser, run_script, world
+from plumbing.settings import option, problems
 
 
 def recipe_help(text: str, key: str) -> str:
@@ -27,7 +27,8 @@ def build_parser() -> Parser:
     p = Parser(prog="main.py", description="Train DDPM (Ho et al. 2020), DDGM (Nachmani et al. 2021) "
                "or a conditional DDPM (COND) and write samples, losses and checkpoints.",
                formatter_class=HelpFormatter)
-    p.add_argument("model", type=str.upper, choices=MODELS, metavar="MODEL", help="DDPM, DDGM or COND")
+    p.add_argument("model", type=str.upper, choices=known("process"), metavar="MODEL",
+                   help=f"the diffusion process, one of models.PROCESSES: {', '.join(known('process'))}")
     p.add_argument("--dataset", default="mnist", metavar="NAME",
                    help=f"{', '.join(n for n in known('dataset') if n not in MEDMNIST_2D + MEDMNIST_3D)} or a MedMNIST "
                    "2D or 3D name (pathmnist, organmnist3d, ...)")
@@ -108,18 +109,27 @@ def build_parser() -> Parser:
 
 def check_args(args, p: Parser) -> None:
     """Impossible or memory-eating settings end here, with one line naming the fix, before torch loads."""
-    args.defaulted = [k for k in RECIPE if getattr(args, k) is None]  # volumes take their own batch (training.py)
+    args.defaulted = [k for k in RECIPE if getattr(args, k) is None]  # volumes take their own batch (plumbing/run.py)
     for key, value in ({**RECIPE, **PAPER} if args.paper_settings else RECIPE).items():
-        if getattr(args, key) is None:  # DDGM: Algorithm 2 (no DDIM for Gamma noise), its own loss
-            ddgm = {"sampler": "ddpm", "min_snr": 0.0}
-            setattr(args, key, ddgm[key] if args.model == "DDGM" and key in ddgm else value)
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.sample_steps is None:
         args.sample_steps = min(50, args.n_T)
-    if args.eval_samples is None:
-        args.eval_samples = 256 if args.sampler == "ddim" else 64
     given = {k: v for k, v in vars(args).items() if v is not None}
     for key, message in problems(given):  # the same bounds as a checkpoint's config (settings.py)
         p.error(f"{option(key)} {message}")
+    from models import PROCESSES, default_sampler, process_problems  # the process's facts (imports torch)
+    process = PROCESSES[args.model]
+    if "sampler" in args.defaulted:  # e.g. DDGM: Algorithm 2, for no DDIM is derived for Gamma noise
+        args.sampler = default_sampler(args.model, args.sampler)
+    if "min_snr" in args.defaulted and "min_snr" not in process.options:
+        args.min_snr = 0.0
+    if args.eval_samples is None:
+        args.eval_samples = 256 if args.sampler == "ddim" else 64
+    for key, message in process_problems(vars(args)):
+        p.error(f"{option(key)} {message}")
+    if args.guidance_sweep and "class" not in process.conditions:
+        p.error(f"--guidance-sweep applies to class-conditional processes only, not {args.model}")
     for w in args.guidance_sweep or []:
         if not math.isfinite(w) or not 0 <= w <= 100:
             p.error(f"--guidance-sweep must be a finite number in 0..100, got {w}")
@@ -127,8 +137,6 @@ def check_args(args, p: Parser) -> None:
         p.error(f"--threads must be auto or a whole number in 1..1024, got {args.threads!r}")
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite contradict each other: pick one")
-    if args.model != "COND" and (args.cond or args.guidance_sweep):
-        p.error("--cond and --guidance-sweep apply to COND only")
     out = args.out or f"contents_{args.model}"
     parent = os.path.dirname(os.path.abspath(out))
     if os.path.exists(out) and not os.path.isdir(out):
@@ -140,148 +148,117 @@ def check_args(args, p: Parser) -> None:
         p.error(f"--out {out} cannot be written here (a file in the path, or no permission): choose another --out")
 
 
-def train(args, done: dict) -> None:
-    """The whole run, in a run folder locked for it (runfolder.py) by rank 0, the only one that writes
-    (torchrun: parallel.py); done["epoch"] follows the last saved epoch."""
-    from parallel import start, stop
-    from runfolder import RunFolder
-    from training import check_process
-    check_process(args)
-    rank, size = world()
-    if size > 1 and args.batch_size < size:
-        raise DataError(f"--batch-size {args.batch_size} is smaller than the {size} processes that share "
-                         "each batch: use a larger --batch-size or fewer processes")
-    folder = RunFolder(args.out or f"contents_{args.model}", args.resume, args.overwrite)
-    if rank == 0:
-        folder.check()
-        folder.lock()
-    try:
-        if size > 1:
-            from models import pick_device
-            args.device = str(start(pick_device(args.device)))
-        train_in(folder, args, done, rank, size)
-    finally:
-        stop()
-        if rank == 0:
-            folder.release()
-
-
-def train_in(folder, args, done: dict, rank: int = 0, size: int = 1) -> None:
-    """Per epoch: batches (Alg. 1), a sample figure with its scores, then the epoch's checkpoint, logs
-    and grid saved together (all or nothing). rank, size: this process among torchrun's (parallel.py);
-    each trains on its rows of every batch, rank 0 (lead) alone samples, scores and writes."""
+def train(args) -> None:
+    """Algorithm 1, epoch by epoch, then once per epoch the samples, their scores and the checkpoint.
+    run (plumbing/run.py) holds the run folder, torchrun's processes, precision and threads."""
     import torch
 
-    from figures import save_forward_diffusion, save_schedules
-    from files import save_atomic, write_json
-    from parallel import batch_losses, rows, unwrap, wrap
-    from progress import Progress
-    from speed import thread_policy
-    from training import (
-        CHECK_EVERY,
-        diverged,
-        judge,
-        pick_precision,
-        prepare,
-        sample_and_score,
-        sampling_setup,
-        save_epoch,
-        train_step,
-    )
-    from transforms import augment
-    from unet import count_parameters
+    from models import EMA, build_model
+    from plumbing.run import Run
 
-    out, lead = folder.out, rank == 0
-    device, train_set, held_out, config, model, optimizer, ema, state = prepare(args, out)
-    if lead:
-        folder.clear()
-    losses, metrics = state["losses"], state["metrics"]
-    done["epoch"] = state["epoch"]
-    if state["epoch"] >= args.epochs and not args.guidance_sweep:
-        print(f"{out}/model.pth has finished {state['epoch']} epochs already, so --epochs {args.epochs} leaves "
-              f"nothing to do: pass a larger --epochs to continue")
-        return
-    steps = {"ddim": f"DDIM {args.sample_steps} steps, eta {args.sample_eta:g}",
-             "ddpm": f"Algorithm 2, {args.n_T} steps"}.get(args.sampler, f"sampler {args.sampler}")
-    steps += ", clipped x0" if args.clip_x0 else ""
-    print(f"{args.model} with {type(model.eps_model).__name__} ({count_parameters(model.eps_model):,} parameters) "
-          f"on {args.dataset} ({len(train_set.images)} {'volumes' if config['dims'] == 3 else 'images'} "
-          f"{tuple(train_set.images.shape[1:])}), "
-          f"T={model.T}, device {device}, samples by {steps}, writing {out}/", flush=True)
-    x_all = train_set.images.to(device)
-    y_all = train_set.labels.to(device) if config["cond"] == "class" else None
-    m_all = train_set.masks.to(device) if config["cond"] == "mask" else None
-    N, B = len(x_all), args.batch_size
-    threads, why = thread_policy(args.threads)  # speed.py: precision and threads for this machine
-    pick_precision(args.precision, config, model, x_all[:B], y_all, m_all, lead, size,
-                   before=state.get("config", {}).get("precision_used"))
-    print(f"precision {config['precision_used']} ({config['precision_why']}); {why}"
-          + (f"; {size} processes (torchrun) share each batch" if size > 1 else ""), flush=True)
-    score = judge(args, config, train_set) if lead else None
-    if lead:
-        write_json(config, folder.path("config.json"))
-        g = torch.Generator(device).manual_seed(args.seed)
-        save_forward_diffusion(model, x_all[:8], folder.path("forward_diffusion.png"), g)
-        save_schedules(args.n_T, args.schedule, args.betas, folder.path("schedules.png"))
-    setup = sampling_setup(config, held_out)
-    sampler = ema.model if ema is not None else model
-    model.eps_model = wrap(model.eps_model, device, size)  # several processes: DDP averages the gradients
-    for epoch in range(state["epoch"] + 1, args.epochs + 1):
-        torch.manual_seed(args.seed + epoch)  # a resumed run draws what an uninterrupted one would
-        model.train()
-        t0, epoch_losses, pending = time.time(), [], []  # pending: losses not read back yet (no host sync)
-        perm = torch.randperm(N, device=device)
-        bar = Progress(range(0, N, B), -(-N // B), f"epoch {epoch}/{args.epochs}", "batches", show=lead)
-        for i in bar:
-            idx = perm[i:i + B]
-            cond = {k: v[idx] for k, v in (("y", y_all), ("mask", m_all)) if v is not None}
-            x0 = x_all[idx]
-            if args.augment:
-                x0, mask = augment(x0, cond.get("mask"))
-                cond.update({"mask": mask} if mask is not None else {})
-            pending.append(train_step(model, optimizer, ema, x0, len(losses) + len(pending) + 1, args.lr,
-                                      args.warmup, precision=config["precision_used"],
-                                      rows=rows(len(x0), rank, size), processes=size, **cond))  # Alg. 1
-            if threads.update():
-                bar.note(threads=torch.get_num_threads())
-            if len(pending) < CHECK_EVERY and i + B < N:
-                continue
-            for loss in batch_losses(pending, size):  # the global batch's losses, one sync for all
-                if diverged(loss):
-                    raise DataError(f"the loss became {loss:.3g} at step {len(losses) + 1} (epoch {epoch}): "
-                                    f"training diverged; lower --lr (now {args.lr:g}) or check the schedule and "
-                                    f"--theta0. {finished(out, done['epoch'])}")
-                epoch_losses.append(loss)
-                losses.append((len(losses) + 1, epoch, loss))
-            pending = []
-            bar.note(loss=f"{sum(epoch_losses[-50:]) / len(epoch_losses[-50:]):.4f}")
-        if not lead:
-            continue
-        train_s, t0 = time.time() - t0, time.time()
-        write_grid, row = None, {}
-        if epoch % args.sample_every == 0 or epoch == args.epochs:
-            write_grid, row = sample_and_score(sampler, config, setup, device, score)
-        metrics.append({"epoch": epoch, "loss": round(sum(epoch_losses) / len(epoch_losses), 6),
-                        "train_seconds": round(train_s, 1), "sample_seconds": round(time.time() - t0, 1), **row})
-        save_epoch(folder, model, optimizer, ema, epoch, config, losses, metrics, write_grid, done)
-        done["epoch"] = epoch
-        grid = f"{out}/image_ep{epoch:03d}.png, " if write_grid else f"{out}/"
-        print(", ".join(f"{k} {v}" for k, v in metrics[-1].items()) + f" -> {grid}model.pth", flush=True)
-    model.eps_model = unwrap(model.eps_model)
-    for w in (args.guidance_sweep or []) if lead else []:
-        sampler.guidance_scale = w
-        write_grid, _ = sample_and_score(sampler, config, setup, device)
-        save_atomic(write_grid, folder.path(f"guidance_w{w:g}.png"))
-        print(f"wrote {out}/guidance_w{w:g}.png", flush=True)
-    print(f"done: samples {out}/image_ep*.png, scores {out}/metrics.csv, curves {out}/loss_curve.png. "
-          f"Sample more with: python sample.py {out}/model.pth", flush=True)
+    with Run(args) as run:
+        train_set, held_out = run.load_data()
+        config = run.configure(train_set)
+        torch.manual_seed(args.seed)
+        model = build_model(config).to(run.device)
+        optimizer = torch.optim.Adam(model.eps_model.parameters(), lr=args.lr)
+        ema = EMA(model, args.ema_decay) if args.ema_decay > 0 else None
+        if not run.begin(model, optimizer, ema):
+            return
+        sampler = ema.model if ema is not None else model  # every sample is drawn with the EMA weights
+        epoch_samples = EpochSamples(args, config, held_out, run) if run.lead else None
+        for epoch in run.epochs():
+            model.train()
+            for x0, cond in run.batches(epoch):                          # Alg. 1 line 2: x0 ~ q(x0)
+                with run.autocast():
+                    loss = model.loss(x0, **cond)                        # lines 3-5 (DDPM.loss)
+                for group in optimizer.param_groups:
+                    group["lr"] = warmup_lr(args.lr, args.warmup, run.step)
+                optimizer.zero_grad(set_to_none=True)
+                run.backward(loss)                                       # loss.backward()
+                optimizer.step()                                         # line 5: the gradient step
+                if ema is not None:
+                    ema.update(model)
+                run.log(loss)
+            t0, write_grid, scores = time.time(), None, {}
+            if run.sample_due(epoch):
+                write_grid, scores = epoch_samples.draw(sampler)
+            run.save_epoch(epoch, write_grid, scores, sample_seconds=time.time() - t0)
+        for w in (args.guidance_sweep or []) if run.lead else []:
+            sampler.guidance_scale = w
+            write_grid, _ = epoch_samples.draw(sampler, score=False)
+            write_grid(run.path(f"guidance_w{w:g}.png"))
+            print(f"wrote {run.out}/guidance_w{w:g}.png", flush=True)
+    print(f"done: samples {run.out}/image_ep*.png, scores {run.out}/metrics.csv, curves {run.out}/loss_curve.png. "
+          f"Sample more with: python sample.py {run.out}/model.pth", flush=True)
 
 
-def finished(out: str, epoch: int) -> str:
-    """Where the run stands, for messages that end it early."""
-    if not epoch:
-        return f"No epoch has finished yet, so {out}/ holds no checkpoint of this run"
-    return f"The last finished epoch, {epoch}, is in {out}/model.pth; continue with --resume"
+def warmup_lr(lr: float, warmup: int, step: int) -> float:
+    """The learning rate of training step `step` (1, 2, ...): linear warm-up from 0 over `warmup` steps
+    (Goyal et al. 2017), then constant."""
+    return lr * min(1.0, step / warmup) if warmup else lr
+
+
+class EpochSamples:
+    """The per-epoch draw, from fixed noise and fixed conditions so that epochs compare: n samples, the
+    first n_grid shown in the grid, the first eval_samples scored by the dataset's judge (metrics.py). Also
+    writes the figures of the run's start: the forward process and the schedules."""
+
+    def __init__(self, args, config: dict, held_out, run):
+        import torch
+
+        from data import dataset_info
+        from figures import class_grid_labels, save_forward_diffusion, save_schedules
+        from metrics import judge_for
+        self.config, self.device = config, run.device
+        model, x0 = run.model, run.images[:8]
+        self.score = judge_for(args, config, run.train_set)
+        save_forward_diffusion(model, x0, run.path("forward_diffusion.png"), torch.Generator(run.device).manual_seed(
+            args.seed))
+        save_schedules(args.n_T, args.schedule, args.betas, run.path("schedules.png"))
+        self.n_grid = 8 * config["num_classes"] if config["cond"] == "class" else config["num_samples"]
+        self.n = max(self.n_grid, config["eval_samples"])
+        self.cond, self.masks = {}, None
+        if config["cond"] == "class":
+            self.cond["y"] = class_grid_labels(config["num_classes"]).repeat(-(-self.n // self.n_grid))[:self.n]
+        if held_out is not None and held_out.masks is not None:
+            masks = held_out.masks[torch.arange(self.n) % len(held_out.masks)]
+            self.cond.update({"mask": masks} if config["cond"] == "mask" else {})
+            self.masks = masks if dataset_info(config["dataset"]).lesion == "bright" else None  # phantoms
+
+    def draw(self, model, score: bool = True) -> tuple:
+        """(write_grid, scores): write_grid(path) saves the grid; scores: fid, class_accuracy, Dice ..."""
+        import torch
+
+        from figures import mask_triplets, save_grid
+        from metrics import lesion_scores
+        from models import draw, sample_shape
+        from plumbing.errors import DataError
+        from plumbing.speed import autocast
+        config, device = self.config, self.device
+        g = torch.Generator(device).manual_seed(config["seed"] + 1)
+        cond = {k: v.to(device) for k, v in self.cond.items()}
+        with autocast(config["precision_used"], device):
+            x = draw(model, self.n, sample_shape(config), sampler=config["sampler"], steps=config["sample_steps"],
+                     eta=config["sample_eta"], generator=g, progress=True, **cond).float().cpu()
+        if not torch.isfinite(x).all():
+            raise DataError("the samples of this epoch are not finite (NaN/inf): the network or the settings "
+                            "diverged")
+        k, rows = self.n_grid, None
+        if config["cond"] == "mask":
+            grid = mask_triplets(x[:min(k, 16)], self.cond["mask"][:min(k, 16)])
+            nrow = 6 if x.dim() == 4 else 9  # two samples per row; volumes: one, its three mid-slices
+        else:
+            grid, nrow = x[:k], 8 if x.dim() == 4 else 4  # volumes: 4 per row, each by its 3 mid-slices
+            rows = [f"y={c}" for c in range(config["num_classes"])] if config["cond"] == "class" else None
+        scores = {}
+        if score and self.score is not None and config["eval_samples"]:
+            n = config["eval_samples"]
+            given = {k: self.cond[c][:n] for k, c in (("labels", "y"), ("masks", "mask")) if c in self.cond}
+            scores.update(self.score(x[:n].clamp(-1, 1), **given))
+        if score and self.masks is not None:  # phantom: the lesion is the only bright region
+            scores.update(lesion_scores(x, self.masks))
+        return (lambda path: save_grid(grid, path, nrow=nrow, row_labels=rows)), scores
 
 
 def main(argv=None) -> None:
@@ -290,10 +267,7 @@ def main(argv=None) -> None:
     check_args(args, parser)
     if world()[0] > 0:  # torchrun: rank 0 alone reports progress
         sys.stdout = open(os.devnull, "w")
-    done = {"epoch": 0}  # the last epoch saved, for the message if the run is stopped
-    out = args.out or f"contents_{args.model}"
-    stopped = lambda: f"interrupted. {finished(out, done['epoch'])}"  # noqa: E731
-    run_script(parser, lambda a: train(a, done), args, interrupted=stopped)
+    run_script(parser, train, args)
 
 
 if __name__ == "__main__":

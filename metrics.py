@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from data import DataError, dataset_info, load_dataset
 from datatypes import unnormalize_to_zero_to_one
-from errors import Parser, run_script
-from formats import read_npz
+from plumbing.errors import Parser, run_script
+from plumbing.formats import read_npz
 
 FEATURES = 128
 SEGMENTER_STEPS = 1500  # batches of 16 for the segmenter judge: about 2.5 minutes at 64 px on 2 cores
@@ -98,7 +98,7 @@ def train_classifier(train, test, epochs: int = 2, batch_size: int = 128, min_st
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     N = len(train.images)
     steps = max(epochs * -(-N // batch_size), min_steps)
-    from progress import Progress
+    from plumbing.progress import Progress
     for _ in Progress(range(steps), steps, "training the fid classifier", "steps", say=log):
         idx = torch.randint(0, N, (batch_size,))
         loss = F.cross_entropy(net(train.images[idx]), train.labels[idx])
@@ -131,7 +131,7 @@ class QualityScore:
         self.reference = feature_stats(self.test_features)
 
     def load_or_train(self, dataset, data_dir, train, test, log) -> tuple:
-        from files import save_atomic
+        from plumbing.files import save_atomic
         path = os.path.join(data_dir, "classifiers", f"{dataset}-{fingerprint(train.images, train.labels)}.pt")
         self.cache = Path(path)
         if os.path.isfile(path):
@@ -270,10 +270,10 @@ def soft_dice_bce(logits: Tensor, target: Tensor) -> Tensor:
 
 def train_segmenter(images: Tensor, masks: Tensor, steps: int = 1500, batch_size: int = 16, seed: int = 0,
                     log=print, extra: tuple | None = None) -> SegNet:
-    """Adam 1e-3 for `steps` steps of soft_dice_bce on random batches, each augmented (transforms.augment).
+    """Adam 1e-3 for `steps` steps of soft_dice_bce on random batches, each augmented (data.augment).
     extra: (images, masks) of more pairs (e.g. synthetic ones); then half of every batch comes from them."""
-    from progress import Progress
-    from transforms import augment
+    from data import augment
+    from plumbing.progress import Progress
     torch.manual_seed(seed)
     net = SegNet(images.shape[1])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -319,7 +319,7 @@ class MaskScore:
         self.real_dice = dice(segment(self.net, held.images), held.masks).mean().item()
 
     def load_or_train(self, data_dir, train, steps, log) -> SegNet:
-        from files import save_atomic
+        from plumbing.files import save_atomic
         key = fingerprint(train.images, train.masks.flatten().long())
         path = os.path.join(data_dir, "classifiers", f"segmenter-{train.images.shape[-1]}px-{steps}-{key}.pt")
         if os.path.isfile(path):
@@ -358,6 +358,21 @@ class MaskScore:
         if not all(np.isfinite(v) for v in result.values()):
             raise DataError(f"the scores came out as {result}: not numbers; the samples or the segmenter are damaged")
         return result
+
+
+def judge_for(args, config: dict, train_set):
+    """The per-epoch score of the samples (metrics.py): fid by a classifier for labelled data, by a
+    segmenter for data with masks; None (and eval_samples 0: the grid only) for data without a judge."""
+    kind = dataset_info(args.dataset).judge
+    if args.eval_samples and kind == "classifier" and train_set.labels is not None:
+        return QualityScore(args.dataset, args.data_dir, image_size=args.image_size)
+    if args.eval_samples and kind == "segmenter" and train_set.masks is not None:
+        return MaskScore(args.data_dir, config["image_size"], channels=args.channels)
+    if args.eval_samples:
+        print(f"no fid for {args.dataset}: metrics.py scores datasets with a judge in data.DATASETS (labelled ones "
+              "with a test split, folders with masks)")
+        config["eval_samples"] = 0
+    return None
 
 
 def read_samples(path: str) -> tuple:

@@ -1,39 +1,65 @@
-"""What every script needs to rebuild a trained model: the model from a config, checkpoints
-that load safely (tensors and plain containers only, never code), and the EMA of the weights.
+"""What every script needs to rebuild a trained model: the registry of diffusion processes, the
+model from a config, the EMA of the weights, and drawing samples by a sampler's name.
 
 A checkpoint (model.pth) is a dict: model (the network's state dict), ema (the averaged
 weights and their update count, or None), optimizer, epoch, config (everything needed to
-rebuild the model, see build_model), losses and metrics. main.py writes it; main.py --resume
-and sample.py read it with load_checkpoint.
+rebuild the model, see build_model), losses and metrics. main.py writes it; main.py --resume,
+sample.py and anomaly.py read it safely with plumbing.checkpoints.load_checkpoint.
 """
 import copy
-import os
 
 import torch
 
 from cond import ConditionalDDPM
 from ddgm import DDGM
 from ddpm import DDPM, SAMPLERS, SCHEDULES
-from errors import DataError, cause
-from settings import checkpoint_problem
+from plumbing.checkpoints import load_weights
+from plumbing.errors import DataError
+from plumbing.progress import Progress
 from unet import NETWORKS
 
-# Settings that shape the network or the process: a checkpoint resumes only with the same ones.
-ARCHITECTURE = ("model", "net", "unet_widths", "attention_res", "n_T", "betas", "schedule", "theta0", "loss", "cond",
-                "dataset", "in_channels", "image_size", "num_classes", "cond_channels", "dims")
+# Processes by name (the MODEL of `python main.py MODEL`): a subclass of DDPM whose class attributes
+# say what it supports (samplers, conditions, options; see DDPM). A new one is a file and a line here.
+PROCESSES = {"DDPM": DDPM, "DDGM": DDGM, "COND": ConditionalDDPM}
+
+
+def process_problems(config: dict) -> list:
+    """[(setting, what is wrong)] where a run's settings ask of its process what it does not support."""
+    process = PROCESSES[config["model"]]
+    found = []
+    if process.samplers is not None and config.get("sampler", process.samplers[0]) not in process.samplers:
+        found.append(("sampler", f"must be {' or '.join(process.samplers)} for {config['model']} (its samplers)"))
+    if config.get("cond") is not None and config["cond"] not in process.conditions:
+        found.append(("cond", f"applies to {conditioned()} only, not {config['model']}"))
+    if config.get("min_snr") and "min_snr" not in process.options:
+        found.append(("min_snr", f"applies to {' and '.join(n for n, p in PROCESSES.items() if 'min_snr' in p.options)}"
+                                 f", not {config['model']}"))
+    return found
+
+
+def conditioned() -> str:
+    return ", ".join(n for n, p in PROCESSES.items() if p.conditions)
+
+
+def default_sampler(model_name: str, wanted: str) -> str:
+    """wanted (the recipe's sampler) where the process supports it, else its first sampler."""
+    samplers = PROCESSES[model_name].samplers
+    return wanted if samplers is None or wanted in samplers else samplers[0]
+
 
 def build_model(config: dict) -> DDPM:
-    """Network and diffusion process from a config (main.make_config's, or a checkpoint's)."""
-    net = NETWORKS[config["net"]](config)
+    """Network and diffusion process from a config (main.py's, or a checkpoint's)."""
+    return build_process(NETWORKS[config["net"]](config), config)
+
+
+def build_process(eps_model: torch.nn.Module, config: dict) -> DDPM:
+    """The process of config["model"] around eps_model, on config's beta schedule. A process that cannot be
+    built from these settings (e.g. DDGM's Gamma noise for some theta_0 and T) is one line (DataError)."""
     beta = SCHEDULES[config["schedule"]](config["n_T"], tuple(config["betas"]))
-    clip_x0 = config.get("clip_x0", False)
-    if config["model"] == "DDGM":
-        return DDGM(net, beta, theta_0=config["theta0"], loss_type=config["loss"], clip_x0=clip_x0)
-    gamma = config.get("min_snr", 0.0)
-    if config["model"] == "COND":
-        return ConditionalDDPM(net, beta, config["num_classes"], config["p_uncond"], config["guidance"],
-                               clip_x0=clip_x0, min_snr_gamma=gamma)
-    return DDPM(net, beta, clip_x0=clip_x0, min_snr_gamma=gamma)
+    try:
+        return PROCESSES[config["model"]].from_config(eps_model, beta, config)
+    except ValueError as e:  # the process's own check of its settings: bad input, told in one line
+        raise DataError(str(e)) from e
 
 
 class EMA:
@@ -62,63 +88,6 @@ class EMA:
         self.model.eps_model.load_state_dict(state["weights"])
 
 
-def load_checkpoint(path: str) -> dict:
-    """A checkpoint written by main.py, loaded with weights_only=True and checked like the command
-    line (settings.py) before anything is built: a file that is not one, would run code when
-    unpickled, or holds an edited config or damaged weights raises DataError with one line."""
-    if not os.path.isfile(path):
-        raise DataError(f"no checkpoint at {path}: train one with main.py first, or check the path")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(f"{path} is not a checkpoint this project can load safely ({cause(e)})") from e
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "config" not in ckpt:
-        raise DataError(f"{path} is not a main.py checkpoint (no model weights or config in it)")
-    problem = checkpoint_problem(ckpt["config"], path)
-    if problem:
-        raise DataError(problem)
-    epoch, ema = ckpt.get("epoch", 0), ckpt.get("ema")
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= 100_000:
-        raise DataError(f"{path}: its epoch {epoch!r} is not a whole number in 0..100000: the checkpoint was edited")
-    if ema is not None and not (isinstance(ema, dict) and isinstance(ema.get("n"), int) and "weights" in ema):
-        raise DataError(f"{path}: its EMA entry has no weights and update count: the checkpoint was edited or "
-                        "damaged; sample with --no-ema, or retrain")
-    losses, metrics = ckpt.get("losses", []), ckpt.get("metrics", [])
-    if not (isinstance(losses, list) and all(isinstance(r, (list, tuple)) and len(r) == 3 for r in losses)
-            and isinstance(metrics, list) and all(isinstance(m, dict) for m in metrics)):
-        raise DataError(f"{path}: its losses or metrics are not the lists main.py writes: the checkpoint was edited")
-    check_weights(ckpt["model"], path, "weights")
-    if ema is not None:
-        check_weights(ema["weights"], path, "EMA weights")
-    return ckpt
-
-
-def check_weights(weights, path: str, what: str) -> None:
-    """A state dict of finite tensors, or DataError."""
-    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                for k, v in weights.items()):
-        raise DataError(f"{path}: its {what} are not a dict of named tensors: the checkpoint was edited or damaged")
-    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-    if bad is not None:
-        raise DataError(f"{path}: its {what} hold NaN or inf (e.g. {bad}): that run diverged; use an earlier "
-                        "checkpoint or retrain with a lower --lr")
-
-
-def load_weights(net: torch.nn.Module, weights: dict, where: str) -> None:
-    """load_state_dict, with a mismatch told in one line: "N tensors differ, e.g. `name` (16, 1, 3, 3) vs ..."."""
-    expected = net.state_dict()
-    differ = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
-    missing = [k for k in expected if k not in weights]
-    extra = [k for k in weights if k not in expected]
-    if differ or missing or extra:
-        k = (differ or missing or extra)[0]
-        example = f"`{k}` {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}" if differ else \
-            f"`{k}` {'missing' if missing else 'not in this network'}"
-        raise DataError(f"{where}: {len(differ) + len(missing) + len(extra)} tensors differ from the network its "
-                        f"config describes, e.g. {example}")
-    net.load_state_dict(weights)
-
-
 def model_from_checkpoint(ckpt: dict, device: torch.device, use_ema: bool = True, path: str = "the checkpoint") -> DDPM:
     """The model a checkpoint describes, in eval mode, with its EMA weights when present and use_ema."""
     model = build_model(ckpt["config"])
@@ -127,34 +96,38 @@ def model_from_checkpoint(ckpt: dict, device: torch.device, use_ema: bool = True
     return model.to(device).eval()
 
 
-def pick_device(name: str) -> torch.device:
-    """auto: cuda if available, else cpu; or a named device that must exist here."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DataError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda but no CUDA GPU is available: use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
-    if device.type not in ("cpu", "cuda"):
-        raise DataError(f"--device {name}: only cpu and cuda are supported")
-    return device
-
-
 def sample_shape(config: dict) -> tuple:
     """(C, H, W) of one sample of a run, or (C, D, H, W) for a run on volumes (config["dims"] 3)."""
     return (config["in_channels"], *[config["image_size"]] * config.get("dims", 2))
 
 
+def check_sampler(model: DDPM, sampler: str) -> None:
+    """One line if the process cannot draw with this sampler (DDGM: no DDIM), or the name is unknown."""
+    if sampler not in SAMPLERS:
+        raise DataError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)} (ddpm.SAMPLERS)")
+    if model.samplers is not None and sampler not in model.samplers:
+        raise DataError(f"{type(model).__name__} samples with {' or '.join(model.samplers)} only, not {sampler}: "
+                        f"use --sampler {model.samplers[0]}")
+
+
 @torch.no_grad()
 def draw(model: DDPM, n: int, shape: tuple, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-         generator=None, progress: bool = False, record=(), kept: list | None = None, **cond) -> torch.Tensor:
-    """n samples (n, C, H, W) in about [-1, 1] by a sampler of ddpm.SAMPLERS (ddim: `steps` steps with eta;
-    ddpm: Algorithm 2, all T steps). record, kept: the reverse process at those indices, appended to kept."""
+         generator=None, x_start: torch.Tensor | None = None, t_start: int | None = None, on_step=None,
+         progress: bool = False, **cond) -> torch.Tensor:
+    """n samples (n, C, H, W) in about [-1, 1] by a sampler of ddpm.SAMPLERS, called by its contract
+    (ddpm.py). progress: a bar over the timesteps the sampler visits, driven by on_step."""
+    check_sampler(model, sampler)
     model.eval()
-    recording = {"record": record, "kept": kept} if record else {}
-    return SAMPLERS[sampler](model, n, shape, steps=steps, eta=eta, generator=generator, progress=progress,
-                             **recording, **cond)
+    if progress:
+        top = model.T - 1 if t_start is None else t_start
+        bar, then = Progress(None, top + 1, f"sampling ({sampler})", "steps"), on_step
+
+        def on_step(i, x_t, x0_hat):
+            bar.at(top + 1 - i)
+            if then is not None:
+                then(i, x_t, x0_hat)
+    x = SAMPLERS[sampler](model, n, shape, steps=steps, eta=eta, generator=generator, x_start=x_start,
+                          t_start=t_start, on_step=on_step, **cond)
+    if progress:
+        bar.close()
+    return x

@@ -14,17 +14,17 @@ import sys
 import numpy as np
 import torch
 
-from catalog import known
 from data import DataError, load_dataset
 from datatypes import normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
-from ddpm import visited
-from errors import Parser, run_script
 from figures import class_grid_labels, mask_triplets, save_grid, save_reverse_process, save_slice_strip
-from files import check_outputs, png_out, save_atomic, save_folder_atomic
-from formats import list_images, need_nibabel, nifti_bytes, read_resized
-from models import draw, load_checkpoint, model_from_checkpoint, pick_device, sample_shape
-from settings import SEED_MAX
-from speed import PRECISIONS, autocast, choose_precision, sampling_check
+from models import check_sampler, default_sampler, draw, model_from_checkpoint, sample_shape
+from plumbing.catalog import known
+from plumbing.checkpoints import load_checkpoint
+from plumbing.errors import Parser, run_script
+from plumbing.files import check_outputs, png_out, save_atomic, save_folder_atomic
+from plumbing.formats import list_images, need_nibabel, nifti_bytes, read_resized
+from plumbing.settings import SEED_MAX
+from plumbing.speed import PRECISIONS, autocast, choose_precision, pick_device, sampling_check
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,9 +141,8 @@ def run(args) -> None:
     ckpt = load_checkpoint(args.checkpoint)
     config, device = ckpt["config"], pick_device(args.device)
     model = model_from_checkpoint(ckpt, device, use_ema=not args.no_ema, path=args.checkpoint)
-    sampler = args.sampler or config.get("sampler", "ddpm" if config["model"] == "DDGM" else "ddim")
-    if sampler not in known("sampler"):
-        raise DataError(f"--sampler must be one of {', '.join(known('sampler'))}")
+    sampler = args.sampler or config.get("sampler") or default_sampler(config["model"], "ddim")
+    check_sampler(model, sampler)
     steps = config.get("sample_steps", 50) if args.steps is None else args.steps
     eta = config.get("sample_eta", 0.0) if args.eta is None else args.eta
     if not 0 <= eta <= 1:
@@ -153,8 +152,8 @@ def run(args) -> None:
     if sampler == "ddim" and not 1 <= steps <= model.T:
         raise DataError(f"--steps must lie in 1..{model.T} (T of this model)")
     if args.guidance is not None:
-        if not (math.isfinite(args.guidance) and args.guidance >= 0) or config["model"] != "COND":
-            raise DataError("--guidance needs a COND checkpoint and a finite w >= 0")
+        if not (math.isfinite(args.guidance) and args.guidance >= 0) or "class" not in model.conditions:
+            raise DataError("--guidance needs a class-conditional (COND) checkpoint and a finite w >= 0")
         model.guidance_scale = args.guidance
     if args.nifti and config.get("dims", 2) != 3:
         raise DataError("--nifti writes volumes and this model draws 2D images: use the .npz or the .png")
@@ -167,10 +166,7 @@ def run(args) -> None:
     out = files["--out"]
     shape = sample_shape(config)
     g = torch.Generator(device).manual_seed(args.seed)
-    record, kept = (), []
-    if args.reverse:  # ten of the steps the sampler visits, evenly spread
-        steps_seen = visited(model, sampler, steps)
-        record = sorted({steps_seen[round(j * (len(steps_seen) - 1) / 9)] for j in range(10)}, reverse=True)
+    reverse = Reverse() if args.reverse else None
     weights = "EMA" if ckpt.get("ema") and not args.no_ema else "raw"
     how = {"ddim": f"DDIM, {steps} steps, eta {eta:g}", "ddpm": f"Algorithm 2, {model.T} steps"}.get(
         sampler, f"sampler {sampler}")
@@ -181,12 +177,32 @@ def run(args) -> None:
     precision, why = choose_precision(args.precision, device, check)
     print(f"precision {precision} ({why})", flush=True)
     with autocast(precision, device):
-        x = draw(model, n, shape, sampler=sampler, steps=steps, eta=eta, generator=g, progress=True, record=record,
-                 kept=kept, **given).float()
+        x = draw(model, n, shape, sampler=sampler, steps=steps, eta=eta, generator=g, progress=True,
+                 on_step=reverse, **given).float()
     save_samples(x.cpu(), cond, out, nifti=args.nifti)
-    if record:
-        save_reverse_process(kept, x.cpu(), model.T, os.path.splitext(out)[0] + "_reverse.png")
+    if reverse is not None:
+        save_reverse_process(reverse.shown(), x.cpu(), model.T, os.path.splitext(out)[0] + "_reverse.png")
         print(f"wrote {os.path.splitext(out)[0]}_reverse.png", flush=True)
+
+
+class Reverse:
+    """on_step for --reverse: (i, x_t, x0_hat) of the first `rows` samples at every k-th step the sampler
+    visits, on the CPU; k doubles whenever more than 2 * `shown` are kept, so that any sampler and any T keep
+    a few dozen steps at most. shown(): `shown` of them, evenly spread from the first step."""
+
+    def __init__(self, shown: int = 10, rows: int = 4):
+        self.kept, self.every, self.seen, self.want, self.rows = [], 1, 0, shown, rows
+
+    def __call__(self, i: int, x_t: torch.Tensor, x0_hat: torch.Tensor) -> None:
+        if self.seen % self.every == 0:
+            self.kept.append((i, x_t[:self.rows].float().cpu(), x0_hat[:self.rows].float().cpu()))
+            if len(self.kept) > 2 * self.want:
+                self.kept, self.every = self.kept[::2], 2 * self.every
+        self.seen += 1
+
+    def shown(self) -> list:
+        picks = sorted({round(j * (len(self.kept) - 1) / max(1, self.want - 1)) for j in range(self.want)})
+        return [self.kept[j] for j in picks]
 
 
 def read_one(path: str, size: int, mode: str, what: str) -> tuple:
@@ -201,8 +217,6 @@ def read_one(path: str, size: int, mode: str, what: str) -> tuple:
 def inpaint(args, model, config: dict, device, out: str) -> None:
     """--inpaint IMAGE --region MASK: n RePaint results (DDPM.inpaint); the figure shows image | region |
     (condition mask |) results, and out's .npz holds the results as images."""
-    if config["model"] == "DDGM":
-        raise DataError("--inpaint is RePaint for Gaussian diffusion: use a DDPM or COND checkpoint")
     size = config["image_size"]
     image, image_hw = read_one(args.inpaint, size, "L" if config["in_channels"] == 1 else "RGB", "--inpaint")
     region, region_hw = read_one(args.region, size, "mask", "--region")

@@ -10,6 +10,7 @@ timestep embedding (Vaswani et al. 2017, arXiv:1706.03762, Sec. 3.5), residual b
 the embedding added, self-attention at the lowest resolution.
 """
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -139,8 +140,8 @@ class UNet(nn.Module):
     """A U-Net whose depth follows its widths: widths (c1, ..., cn) give n - 1 down/up levels with
     skips, H -> H/2 -> ... -> H/2^(n-1) and back, for H, W divisible by 2^(n-1); c_k channels at
     H/2^(k-1). Self-attention at the deepest resolution (attention=True) and at every resolution
-    listed in attention_res (feature-map sides in pixels, e.g. (16,) at 64 px). Three widths give
-    the two-level net of earlier versions, with the same parameter names (down1, pool1, ...).
+    listed in attention_res (feature-map sides in pixels, e.g. (16,) at 64 px). The modules of level k
+    are down[k - 1], attn_down[k - 1] (identity without attention), pool[k - 1], up[k - 1], dec[k - 1].
     dims=3: the same network on volumes (B, C, D, H, W), with 3D convolutions, pooling and attention."""
 
     def __init__(self, in_channels: int = 1, widths: tuple = (32, 64, 64), attention: bool = True,
@@ -156,28 +157,32 @@ class UNet(nn.Module):
         attend = lambda k: image_size is not None and image_size // 2 ** (k - 1) in attention_res  # noqa: E731
         self.embed = Embedding(emb_dim, num_classes)
         self.inp = conv(dims, in_channels + cond_channels, widths[0], 3, padding=1)
+        self.down, self.attn_down, self.pool = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()  # [k - 1]: level k
         c = widths[0]
         for k in range(1, self.levels + 1):  # encoder level k works at H / 2^(k-1)
-            setattr(self, f"down{k}", ResBlock(c, widths[k - 1], emb_dim, dims))
-            if attend(k):
-                setattr(self, f"attn_down{k}", SelfAttention(widths[k - 1], dims))
-            setattr(self, f"pool{k}", conv(dims, widths[k - 1], widths[k - 1], 3, stride=2, padding=1))
+            self.down.append(ResBlock(c, widths[k - 1], emb_dim, dims))
+            self.attn_down.append(SelfAttention(widths[k - 1], dims) if attend(k) else nn.Identity())
+            self.pool.append(conv(dims, widths[k - 1], widths[k - 1], 3, stride=2, padding=1))
             c = widths[k - 1]
         self.mid1 = ResBlock(c, widths[-1], emb_dim, dims)
         self.attn = SelfAttention(widths[-1], dims) if attention else nn.Identity()
         self.mid2 = ResBlock(widths[-1], widths[-1], emb_dim, dims)
+        self.up, self.dec, self.attn_dec = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()  # [k - 1]: level k
         c = widths[-1]
         for k in range(self.levels, 0, -1):  # decoder level k, back up to H / 2^(k-1)
-            setattr(self, f"up{k}", nn.Sequential(nn.Upsample(scale_factor=2), conv(dims, c, c, 3, padding=1)))
-            setattr(self, f"dec{k}", ResBlock(c + widths[k - 1], widths[k - 1], emb_dim, dims))
-            if attend(k):
-                setattr(self, f"attn_dec{k}", SelfAttention(widths[k - 1], dims))
+            self.up.insert(0, nn.Sequential(nn.Upsample(scale_factor=2), conv(dims, c, c, 3, padding=1)))
+            self.dec.insert(0, ResBlock(c + widths[k - 1], widths[k - 1], emb_dim, dims))
+            self.attn_dec.insert(0, SelfAttention(widths[k - 1], dims) if attend(k) else nn.Identity())
             c = widths[k - 1]
         self.out = nn.Sequential(group_norm(c), nn.GELU(), conv(dims, c, in_channels, 3, padding=1))
 
-    def level(self, name: str, k: int):
-        """The module f"{name}{k}", or identity where that level has none (attention)."""
-        return getattr(self, f"{name}{k}", nn.Identity())
+    @staticmethod
+    def renamed_levels(weights: dict) -> dict:
+        """A state dict from before the levels were lists (down1.conv1.weight -> down.0.conv1.weight, ...),
+        so that older checkpoints load (plumbing.checkpoints.load_weights calls this)."""
+        old = re.compile(r"(down|attn_down|pool|up|dec|attn_dec)(\d+)\.")
+        return {old.sub(lambda m: f"{m[1]}.{int(m[2]) - 1}.", k, count=1) if old.match(k) else k: v
+                for k, v in weights.items()}
 
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None,
                 mask: Tensor | None = None) -> Tensor:
@@ -188,14 +193,13 @@ class UNet(nn.Module):
         emb = self.embed(t, y)                                   # (B, emb_dim)
         h = self.inp(concat_condition(x_t, mask, self.cond_channels))
         skips = []
-        for k in range(1, self.levels + 1):
-            h = self.level("attn_down", k)(self.level("down", k)(h, emb))  # (B, c_k, H/2^(k-1), W/2^(k-1))
+        for down, attn, pool in zip(self.down, self.attn_down, self.pool):  # level k = 1, ..., n - 1
+            h = attn(down(h, emb))                               # (B, c_k, H/2^(k-1), W/2^(k-1))
             skips.append(h)
-            h = self.level("pool", k)(h)
+            h = pool(h)
         h = self.mid2(self.attn(self.mid1(h, emb)), emb)         # (B, c_n, H/2^(n-1), W/2^(n-1))
-        for k in range(self.levels, 0, -1):
-            h = self.level("dec", k)(torch.cat([self.level("up", k)(h), skips.pop()], dim=1), emb)
-            h = self.level("attn_dec", k)(h)                     # (B, c_k, H/2^(k-1), W/2^(k-1))
+        for up, dec, attn in zip(self.up[::-1], self.dec[::-1], self.attn_dec[::-1]):  # level k = n - 1, ..., 1
+            h = attn(dec(torch.cat([up(h), skips.pop()], dim=1), emb))  # (B, c_k, H/2^(k-1), W/2^(k-1))
         return self.out(h)
 
 

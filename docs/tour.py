@@ -21,7 +21,8 @@ import torch  # noqa: E402
 
 import figures  # noqa: E402
 from ddpm import DDPM, SCHEDULES  # noqa: E402
-from models import draw, load_checkpoint, model_from_checkpoint  # noqa: E402
+from models import draw, model_from_checkpoint  # noqa: E402
+from plumbing.checkpoints import load_checkpoint  # noqa: E402
 from synthetic import make_shapes  # noqa: E402
 
 # %% [markdown]
@@ -59,15 +60,22 @@ subprocess.run(command, cwd=ROOT, check=True)
 
 # %% [markdown]
 # ## 4. Sampling from the checkpoint, and the reverse process made visible
-# DDIM in 50 steps; `record` keeps x_t and the network's x0_hat (eq. 15) at ten of them.
+# DDIM in 50 steps; `on_step` sees x_t and the network's x0_hat (eq. 15) at every step, and keeps ten of them.
 
 # %%
 ckpt = load_checkpoint(os.path.join(run, "model.pth"))
 model = model_from_checkpoint(ckpt, torch.device("cpu"))
-visited = model.ddim_timesteps(50)
-record, kept = [visited[round(j * (len(visited) - 1) / 9)] for j in range(10)], []
+kept, seen = [], []
+
+
+def keep(i, x_t, x0_hat):  # every fifth of DDIM's 50 steps: ten of them
+    seen.append(i)
+    if len(seen) % 5 == 1:
+        kept.append((i, x_t.clone(), x0_hat.clone()))
+
+
 x = draw(model, 4, (1, 28, 28), sampler="ddim", steps=50, eta=1.0, generator=torch.Generator().manual_seed(1),
-         record=record, kept=kept)
+         on_step=keep)
 figures.save_reverse_process(kept, x, model.T, os.path.join(OUT, "reverse_process.png"))
 print("samples", tuple(x.shape), "in", round(x.min().item(), 2), "..", round(x.max().item(), 2))
 print("wrote", ", ".join(sorted(os.listdir(OUT))), "in", OUT)

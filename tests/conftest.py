@@ -7,7 +7,7 @@ runs that must agree bit for bit (resume, kill -9) would not on a loaded machine
 import pytest
 import torch
 
-import speed
+from plumbing import speed
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """bench.py end to end at its smallest: it runs and writes every promised figure (no time is asserted)."""
 import json
 
-import bench
+from bench import bench
 
 
 def test_quick_bench_writes_a_row_per_network(tmp_path, capsys):

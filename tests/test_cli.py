@@ -194,7 +194,7 @@ def test_a_checkpoint_cannot_run_code(tmp_path, capsys):
 
 def test_ddim_for_ddgm_is_refused_in_one_line():
     r = cli("DDGM", "--sampler", "ddim")
-    assert r.returncode == 2 and "Gaussian" in r.stderr and r.stderr.count("\n") == 1
+    assert r.returncode == 2 and "must be ddpm for DDGM" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_defaults_are_the_recipe_and_paper_settings_one_flag_away(tmp_path):

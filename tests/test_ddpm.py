@@ -62,9 +62,9 @@ def test_training_timesteps_cover_1_to_T():
     """Alg. 1 line 3: t ~ Uniform({1, ..., T}), i.e. indices 0..T-1, both ends included."""
     net = Recorder()
     model = DDPM(net, linear_beta_schedule(10))
-    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
     for _ in range(20):
-        model.loss(torch.zeros(16, 1, 2, 2), generator=g)
+        model.loss(torch.zeros(16, 1, 2, 2))
     seen = torch.cat(net.seen)
     assert seen.min().item() == 0 and seen.max().item() == 9
     assert len(seen.unique()) == 10
@@ -136,10 +136,17 @@ def test_clip_eps_gives_the_eq7_posterior_mean_of_the_clipped_x0():
     assert torch.allclose(model.clip_eps(inside, t, torch.zeros_like(inside)), torch.zeros_like(inside), atol=1e-6)
 
 
+def draws(model, x0, seed: int) -> dict:
+    """Alg. 1's t and eps for x0 from a seed (DDPM.draws), without touching the global generator's state."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return model.draws(x0)
+
+
 def fixed_loss(model, x0, seed=0):
     """Alg. 1's loss on a fixed batch with fixed t and eps, so before/after compare like with like."""
     with torch.no_grad():
-        return model.loss(x0, generator=torch.Generator().manual_seed(seed)).item()
+        return model.loss(x0, **draws(model, x0, seed)).item()
 
 
 def train_steps(model, x, steps=150, batch=32, lr=2e-3):
@@ -179,22 +186,25 @@ def test_min_snr_weight_is_min_snr_gamma_over_snr():
     losses = []
     for gamma in (0.0, 1e30, 5.0):
         model.min_snr_gamma = gamma
-        losses.append(model.loss(x, torch.Generator().manual_seed(3)).item())
+        losses.append(model.loss(x, **draws(model, x, 3)).item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-6) and losses[2] < losses[0]
 
 
 def test_sample_shape_finite_and_reproducible():
-    """Alg. 2 from x_T ~ N(0, I): right shape, finite, same output for the same seeded generator."""
+    """Alg. 2 from x_T ~ N(0, I): right shape, finite, same output for the same seeded generator; on_step
+    sees every index T - 1, ..., 0 with x_t and eq. (15)'s x0_hat."""
     torch.manual_seed(0)
     model = DDPM(CNN(hidden=(8, 8)), linear_beta_schedule(20))
     draw = lambda seed: model.sample(3, (1, 8, 8), generator=torch.Generator().manual_seed(seed))  # noqa: E731
     a, b, c = draw(1), draw(1), draw(2)
     assert a.shape == (3, 1, 8, 8) and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.equal(a, c)
-    x0, kept = model.sample(2, (1, 8, 8), generator=torch.Generator().manual_seed(1), record=(19, 5, 0))
-    # recording does not change the draws:
+    kept = []
+    x0 = model.sample(2, (1, 8, 8), generator=torch.Generator().manual_seed(1),
+                      on_step=lambda i, x_t, x0_hat: kept.append((i, x_t, x0_hat)))
+    # watching every step does not change the draws:
     assert torch.equal(x0, model.sample(2, (1, 8, 8), generator=torch.Generator().manual_seed(1)))
-    assert [i for i, _, _ in kept] == [19, 5, 0] and all(x_t.shape == (2, 1, 8, 8) for _, x_t, _ in kept)
+    assert [i for i, _, _ in kept] == list(range(19, -1, -1)) and all(x_t.shape == (2, 1, 8, 8) for _, x_t, _ in kept)
     i, x_t, x0_hat = kept[-1]  # at paper t = 1: x0_hat by eq. (15) from the recorded x_t
     eps_hat = model.eps_model(x_t, torch.zeros(2, dtype=torch.long))
     assert torch.allclose(x0_hat, model.predict_x0(x_t, torch.zeros(2, dtype=torch.long), eps_hat))
@@ -221,7 +231,7 @@ def test_a_subclass_loss_is_honoured_with_and_without_min_snr(gamma):
     net = CNN(hidden=(8, 8))
     x = make_shapes(n=8).images
     plain, half = (cls(net, linear_beta_schedule(100), min_snr_gamma=gamma) for cls in (DDPM, HalfLoss))
-    a, b = (m.loss(x, torch.Generator().manual_seed(1)).item() for m in (plain, half))
+    a, b = (m.loss(x, **draws(m, x, 1)).item() for m in (plain, half))
     assert b == pytest.approx(0.5 * a, rel=1e-6)
 
 

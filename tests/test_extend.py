@@ -1,20 +1,25 @@
-"""The README's four "how to extend" recipes, performed exactly as written there: each defines a new
-schedule, network, dataset or sampler, registers it with one line, then trains for a step through
-main.main and samples through sample.py. If a recipe goes stale, its test fails. Also: the names
-catalog.py reads from the source text are the registries' own."""
+"""The README's "how to extend" recipes, performed exactly as written there: each defines a new schedule,
+network, dataset, sampler or process, registers it with one line, then runs it through every script that
+takes one: it trains through main.main and samples through sample.py; a sampler also draws the reverse
+process (sample.py --reverse) and the anomaly maps (anomaly.py, from a given x_t); a process also samples
+with --reverse and maps anomalies. If a recipe goes stale, its test fails. Also: the names catalog.py reads
+from the source text are the registries' own."""
 import json
 
 import pytest
 import torch
 from torch import nn
 
-import catalog
+import anomaly
 import data
 import ddpm
 import main
+import models
 import sample
 import unet
 from datatypes import Dataset
+from ddpm import DDPM
+from plumbing import catalog
 
 TINY = ["--limit", "32", "--batch-size", "16", "--n-T", "10", "--num-samples", "2", "--sample-steps", "2",
         "--eval-samples", "0", "--epochs", "1"]
@@ -69,16 +74,54 @@ def test_extend_dataset(tmp_path, monkeypatch):
 
 
 def test_extend_sampler(tmp_path, monkeypatch):
+    calls = []
+
     @torch.no_grad()
-    def one_step(model, n, shape, *, steps=50, eta=0.0, generator=None, progress=False, **cond):
-        """x_0 in one jump: eq. (15) applied once to x_T (a poor sampler, but a sampler)."""
-        x_T = torch.randn((n, *shape), generator=generator, device=model.beta.device)
-        t = torch.full((n,), model.T - 1, device=x_T.device, dtype=torch.long)
-        return model.predict_x0(x_T, t, model.predict_eps(x_T, t, **cond)).clamp(-1, 1)
+    def one_step(model, n, shape, *, steps, eta, generator, x_start=None, t_start=None, on_step=None, **cond):
+        """x_0 in one jump from x_T (or from the given x_t): eq. (15) applied once (a poor sampler, but a sampler)."""
+        i = model.T - 1 if t_start is None else t_start
+        x_t = torch.randn((n, *shape), generator=generator, device=model.beta.device) if x_start is None else x_start
+        t = torch.full((n,), i, device=x_t.device, dtype=torch.long)
+        x0_hat = model.predict_x0(x_t, t, model.predict_eps(x_t, t, **cond)).clamp(-1, 1)
+        if on_step is not None:
+            on_step(i, x_t, x0_hat)
+        calls.append((x_start is not None, t_start))
+        return x0_hat
 
     monkeypatch.setitem(ddpm.SAMPLERS, "one-step", one_step)
     config = train_and_sample(tmp_path, "--dataset", "shapes", "--net", "cnn", "--sampler", "one-step")
-    assert config["sampler"] == "one-step"
+    assert config["sampler"] == "one-step" and calls[0] == (False, None)  # main.py's per-epoch grid
+    sample.main([str(tmp_path / "run" / "model.pth"), "--num-samples", "2", "--reverse", "--out",
+                 str(tmp_path / "r.png")])
+    assert (tmp_path / "r_reverse.png").exists()
+    anomaly.main([str(tmp_path / "run" / "model.pth"), "--sampler", "one-step", "--t-lambda", "4", "--n", "2",
+                  "--n-val", "2", "--repeats", "1", "--out", str(tmp_path / "a.png")])
+    assert (tmp_path / "a.png").exists() and calls[-1] == (True, 3)  # from x_t at paper time 4 (index 3)
+
+
+class HuberDDPM(DDPM):
+    """DDPM trained with the Huber loss on the noise (smooth L1; Girshick 2015), a change of eq. (14) only."""
+    options = ()  # no min-SNR weighting
+
+    @classmethod
+    def from_config(cls, eps_model, beta, config):
+        return cls(eps_model, beta, clip_x0=config.get("clip_x0", False))
+
+    def eps_loss(self, eps_hat, eps):
+        return torch.nn.functional.smooth_l1_loss(eps_hat, eps, reduction="none").flatten(1).mean(1)
+
+
+def test_extend_process(tmp_path, monkeypatch):
+    monkeypatch.setitem(models.PROCESSES, "HUBER", HuberDDPM)
+    main.main(["HUBER", *TINY, "--dataset", "shapes", "--net", "cnn", "--out", str(tmp_path / "run")])
+    checkpoint = str(tmp_path / "run" / "model.pth")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"] == "HUBER" and config["min_snr"] == 0.0  # the recipe's min-SNR is DDPM's, not HUBER's
+    sample.main([checkpoint, "--num-samples", "2", "--reverse", "--out", str(tmp_path / "s.png")])
+    anomaly.main([checkpoint, "--t-lambda", "4", "--n", "2", "--n-val", "2", "--repeats", "1", "--out",
+                  str(tmp_path / "a.png")])
+    assert (tmp_path / "s_reverse.png").exists() and (tmp_path / "a.png").exists()
+    assert type(models.model_from_checkpoint(torch.load(checkpoint, weights_only=True), "cpu")) is HuberDDPM
 
 
 @pytest.mark.parametrize("key", sorted(catalog.REGISTRIES))

@@ -125,7 +125,7 @@ def test_planted_link_at_a_temporary_name_is_not_followed(tmp_path):
 
 
 def test_failed_write_leaves_no_temporary_file(tmp_path):
-    from files import save_atomic
+    from plumbing.files import save_atomic
 
     def fail(path):
         Path(path).write_text("half")

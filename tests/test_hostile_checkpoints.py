@@ -10,14 +10,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_hostile_runs import refused
 
 import anomaly
-import bench
 import main
 import metrics
 import sample
-from errors import DataError, one_line, run_script
+from bench import bench
+from plumbing.errors import DataError, one_line, run_script
+from test_hostile_runs import refused
 
 TINY = ["--dataset", "phantom-healthy", "--image-size", "8", "--net", "cnn", "--limit", "32", "--batch-size", "16",
         "--n-T", "20", "--num-samples", "2", "--sample-steps", "2", "--eval-samples", "0"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import main
-import runfolder
+from plumbing import run, runfolder
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--dataset", "shapes", "--net", "cnn", "--limit", "64", "--batch-size", "32", "--n-T", "20",
@@ -145,21 +145,19 @@ def test_a_run_that_fails_to_start_leaves_no_folder(tmp_path, capsys):
 # --- all or nothing: a failure while saving an epoch keeps the last finished one ---
 
 def fail_on_save(monkeypatch, epoch: int, error: Exception):
-    """torch.save raises `error` when it writes the checkpoint of `epoch`."""
-    real = torch.save
+    """The checkpoint of `epoch` fails half way through its write with `error`."""
+    real = run.save_checkpoint
 
-    def save(obj, path, *args, **kwargs):
-        if isinstance(obj, dict) and obj.get("epoch") == epoch:
+    def save(state, path):
+        if state["epoch"] == epoch:
             with open(path, "wb") as f:
                 f.write(b"half a checkpoint")
             raise error
-        return real(obj, path, *args, **kwargs)
-    monkeypatch.setattr(torch, "save", save)
+        return real(state, path)
+    monkeypatch.setattr(run, "save_checkpoint", save)
 
 
-@pytest.mark.parametrize("error", [RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter "
-                                                "failed writing file data/3: file write failed"),
-                                   OSError(28, "No space left on device")])
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), OSError(122, "Disk quota exceeded")])
 def test_disk_full_while_saving_keeps_the_last_finished_epoch(tmp_path, capsys, monkeypatch, error):
     main.main(["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path)])
     before = snapshot(tmp_path)
@@ -180,6 +178,48 @@ def test_disk_full_in_the_first_epoch_says_no_epoch_has_finished(tmp_path, capsy
     fail_on_save(monkeypatch, 1, OSError(28, "No space left on device"))
     err = refused(capsys, ["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path)], "no epoch has finished yet")
     assert "--resume" not in err and not (tmp_path / "model.pth").exists()
+
+
+def test_a_bug_while_saving_keeps_its_traceback_and_leaves_no_staged_file(tmp_path, monkeypatch):
+    """Only failed writes are one line: a writer that raises anything else is a bug, raised as it is (a
+    traceback to report), and the files staged before it are removed, not left as .tmp files."""
+    main.main(["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path)])
+    before = snapshot(tmp_path)
+
+    def broken(*args):
+        raise KeyError("fid_real")
+    monkeypatch.setattr(run, "save_loss_curve", broken)
+    with pytest.raises(KeyError):
+        main.main(["DDPM", *TINY, "--epochs", "2", "--out", str(tmp_path), "--resume"])
+    assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+    after = snapshot(tmp_path)
+    for name in ("config.json", "run.json"):  # the run's config, and the manifest of the names it may write
+        del before[name], after[name]
+    assert after == before
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 4 MB tmpfs, mounted where this machine lets the tests mount one (Linux, as root)."""
+    folder = tmp_path / "FULL"
+    folder.mkdir()
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs Linux and root")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_really_full_disk_is_one_line_and_keeps_the_last_epoch(full_disk):
+    """The probe of issue 25: a 4 MB disk fills during epoch 2 (each checkpoint is 2.5 MB). One line, exit 2,
+    the first epoch's files intact, nothing staged left behind: decided by the failed write, not by a message."""
+    r = subprocess.run([sys.executable, "main.py", "DDPM", "--dataset", "shapes", "--limit", "128", "--epochs", "6",
+                        "--n-T", "20", "--num-samples", "16", "--eval-samples", "0", "--precision", "fp32",
+                        "--out", str(full_disk / "run")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "No space left on device" in r.stderr and "as it was after epoch 1" in r.stderr
+    assert not [n for n in os.listdir(full_disk / "run") if ".tmp" in n]
+    assert torch.load(full_disk / "run" / "model.pth", weights_only=True)["epoch"] == 1
 
 
 def test_divergence_in_the_first_epoch_says_no_epoch_has_finished(tmp_path, capsys):

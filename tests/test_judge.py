@@ -71,7 +71,7 @@ def test_metrics_cli_scores_a_folder_in_one_line(judge, tmp_path, capsys, monkey
 def test_synthetic_gain_prints_the_table_and_draws_the_figure(tmp_path, capsys):
     """synthetic_gain.py end to end on phantoms: per K a row real-only vs + synthetic, and the figure."""
     import main
-    import synthetic_gain
+    from bench import synthetic_gain
     root = write_phantom_folder(tmp_path / "scans", n=40, size=16)
     main.main(["COND", "--dataset", "folder", "--data-dir", str(root), "--image-size", "16", "--unet-widths", "8", "8",
                "8", "--n-T", "10", "--batch-size", "18", "--epochs", "1", "--eval-samples", "0", "--num-samples", "2",

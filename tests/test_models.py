@@ -61,3 +61,21 @@ def test_build_model_follows_the_registries(model, net, schedule):
     assert type(built.eps_model) is {"unet": UNet, "cnn": CNN}[net]
     assert torch.allclose(built.beta, SCHEDULES[schedule](20, (1e-4, 0.02)).float())
     assert built.min_snr_gamma == config["min_snr"]
+
+
+def test_a_checkpoint_with_the_old_level_names_loads_into_the_listed_levels():
+    """Before the U-Net's levels were ModuleLists they were attributes down1, attn_down1, pool1, up1, dec1, ...
+    (setattr). load_weights maps those names to down.0, ... and the network computes exactly the same."""
+    import re
+
+    from plumbing.checkpoints import load_weights
+    from unet import UNet
+    torch.manual_seed(0)
+    new = UNet(1, (8, 8, 8), image_size=16, attention_res=(16,))
+    old = {re.sub(r"^(down|attn_down|pool|up|dec|attn_dec)\.(\d+)\.", lambda m: f"{m[1]}{int(m[2]) + 1}.", k): v
+           for k, v in new.state_dict().items()}
+    assert "down1.conv1.weight" in old and "attn_dec1.qkv.weight" in old and "dec2.conv1.weight" in old
+    again = UNet(1, (8, 8, 8), image_size=16, attention_res=(16,))
+    load_weights(again, old, "test")
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 7])
+    assert torch.equal(again(x, t), new(x, t))

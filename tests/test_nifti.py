@@ -143,9 +143,8 @@ def test_without_nibabel_a_nifti_folder_is_one_line_naming_the_install(tmp_path,
 
 
 def test_sample_writes_volumes_and_masks_as_a_nifti_folder_that_loads_back(tmp_path, capsys):
-    from test_volumes import TINY3D
-
     import sample
+    from test_volumes import TINY3D
     out = tmp_path / "cond"
     main.main(["COND", *TINY3D, "--out", str(out)])
     sample.main([str(out / "model.pth"), "--num-samples", "3", "--nifti", "--out", str(tmp_path / "s.png")])
@@ -201,7 +200,7 @@ def test_anomaly_py_maps_a_nifti_folder_and_refuses_the_wrong_dimension(tmp_path
 def test_a_folder_that_fails_half_way_is_not_left_behind(tmp_path):
     """files.save_folder_atomic (sample.py --nifti): an error after some files leaves no folder and no
     temporary one."""
-    from files import save_folder_atomic
+    from plumbing.files import save_folder_atomic
 
     def write(folder):
         (tmp_path / "probe").write_text(folder)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import main
-import speed
 from cond import ConditionalDDPM
 from ddpm import DDPM, linear_beta_schedule
-from parallel import rows
+from plumbing import speed
+from plumbing.parallel import rows
 from unet import NETWORKS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +60,7 @@ def test_a_resumed_auto_run_keeps_its_precision_where_it_can(monkeypatch, native
 
 def test_a_bf16_training_step_matches_fp32_to_bf16_accuracy():
     """The same batch, noise and weights: the bf16 autocast loss is fp32's within bf16's ~3 significant digits."""
-    from training import train_step
+    from bench.step import train_step
     losses = {}
     for precision in ("fp32", "bf16"):
         model = DDPM(tiny_net(), linear_beta_schedule(20))
@@ -74,19 +74,23 @@ def test_a_bf16_training_step_matches_fp32_to_bf16_accuracy():
 
 @pytest.mark.parametrize("process", ["DDPM", "COND"])
 def test_the_ranks_loss_shares_add_up_to_the_batch_loss(process):
-    """Data-parallel training: every rank draws t, eps (and COND's label drop) for the whole batch and returns
-    the sum over its rows / B, so the shares of 3 ranks (rows 0-2, 3-5, 6-9 of 10) add up to Algorithm 1's
-    mean, with min-SNR weights too."""
+    """Data-parallel training (plumbing/run.py, Run.batches): every rank draws t, eps and COND's label drop for
+    the whole batch (model.draws, which draws what loss() draws), keeps its rows and weights the mean over them
+    by its rows / B, so the shares of 3 ranks (rows 0-2, 3-5, 6-9 of 10) add up to Algorithm 1's mean, with
+    min-SNR weights too."""
     net = tiny_net(num_classes=3 if process == "COND" else 0)
     model = (ConditionalDDPM(net, linear_beta_schedule(20), num_classes=3, p_uncond=0.5, min_snr_gamma=5.0)
              if process == "COND" else DDPM(net, linear_beta_schedule(20), min_snr_gamma=5.0))
     x0, cond = torch.rand(10, 1, 8, 8) * 2 - 1, {"y": torch.arange(10) % 3} if process == "COND" else {}
     torch.manual_seed(5)
     whole = model.loss(x0, **cond)
+    torch.manual_seed(5)
+    draws = model.draws(x0, **cond)
+    assert model.loss(x0, **draws, **cond).item() == whole.item()
     shares = []
     for rank in range(3):
-        torch.manual_seed(5)  # every rank draws what one process draws
-        shares.append(model.loss(x0, rows=rows(10, rank, 3), **cond))
+        r = rows(10, rank, 3)
+        shares.append(model.loss(x0[r], **{k: v[r] for k, v in {**draws, **cond}.items()}) * (r.stop - r.start) / 10)
     assert [rows(10, r, 3) for r in range(3)] == [slice(0, 3), slice(3, 6), slice(6, 10)]
     assert sum(shares).item() == pytest.approx(whole.item(), rel=1e-6)
 

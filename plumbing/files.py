@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 
-from errors import DataError
+from plumbing.errors import DataError
 
 
 def reserve(path: str) -> str:

@@ -9,10 +9,10 @@ import time
 
 import torch
 
-from catalog import RECIPE
+from bench.step import train_step
 from ddpm import DDPM, linear_beta_schedule
-from speed import autocast, choose_precision, training_check
-from training import train_step
+from plumbing.catalog import RECIPE
+from plumbing.speed import autocast, choose_precision, training_check
 
 
 class Peer(torch.nn.Module):

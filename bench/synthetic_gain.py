@@ -1,7 +1,7 @@
 """Does synthetic data help? python synthetic_gain.py COND_CHECKPOINT --data-dir DIR [--k 25 50 0] [--m 100]
 
 A mask-conditioned COND model (main.py COND --dataset folder) makes M synthetic image/mask pairs: masks
-drawn from the real training masks, randomly flipped and shifted (transforms.augment), images drawn by
+drawn from the real training masks, randomly flipped and shifted (data.augment), images drawn by
 the model for them (DDIM). Then the segmenter of metrics.py is trained on K real training pairs alone,
 and on the same K pairs plus the M synthetic ones (half of every batch), and scored by Dice on the
 held-out real slices, which neither the generator nor any segmenter saw. Per K (0: all), the mean and
@@ -12,12 +12,13 @@ import sys
 
 import torch
 
-from data import DataError, load_dataset
-from errors import Parser, run_script
-from files import check_outputs, png_out
+from data import DataError, augment, load_dataset
 from metrics import dice, segment, train_segmenter
-from models import draw, load_checkpoint, model_from_checkpoint, pick_device, sample_shape
-from transforms import augment
+from models import draw, model_from_checkpoint, sample_shape
+from plumbing.checkpoints import load_checkpoint
+from plumbing.errors import Parser, run_script
+from plumbing.files import check_outputs, png_out
+from plumbing.speed import pick_device
 
 
 def build_parser() -> Parser:

@@ -6,6 +6,7 @@
 - Threads on a shared machine: PyTorch's OpenMP threads spin while they wait, so two runs with
   all cores each fight for them and each keeps a fraction of its speed. SharedCores follows the
   load of the other processes on this process's cores and leaves them the cores they use.
+- Device: pick_device (auto: a CUDA GPU where there is one).
 Nothing here changes the equations: autocast only runs the network's matmuls and convolutions in bf16.
 """
 import contextlib
@@ -17,7 +18,8 @@ import time
 
 import torch
 
-from catalog import PRECISIONS  # noqa: F401  (auto, fp32, bf16)
+from plumbing.catalog import PRECISIONS  # noqa: F401  (auto, fp32, bf16)
+from plumbing.errors import DataError
 
 FASTER = 1.15  # auto picks bf16 only if the check's steps run at least this much faster than fp32
 
@@ -167,3 +169,21 @@ def thread_policy(requested: str) -> tuple:
     if not sys.platform.startswith("linux"):
         return SharedCores(torch.get_num_threads(), fixed=True), f"{torch.get_num_threads()} threads"
     return SharedCores(cores), f"up to {cores} threads, fewer while other processes keep cores busy"
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: cuda if available, else cpu; or a named device that must exist here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DataError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda but no CUDA GPU is available: use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise DataError(f"--device {name}: only cpu and cuda are supported")
+    return device
+

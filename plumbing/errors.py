@@ -1,7 +1,10 @@
-"""How every script fails: one line on stderr naming the problem and the fix, exit code 2, never a
-traceback. DataError is the project's one exception for bad input; Parser gives argparse's errors
-the same one-line form; run_script wraps a script's work. No torch here, so that `--help` and
-argument errors answer at once."""
+"""How every script fails on bad input: one line on stderr naming the problem and the fix, exit code 2.
+DataError is the project's one exception for bad input (a setting, a file, a checkpoint); Parser gives
+argparse's errors the same one-line form; run_script wraps a script's work and turns into one line only
+DataError, failed reads and writes (OSError: a missing file, a full disk, no permission) and running out of
+memory. Every other exception is a bug, a student's or ours, and keeps its traceback so that it can be
+found. A library's error about our input is caught where we read the input and raised as a DataError.
+No torch here, so that `--help` and argument errors answer at once."""
 import argparse
 import os
 import sys
@@ -60,11 +63,6 @@ def cause(e: BaseException) -> str:
     return one_line(str(e), CAUSE_LENGTH) or type(e).__name__
 
 
-def is_disk_full(e: BaseException) -> bool:
-    """torch.save reports a failed write (e.g. ENOSPC) as a RuntimeError from its zip writer."""
-    return isinstance(e, RuntimeError) and ("file write failed" in str(e) or "PytorchStreamWriter" in str(e))
-
-
 def is_out_of_memory(e: BaseException) -> bool:
     """torch reports a failed allocation as a RuntimeError ("can't allocate memory", "out of memory")."""
     return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and (
@@ -72,9 +70,10 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 def run_script(parser: argparse.ArgumentParser, work, args, interrupted=lambda: "interrupted") -> None:
-    """work(args), with every failure a user can cause turned into one line and exit code 2 (130 on
-    Ctrl-C, with the text interrupted() returns). Warnings raised meanwhile are collected: on success each is
-    shown once as a one-line note; on failure the error line alone is printed."""
+    """work(args), with bad input, failed I/O and out of memory turned into one line and exit code 2 (130 on
+    Ctrl-C, with the KeyboardInterrupt's text or interrupted()); any other exception is raised as it is.
+    Warnings raised meanwhile are collected: on success each is shown once as a one-line note; on failure the
+    error line alone is printed."""
     prog = parser.prog
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
@@ -83,23 +82,16 @@ def run_script(parser: argparse.ArgumentParser, work, args, interrupted=lambda: 
             failure = None
         except DataError as e:
             failure = one_line(str(e))
-        except ValueError as e:
-            failure = one_line(str(e))
-        except OverflowError as e:
-            failure = f"a number is too large ({cause(e)}): check the numeric options and the checkpoint's config"
         except OSError as e:
             where = e.filename or "a file"
             failure = f"could not read or write {where} ({e.strerror or cause(e)}): free some space, check the path " \
                       "and its permissions, or choose another --out"
         except (RuntimeError, MemoryError) as e:
-            if is_out_of_memory(e):
-                failure = "out of memory: lower --batch-size, --image-size, --num-samples or the network's widths"
-            elif is_disk_full(e):
-                failure = f"a file could not be written ({cause(e)}): the disk may be full; free some space"
-            else:
-                raise
-        except KeyboardInterrupt:
-            parser.exit(130, f"\n{interrupted()}\n")
+            if not is_out_of_memory(e):
+                raise  # a bug (a student's or ours): its traceback says where
+            failure = "out of memory: lower --batch-size, --image-size, --num-samples or the network's widths"
+        except KeyboardInterrupt as e:
+            parser.exit(130, f"\n{e.args[0] if e.args else interrupted()}\n")
     if failure is not None:
         parser.exit(2, f"{prog}: {rank_prefix()}error: {failure}\n")
     for w in {one_line(str(w.message), CAUSE_LENGTH): w for w in caught} if not world()[0] else ():

@@ -29,14 +29,14 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from catalog import PRECISIONS, RECIPE, unet_widths_for
+from bench.peers import peers, time_to_fid
+from bench.step import train_step
 from ddpm import DDPM, linear_beta_schedule
-from errors import Parser, run_script
-from files import write_json
-from peers import peers, time_to_fid
-from settings import SEED_MAX
-from speed import autocast, native_bf16
-from training import train_step
+from plumbing.catalog import PRECISIONS, RECIPE, unet_widths_for
+from plumbing.errors import Parser, run_script
+from plumbing.files import write_json
+from plumbing.settings import SEED_MAX
+from plumbing.speed import autocast, native_bf16
 from unet import NETWORKS, count_parameters
 
 DEFAULT_WIDTHS = unet_widths_for(28)
@@ -193,7 +193,7 @@ def concurrent(n: int, data_dir: str, limit: int = 4096) -> dict:
     threads fixed at the core count (as before --threads auto) and with --threads auto: train seconds each."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    main_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")
+    main_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         def runs(k: int, threads: str, tag: str) -> list:
@@ -232,7 +232,7 @@ def main(argv=None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="bench.py", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="3 timed steps, 1 channel, 3 timed sampling steps")
     p.add_argument("--steps", type=int, help="timed training steps per network (default 20; --quick 3)")
     p.add_argument("--batch", type=int, default=RECIPE["batch_size"], help="training batch (main.py's default)")
@@ -267,7 +267,7 @@ def run(args, p: argparse.ArgumentParser) -> None:
         p.error(f"--seed must lie in 0..{SEED_MAX}")
     if not args.out.endswith(".json"):
         p.error(f"--out {args.out} must end in .json (bench.py writes its measurements there)")
-    from models import pick_device
+    from plumbing.speed import pick_device
     device = pick_device(args.device)
     if args.quality or args.concurrent:  # fail now, not after the speed part: they need MNIST on disk
         from data import load_dataset

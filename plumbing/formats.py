@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-from errors import DataError, one_line
+from plumbing.errors import DataError, one_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_VALUES = 300_000_000   # pixels per split that fit comfortably in memory as float32 (1.2 GB)

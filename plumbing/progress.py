@@ -16,6 +16,7 @@ class Progress:
         self.say = say or (lambda line: print(line, flush=True))
         self.every = every if show else float("inf")
         self.postfix = {}
+        self.start = self.last = time.time()
         tty = show and sys.stderr.isatty()
         self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=0.1) if tty else None
 
@@ -25,14 +26,21 @@ class Progress:
             self.bar.set_postfix(values, refresh=False)
 
     def __iter__(self):
-        start = last = time.time()
         for i, item in enumerate(self.iterable, 1):
             yield item
-            if self.bar is not None:
-                self.bar.update(1)
-            elif time.time() - last >= self.every and i < self.total:
-                last = time.time()
-                extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
-                self.say(f"  {self.desc}: {i}/{self.total} {self.unit}{extra}, {last - start:.0f} s")
+            self.at(i)
+        self.close()
+
+    def at(self, done: int) -> None:
+        """done of total units are finished (for work that calls back instead of looping, e.g. a sampler)."""
+        now = time.time()
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        elif now - self.last >= self.every and done < self.total:
+            self.last = now
+            extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+            self.say(f"  {self.desc}: {done}/{self.total} {self.unit}{extra}, {now - self.start:.0f} s")
+
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

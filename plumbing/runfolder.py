@@ -11,8 +11,8 @@ import json
 import os
 import re
 
-from errors import DataError
-from files import write_json
+from plumbing.errors import DataError
+from plumbing.files import write_json
 
 MANIFEST, LOCK = "run.json", ".main.lock"
 # Every file main.py writes into a run folder, by name; --overwrite removes only names that match.
@@ -41,7 +41,7 @@ def read_manifest(out: str) -> list | None:
 def legacy_files(out: str) -> list | None:
     """A folder written before manifests existed: the files that version wrote, if out/model.pth is a
     checkpoint of this project that loads and out/config.json exists; None otherwise."""
-    from models import load_checkpoint
+    from plumbing.checkpoints import load_checkpoint
     if not (os.path.isfile(os.path.join(out, "model.pth")) and os.path.isfile(os.path.join(out, "config.json"))):
         return None
     try:

@@ -3,10 +3,10 @@ its command line with it, and every script checks a checkpoint's config with it 
 allocated (an edited n_T of 10^9 or widths of 10^6 end here, in one line). No torch here."""
 import math
 
-from catalog import MODELS, REGISTRIES, known
+from plumbing.catalog import REGISTRIES, known
 
 SEED_MAX = 2 ** 32 - 1
-NAMES = {"model": MODELS, "loss": ("l1", "l2"), "cond": (None, "class", "mask")}  # the rest: catalog.known
+NAMES = {"loss": ("l1", "l2"), "cond": (None, "class", "mask")}  # the rest: catalog.known
 
 
 def whole(lo: int, hi: int, hint: str = "", allow_none: bool = False):
@@ -70,24 +70,35 @@ def sides(v):
     return None if ok else "must be whole numbers in 1..512"
 
 
-CHECKS = {
-    "model": one_of("model"), "dataset": one_of("dataset"), "net": one_of("net"), "schedule": one_of("schedule"),
-    "sampler": one_of("sampler"), "loss": one_of("loss"), "cond": one_of("cond"),
-    "epochs": whole(1, 100_000), "batch_size": whole(1, 4096), "warmup": whole(0, 1_000_000, " steps"),
-    "n_T": whole(2, 10_000), "sample_steps": whole(1, 10_000), "num_samples": whole(1, 10_000),
-    "eval_samples": whole(0, 10_000), "limit": whole(1, 10 ** 9, allow_none=True),
-    "image_size": whole(4, 512), "dims": whole(2, 3), "seed": whole(0, SEED_MAX), "in_channels": whole(1, 3),
-    "channels": whole(1, 3, allow_none=True), "num_classes": whole(0, 1000), "cond_channels": whole(0, 1),
-    "lr": real(lambda v: 0 < v <= 1, "(0, 1]", ": Adam diverges far below 1 already (try 1e-3)"),
-    "ema_decay": real(lambda v: 0 <= v < 1, "[0, 1)"),
-    "min_snr": real(lambda v: v == 0 or 0.01 <= v <= 1e4, "0 (off) or 0.01..10000",
-                    " (Hang et al. use 5; below 0.01 the weights are so small that nothing trains)"),
-    "sample_eta": real(lambda v: 0 <= v <= 1, "[0, 1]"), "theta0": real(lambda v: 0 < v <= 1e6, "(0, 1e6]"),
-    "p_uncond": real(lambda v: 0 <= v <= 1, "[0, 1]"), "guidance": real(lambda v: 0 <= v <= 100, "0..100"),
-    "betas": betas, "unet_widths": widths, "attention_res": sides, "augment": flag,
-    "sample_every": whole(1, 100_000), "clip_x0": flag, "paper_settings": flag,
-    "data_dir": text, "data_path": text, "out": text, "device": text,
+# Every setting of a run, in one list: its check, and what a change of it means for --resume. "arch": it
+# shapes the network or the process, "train": it changes what training does (--resume refuses a change of
+# either), "run": it may change between a run and its continuation (e.g. --epochs, --sampler).
+SETTINGS = {
+    "model": (one_of("process"), "arch"), "dataset": (one_of("dataset"), "arch"), "net": (one_of("net"), "arch"),
+    "schedule": (one_of("schedule"), "arch"), "sampler": (one_of("sampler"), "run"), "loss": (one_of("loss"), "arch"),
+    "cond": (one_of("cond"), "arch"), "epochs": (whole(1, 100_000), "run"), "batch_size": (whole(1, 4096), "train"),
+    "warmup": (whole(0, 1_000_000, " steps"), "train"), "n_T": (whole(2, 10_000), "arch"),
+    "sample_steps": (whole(1, 10_000), "run"), "num_samples": (whole(1, 10_000), "run"),
+    "eval_samples": (whole(0, 10_000), "run"), "limit": (whole(1, 10 ** 9, allow_none=True), "train"),
+    "image_size": (whole(4, 512), "arch"), "dims": (whole(2, 3), "arch"), "seed": (whole(0, SEED_MAX), "train"),
+    "in_channels": (whole(1, 3), "arch"), "channels": (whole(1, 3, allow_none=True), "run"),
+    "num_classes": (whole(0, 1000), "arch"), "cond_channels": (whole(0, 1), "arch"),
+    "lr": (real(lambda v: 0 < v <= 1, "(0, 1]", ": Adam diverges far below 1 already (try 1e-3)"), "train"),
+    "ema_decay": (real(lambda v: 0 <= v < 1, "[0, 1)"), "train"),
+    "min_snr": (real(lambda v: v == 0 or 0.01 <= v <= 1e4, "0 (off) or 0.01..10000",
+                     " (Hang et al. use 5; below 0.01 the weights are so small that nothing trains)"), "train"),
+    "sample_eta": (real(lambda v: 0 <= v <= 1, "[0, 1]"), "run"),
+    "theta0": (real(lambda v: 0 < v <= 1e6, "(0, 1e6]"), "arch"),
+    "p_uncond": (real(lambda v: 0 <= v <= 1, "[0, 1]"), "train"),
+    "guidance": (real(lambda v: 0 <= v <= 100, "0..100"), "run"),
+    "betas": (betas, "arch"), "unet_widths": (widths, "arch"), "attention_res": (sides, "arch"),
+    "augment": (flag, "train"), "sample_every": (whole(1, 100_000), "run"), "clip_x0": (flag, "run"),
+    "paper_settings": (flag, "run"), "data_dir": (text, "run"), "data_path": (text, "run"), "out": (text, "run"),
+    "device": (text, "run"),
 }
+CHECKS = {key: check for key, (check, _) in SETTINGS.items()}
+ARCHITECTURE = tuple(key for key, (_, kind) in SETTINGS.items() if kind == "arch")
+TRAINING = tuple(key for key, (_, kind) in SETTINGS.items() if kind == "train")
 # What a checkpoint's config must hold to rebuild its model and draw from it (older checkpoints
 # lack keys added later, e.g. unet_widths or min_snr: those fall back to the defaults at the time).
 REQUIRED = ("model", "net", "n_T", "betas", "schedule", "in_channels", "image_size", "num_classes", "cond_channels")
@@ -108,11 +119,6 @@ def problems(values: dict) -> list:
         found.append(("eval_samples", "must be 0 (off) or 2..10000"))
     if get("sample_steps") is not None and get("n_T") is not None and get("sample_steps") > get("n_T"):
         found.append(("sample_steps", "must lie in 1..T (--n-T)"))
-    if get("model") == "DDGM" and get("min_snr"):
-        found.append(("min_snr", "applies to DDPM and COND, not DDGM"))
-    if get("model") == "DDGM" and get("sampler") == "ddim":
-        found.append(("sampler", "must be ddpm for DDGM: DDIM is derived for Gaussian noise, not DDGM's Gamma "
-                                 "noise"))
     if get("cond") == "class" and not get("num_classes", 1):
         found.append(("num_classes", "must be at least 1 for --cond class"))
     if get("cond") == "mask" and get("cond_channels", 1) != 1:
@@ -128,8 +134,6 @@ def checkpoint_problem(config, path: str) -> str | None:
     if missing:
         return f"{path}: its config lacks {', '.join(missing)}: it was not written by main.py, or was edited"
     found = problems(config)
-    if not found and (config["model"] == "COND") != (config.get("cond") is not None):
-        found = [("cond", "must be class or mask for COND, and unset for DDPM and DDGM")]
     if not found:
         return None
     key, msg = found[0]

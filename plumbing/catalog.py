@@ -1,27 +1,30 @@
 """The names a user can type on the command line and the training defaults, without importing torch,
 so that `python main.py --help` and argument errors answer at once.
 
-Schedules, networks, samplers and datasets are registered where they are implemented (ddpm.SCHEDULES,
-ddpm.SAMPLERS, unet.NETWORKS, data.DATASETS: a dict from the name to the function). known() reads
+Processes, schedules, networks, samplers and datasets are registered where they are implemented
+(models.PROCESSES, ddpm.SCHEDULES, ddpm.SAMPLERS, unet.NETWORKS, data.DATASETS: a dict from the name to the
+class or function). known() reads
 the names of a registry from the imported module when it is loaded (it may have gained entries at
 run time), else from the module's source text, so there is no second list of names to keep in step."""
 import ast
 import os
 import sys
 
-MODELS = ("DDPM", "DDGM", "COND")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the registries' modules
+
 PRECISIONS = ("auto", "fp32", "bf16")  # --precision (speed.py)
 MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
                "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
 MEDMNIST_3D = ("organmnist3d", "nodulemnist3d", "adrenalmnist3d", "fracturemnist3d", "vesselmnist3d",
                "synapsemnist3d")  # volumes (N, 28, 28, 28)
-REGISTRIES = {"schedule": ("ddpm", "SCHEDULES"), "sampler": ("ddpm", "SAMPLERS"), "net": ("unet", "NETWORKS"),
+REGISTRIES = {"process": ("models", "PROCESSES"), "schedule": ("ddpm", "SCHEDULES"),
+              "sampler": ("ddpm", "SAMPLERS"), "net": ("unet", "NETWORKS"),
               "dataset": ("data", "DATASETS")}
 
 
 def registered(module: str, registry: str) -> tuple:
     """The string keys of `REGISTRY = {...}` at the top level of module.py, read from its source."""
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), module + ".py")) as f:
+    with open(os.path.join(ROOT, module + ".py")) as f:
         tree = ast.parse(f.read())
     for node in tree.body:
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) \

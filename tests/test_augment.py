@@ -1,8 +1,8 @@
-"""--augment (transforms.augment): one random flip, shift and rotation per image, applied alike to the
+"""--augment (data.augment): one random flip, shift and rotation per image, applied alike to the
 image and its mask; outside the image the background is black (-1) and the mask empty."""
 import torch
 
-from transforms import augment
+from data import augment
 
 
 def disc(n=8, size=32):

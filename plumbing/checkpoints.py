@@ -1,0 +1,69 @@
+"""Checkpoints that load safely: tensors and plain containers only (weights_only=True), never code,
+and everything in them checked like the command line (settings.py) before anything is built."""
+import os
+
+import torch
+
+from plumbing.errors import DataError, cause
+from plumbing.settings import checkpoint_problem
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint written by main.py, loaded with weights_only=True and checked like the command
+    line (settings.py) before anything is built: a file that is not one, would run code when
+    unpickled, or holds an edited config or damaged weights raises DataError with one line."""
+    if not os.path.isfile(path):
+        raise DataError(f"no checkpoint at {path}: train one with main.py first, or check the path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"{path} is not a checkpoint this project can load safely ({cause(e)})") from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "config" not in ckpt:
+        raise DataError(f"{path} is not a main.py checkpoint (no model weights or config in it)")
+    problem = checkpoint_problem(ckpt["config"], path)
+    if problem:
+        raise DataError(problem)
+    epoch, ema = ckpt.get("epoch", 0), ckpt.get("ema")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= 100_000:
+        raise DataError(f"{path}: its epoch {epoch!r} is not a whole number in 0..100000: the checkpoint was edited")
+    if ema is not None and not (isinstance(ema, dict) and isinstance(ema.get("n"), int) and "weights" in ema):
+        raise DataError(f"{path}: its EMA entry has no weights and update count: the checkpoint was edited or "
+                        "damaged; sample with --no-ema, or retrain")
+    losses, metrics = ckpt.get("losses", []), ckpt.get("metrics", [])
+    if not (isinstance(losses, list) and all(isinstance(r, (list, tuple)) and len(r) == 3 for r in losses)
+            and isinstance(metrics, list) and all(isinstance(m, dict) for m in metrics)):
+        raise DataError(f"{path}: its losses or metrics are not the lists main.py writes: the checkpoint was edited")
+    check_weights(ckpt["model"], path, "weights")
+    if ema is not None:
+        check_weights(ema["weights"], path, "EMA weights")
+    return ckpt
+
+
+def check_weights(weights, path: str, what: str) -> None:
+    """A state dict of finite tensors, or DataError."""
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise DataError(f"{path}: its {what} are not a dict of named tensors: the checkpoint was edited or damaged")
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise DataError(f"{path}: its {what} hold NaN or inf (e.g. {bad}): that run diverged; use an earlier "
+                        "checkpoint or retrain with a lower --lr")
+
+
+def load_weights(net: torch.nn.Module, weights: dict, where: str) -> None:
+    """load_state_dict, with a mismatch told in one line: "N tensors differ, e.g. `name` (16, 1, 3, 3) vs ...".
+    A network that renamed its parameters maps older names first (its renamed_levels, e.g. unet.UNet)."""
+    if hasattr(net, "renamed_levels"):
+        weights = net.renamed_levels(weights)
+    expected = net.state_dict()
+    differ = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    missing = [k for k in expected if k not in weights]
+    extra = [k for k in weights if k not in expected]
+    if differ or missing or extra:
+        k = (differ or missing or extra)[0]
+        example = f"`{k}` {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}" if differ else \
+            f"`{k}` {'missing' if missing else 'not in this network'}"
+        raise DataError(f"{where}: {len(differ) + len(missing) + len(extra)} tensors differ from the network its "
+                        f"config describes, e.g. {example}")
+    net.load_state_dict(weights)
+

@@ -1,0 +1,83 @@
+"""The layout holds (issue 25): the teaching core imports no plumbing beyond what a student expects of it,
+no module imports a script, and the imports have no cycle. Read from the source with ast, every import
+counted, including those inside functions."""
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORE = {"ddpm", "ddgm", "cond", "unet", "data", "datatypes", "synthetic"}  # processes, networks, data
+SCRIPTS = {"main", "sample", "anomaly", "bench.bench", "bench.synthetic_gain"}  # what a user runs
+# What the core may take from plumbing/: a progress bar (ddpm: RePaint's, data: reading big files) and, for
+# data.py, which reads the user's files, the file formats, their one-line errors and the dataset names.
+CORE_MAY_IMPORT = {"ddpm": {"plumbing.progress"},
+                   "data": {"plumbing.progress", "plumbing.formats", "plumbing.errors", "plumbing.catalog"}}
+
+
+def modules() -> dict:
+    """{module name: path} of the repository's own Python modules (tests excluded)."""
+    found = {}
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("tests", "docs", "notebooks", "data")
+                   and not d.startswith("contents_")]
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(folder, f), ROOT)[:-3].replace(os.sep, ".")
+                found[rel.removesuffix(".__init__")] = os.path.join(folder, f)
+    return found
+
+
+def imports_of(path: str, known: set) -> set:
+    """The repository's modules that the file imports anywhere in it (top level or inside a function)."""
+    out = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        out |= {n for n in names if n in known}
+    return out
+
+
+GRAPH = {m: imports_of(p, set(modules())) - {m} for m, p in modules().items()}
+
+
+def test_the_top_level_holds_the_core_and_the_scripts():
+    top = sorted(f for f in os.listdir(ROOT) if f.endswith(".py"))
+    assert {"ddpm.py", "ddgm.py", "cond.py", "unet.py", "data.py", "main.py"} <= set(top)
+    assert len(top) <= 13, top
+
+
+@pytest.mark.parametrize("module", sorted(CORE))
+def test_the_core_takes_no_plumbing_beyond_what_a_student_expects(module):
+    plumbing = {m for m in GRAPH[module] if m.startswith("plumbing")} - {"plumbing"}
+    assert plumbing <= CORE_MAY_IMPORT.get(module, set()), plumbing
+    assert not GRAPH[module] & (SCRIPTS | {"models", "figures", "metrics", "bench"})
+
+
+def test_no_module_imports_a_script():
+    importers = {m: sorted(s for s in GRAPH[m] if s in SCRIPTS) for m in GRAPH}
+    assert {m: s for m, s in importers.items() if s and m != "bench.__main__"} == {}
+
+
+def test_the_imports_have_no_cycle():
+    """Depth-first search; a module met again while still on the path closes a cycle."""
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for n in sorted(GRAPH[m]):
+            assert state.get(n) != "open", " -> ".join(path + [m, n])
+            if n not in state:
+                visit(n, path + [m])
+        state[m] = "done"
+    for m in sorted(GRAPH):
+        if m not in state:
+            visit(m, [])
+
+
+def test_the_graph_sees_the_imports_it_guards():
+    """The test above would pass on an empty graph: check that it reads known edges."""
+    assert "ddpm" in GRAPH["cond"] and "plumbing.run" in GRAPH["main"] and "plumbing.progress" in GRAPH["ddpm"]
