@@ -246,76 +246,104 @@ def axial_slices(*tensors) -> list:
 
 
 def run(args) -> None:
-    from figures import save_anomaly_figure, save_anomaly_sweep
-    from synthetic import head_region
+    """Load the model, choose t_lambda (counterfactual maps: by the validation scans), map the test scans,
+    score them beside the baselines, and with --sweep score every t_lambda of SWEEP."""
+    from figures import save_anomaly_figure
     out = png_out("--out", args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "anomaly.png"))
     check_outputs({"--out": out, **({"--out (its _sweep.png)": os.path.splitext(out)[0] + "_sweep.png"}
                                     if args.sweep else {})}, [args.checkpoint])
-    ckpt = load_checkpoint(args.checkpoint)
-    config, device = ckpt["config"], pick_device(args.device)
-    counterfactual = config.get("cond") == "mask"
-    if config.get("cond") == "class":
-        raise DataError("anomaly.py needs an unconditional (DDPM, DDGM) or a mask-conditioned COND model, not a "
-                        "class-conditional one")
-    if counterfactual and args.dataset not in FOLDERS:
-        raise DataError("a mask-conditioned model maps real scans: use --dataset folder (or nifti) --data-dir DIR "
-                        "(images/ and masks/)")
-    model = model_from_checkpoint(ckpt, device, use_ema=not args.no_ema, path=args.checkpoint)
-    t_lambda = args.t_lambda or max(1, round(model.T / 4))
-    if counterfactual and args.t_lambda is None:
-        t_lambda = None  # chosen on the validation scans below
-    if t_lambda is not None and t_lambda > model.T:
-        raise DataError(f"--t-lambda must lie in 1..{model.T} (T of this model)")
-    args.sampler = args.sampler or default_sampler(config["model"], "ddim")
-    check_sampler(model, args.sampler)
+    maps, config = Maps.load(args)
     test, val, healthy_mean = test_scans(args, config)
     if val is None:  # nothing to score: map only the scans the figure shows
         test = Dataset(*(None if a is None else a[:FIGURE_ROWS] for a in test))
-    g = torch.Generator(device).manual_seed(args.seed)
-
-    def maps_at(t, x, label):
-        return anomaly_maps(model, x, t, args.sampler, args.steps, args.eta, args.repeats, args.smooth, g,
-                            label=label, counterfactual=counterfactual)
-    head = lambda d: head_region(d.images[:, 0])  # noqa: E731
-    masks = lambda d: d.masks[:, 0].bool()  # noqa: E731
-    if t_lambda is None:  # the counterfactual map: t_lambda by the validation scans' AUROC
-        aurocs = {}
-        for t in sorted({max(1, round(f * model.T)) for f in SWEEP}):
-            vm, _ = maps_at(t, val.images, f"validation scans, t_lambda={t}")
-            aurocs[t] = auroc(vm[head(val)], masks(val)[head(val)])
-            print(f"  validation t_lambda={t}: auroc={aurocs[t]:.4f}", flush=True)
-        t_lambda = max(aurocs, key=aurocs.get)
-        print(f"t_lambda={t_lambda}: the best AUROC on the {len(val.images)} validation scans", flush=True)
+    t_lambda = args.t_lambda or (choose_t_lambda(maps, val) if maps.counterfactual else max(1, round(maps.T / 4)))
     how = {"ddim": f"DDIM {min(args.steps, t_lambda)} steps, eta {args.eta:g}",
            "ddpm": f"Algorithm 2, {t_lambda} steps"}.get(args.sampler, f"sampler {args.sampler}")
-    told = " with an empty condition mask (counterfactual: no tumour)" if counterfactual else ""
-    print(f"{len(test.images)} {args.dataset} scans: noise to t_lambda={t_lambda} of T={model.T}, denoise by {how}"
+    told = " with an empty condition mask (counterfactual: no tumour)" if maps.counterfactual else ""
+    print(f"{len(test.images)} {args.dataset} scans: noise to t_lambda={t_lambda} of T={maps.T}, denoise by {how}"
           f"{told}, {args.repeats} draws per map, Gaussian smoothing sigma {args.smooth:g} px", flush=True)
-    test_map, recs = maps_at(t_lambda, test.images, "test scans")
+    test_map, recs = maps.at(t_lambda, test.images, "test scans")
     save_anomaly_figure(*axial_slices(test.images, recs, test_map, test.masks), out, rows=FIGURE_ROWS)
     if val is None or test.masks is None:
         print(f"wrote {out} (scan | reconstruction | anomaly map | true mask outline); no score: "
               f"{args.dataset} has no validation split with lesion masks", flush=True)
         return
-    val_map, _ = maps_at(t_lambda, val.images, "validation scans")
+    val_map, _ = maps.at(t_lambda, val.images, "validation scans")
     r = score(val_map, masks(val), head(val), test_map, masks(test), head(test))
     print(f"n={len(test.images)} auroc={r['auroc']:.4f} dice={r['dice']:.4f} t_lambda={t_lambda}", flush=True)
     base = baselines(val.images[:, 0], masks(val), head(val), test.images[:, 0], masks(test), head(test),
-                     healthy_mean[0], "mean training scan" if counterfactual else "mean healthy scan")
+                     healthy_mean[0], "mean training scan" if maps.counterfactual else "mean healthy scan")
     for name, b in base.items():
         print(f"  baseline {name}: auroc={b['auroc']:.4f} dice={b['dice']:.4f}", flush=True)
     print(f"wrote {out} (scan | reconstruction | anomaly map | true mask outline)", flush=True)
     if args.sweep:
-        ts = sorted({max(1, round(f * model.T)) for f in SWEEP})
-        rows = []
-        for t in ts:
-            tm, _ = maps_at(t, test.images, f"test scans, t_lambda={t}")
-            vm, _ = maps_at(t, val.images, f"validation scans, t_lambda={t}")
-            rows.append((t, score(vm, masks(val), head(val), tm, masks(test), head(test))))
-            print(f"  sweep t_lambda={t}: auroc={rows[-1][1]['auroc']:.4f} dice={rows[-1][1]['dice']:.4f}", flush=True)
-        sweep = os.path.splitext(out)[0] + "_sweep.png"
-        save_anomaly_sweep(rows, base, model.T, sweep)
-        print(f"wrote {sweep}", flush=True)
+        sweep(maps, test, val, base, os.path.splitext(out)[0] + "_sweep.png")
+
+
+class Maps:
+    """The anomaly maps of one model with the script's settings: at(t_lambda, scans, label) -> (maps, recs)."""
+
+    def __init__(self, model, args, counterfactual: bool):
+        self.model, self.args, self.counterfactual, self.T = model, args, counterfactual, model.T
+        self.generator = torch.Generator(model.beta.device).manual_seed(args.seed)
+
+    @classmethod
+    def load(cls, args) -> tuple:
+        """(Maps, config) of the checkpoint, refusing in one line what it cannot map."""
+        ckpt = load_checkpoint(args.checkpoint)
+        config = ckpt["config"]
+        counterfactual = config.get("cond") == "mask"
+        if config.get("cond") == "class":
+            raise DataError("anomaly.py needs an unconditional or a mask-conditioned model, not a class-conditional "
+                            "one")
+        if counterfactual and args.dataset not in FOLDERS:
+            raise DataError("a mask-conditioned model maps real scans: use --dataset folder (or nifti) --data-dir DIR "
+                            "(images/ and masks/)")
+        model = model_from_checkpoint(ckpt, pick_device(args.device), use_ema=not args.no_ema, path=args.checkpoint)
+        if args.t_lambda is not None and args.t_lambda > model.T:
+            raise DataError(f"--t-lambda must lie in 1..{model.T} (T of this model)")
+        args.sampler = args.sampler or default_sampler(config["model"], "ddim")
+        check_sampler(model, args.sampler)
+        return cls(model, args, counterfactual), config
+
+    def at(self, t_lambda: int, x: Tensor, label: str) -> tuple:
+        a = self.args
+        return anomaly_maps(self.model, x, t_lambda, a.sampler, a.steps, a.eta, a.repeats, a.smooth, self.generator,
+                            label=label, counterfactual=self.counterfactual)
+
+
+def head(d: Dataset) -> Tensor:
+    from synthetic import head_region
+    return head_region(d.images[:, 0])
+
+
+def masks(d: Dataset) -> Tensor:
+    return d.masks[:, 0].bool()
+
+
+def choose_t_lambda(maps: Maps, val: Dataset) -> int:
+    """The counterfactual map's t_lambda: the one of SWEEP with the best AUROC on the validation scans."""
+    aurocs = {}
+    for t in sorted({max(1, round(f * maps.T)) for f in SWEEP}):
+        vm, _ = maps.at(t, val.images, f"validation scans, t_lambda={t}")
+        aurocs[t] = auroc(vm[head(val)], masks(val)[head(val)])
+        print(f"  validation t_lambda={t}: auroc={aurocs[t]:.4f}", flush=True)
+    best = max(aurocs, key=aurocs.get)
+    print(f"t_lambda={best}: the best AUROC on the {len(val.images)} validation scans", flush=True)
+    return best
+
+
+def sweep(maps: Maps, test: Dataset, val: Dataset, base: dict, path: str) -> None:
+    """--sweep: AUROC and Dice of the test maps at every t_lambda of SWEEP (thresholds from the validation maps)."""
+    from figures import save_anomaly_sweep
+    rows = []
+    for t in sorted({max(1, round(f * maps.T)) for f in SWEEP}):
+        tm, _ = maps.at(t, test.images, f"test scans, t_lambda={t}")
+        vm, _ = maps.at(t, val.images, f"validation scans, t_lambda={t}")
+        rows.append((t, score(vm, masks(val), head(val), tm, masks(test), head(test))))
+        print(f"  sweep t_lambda={t}: auroc={rows[-1][1]['auroc']:.4f} dice={rows[-1][1]['dice']:.4f}", flush=True)
+    save_anomaly_sweep(rows, base, maps.T, path)
+    print(f"wrote {path}", flush=True)
 
 
 if __name__ == "__main__":

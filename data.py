@@ -5,7 +5,7 @@ Batches are drawn by random index; --augment (augment) flips, shifts and rotates
 DATASETS, at the end, is the registry of the names a user can type: mnist, MedMNIST 2D and 3D subsets
 by name (pathmnist, organmnist3d, ...), csv, folder (images/ and optional masks/), nifti (the same with
 .nii.gz volumes, read by the optional nibabel), and the synthetic shapes and phantoms of synthetic.py.
-The file formats are read in formats.py.
+The file formats are read in plumbing/formats.py.
 Every loader checks what it reads (dtype, range, shape, finiteness, label values) and either
 converts it correctly or raises DataError with a one-line message naming the file; sizes are
 checked before anything large is allocated.

@@ -29,82 +29,113 @@ def build_parser() -> Parser:
                formatter_class=HelpFormatter)
     p.add_argument("model", type=str.upper, choices=known("process"), metavar="MODEL",
                    help=f"the diffusion process, one of models.PROCESSES: {', '.join(known('process'))}")
-    p.add_argument("--dataset", default="mnist", metavar="NAME",
+    add_data_options(p.add_argument_group("data"))
+    add_training_options(p.add_argument_group("training"))
+    add_process_options(p.add_argument_group("process and network"))
+    add_samples_options(p.add_argument_group("samples"))
+    add_run_options(p.add_argument_group("run"))
+    add_ddgm_options(p.add_argument_group("DDGM"))
+    add_cond_options(p.add_argument_group("COND"))
+    return p
+
+
+def add_data_options(g) -> None:
+    """data: what to train on."""
+    g.add_argument("--dataset", default="mnist", metavar="NAME",
                    help=f"{', '.join(n for n in known('dataset') if n not in MEDMNIST_2D + MEDMNIST_3D)} or a MedMNIST "
                    "2D or 3D name (pathmnist, organmnist3d, ...)")
-    p.add_argument("--data-dir", default="./data", help="where datasets are read from / downloaded to (folder, "
+    g.add_argument("--data-dir", default="./data", help="where datasets are read from / downloaded to (folder, "
                    "nifti: its images/ and masks/)")
-    p.add_argument("--data-path", help="the CSV file for --dataset csv")
-    p.add_argument("--image-size", type=int,
+    g.add_argument("--data-path", help="the CSV file for --dataset csv")
+    g.add_argument("--image-size", type=int,
                    help="folder/phantom: resize to this (default: 64); nifti/phantom3d: the cube's side "
                    "(32); csv: side length (28)")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="folder/csv: 1 grayscale or 3 RGB (default: from the "
+    g.add_argument("--channels", type=int, choices=(1, 3), help="folder/csv: 1 grayscale or 3 RGB (default: from the "
                    "files; csv 1)")
-    p.add_argument("--epochs", type=int, default=20, help="train until this many epochs are done")
-    p.add_argument("--paper-settings", action="store_true",
+    g.add_argument("--limit", type=int, help="train on the first N images only")
+    g.add_argument("--augment", action="store_true",
+                   help="random flips, shifts and small rotations of each batch, the same for image and mask "
+                   "(for small datasets; not for digits)")
+
+
+def add_training_options(g) -> None:
+    """training: Algorithm 1's recipe."""
+    g.add_argument("--epochs", type=int, default=20, help="train until this many epochs are done")
+    g.add_argument("--paper-settings", action="store_true",
                    help="Ho et al.'s settings for every option below marked 'paper:' that is not given")
-    p.add_argument("--batch-size", type=int, help=recipe_help("images per training step (volumes: 8)", "batch_size"))
-    p.add_argument("--lr", type=float, help=recipe_help("Adam learning rate", "lr"))
-    p.add_argument("--warmup", type=int, help=recipe_help("steps of linear learning-rate warm-up from 0 to --lr",
+    g.add_argument("--batch-size", type=int, help=recipe_help("images per training step (volumes: 8)", "batch_size"))
+    g.add_argument("--lr", type=float, help=recipe_help("Adam learning rate", "lr"))
+    g.add_argument("--warmup", type=int, help=recipe_help("steps of linear learning-rate warm-up from 0 to --lr",
                                                           "warmup"))
-    p.add_argument("--ema-decay", type=float,
+    g.add_argument("--ema-decay", type=float,
                    help=recipe_help("EMA of the weights used for sampling, with warm-up (0 disables)", "ema_decay"))
-    p.add_argument("--min-snr", type=float, metavar="GAMMA",
+    g.add_argument("--min-snr", type=float, metavar="GAMMA",
                    help=recipe_help("weight the loss by min(SNR, GAMMA) / SNR (Hang et al. 2023); 0: plain L_simple "
                                     "(DDGM: always 0)", "min_snr"))
-    p.add_argument("--n-T", type=int, default=1000, help="number of diffusion steps T")
-    p.add_argument("--betas", type=float, nargs=2, default=(1e-4, 0.02), metavar=("BETA_1", "BETA_T"),
+    g.add_argument("--seed", type=int, default=0, help="seeds the initialisation, the batches and the sample noise")
+    g.add_argument("--resume", action="store_true", help="continue from <out>/model.pth")
+
+
+def add_process_options(g) -> None:
+    """process and network: the forward process and eps_theta."""
+    g.add_argument("--n-T", type=int, default=1000, help="number of diffusion steps T")
+    g.add_argument("--betas", type=float, nargs=2, default=(1e-4, 0.02), metavar=("BETA_1", "BETA_T"),
                    help="ends of the linear beta schedule (Ho et al. Sec. 4)")
-    p.add_argument("--schedule", default="linear", metavar="NAME",
+    g.add_argument("--schedule", default="linear", metavar="NAME",
                    help=f"beta schedule, one of ddpm.SCHEDULES: {', '.join(known('schedule'))}")
-    p.add_argument("--net", metavar="NAME", help=recipe_help(f"noise network, one of unet.NETWORKS: "
+    g.add_argument("--net", metavar="NAME", help=recipe_help(f"noise network, one of unet.NETWORKS: "
                                                              f"{', '.join(known('net'))}", "net"))
-    p.add_argument("--unet-widths", type=int, nargs="+", metavar="C",
+    g.add_argument("--unet-widths", type=int, nargs="+", metavar="C",
                    help="U-Net channels per resolution, full size first; n widths give n - 1 down/up levels "
                    "(default: 16 32 32 up to 32 px, 16 32 64 64 up to 64 px, 16 32 64 128 128 above; volumes: "
                    "8 16 32 32)")
-    p.add_argument("--attention-res", type=int, nargs="+", metavar="SIDE", default=[],
+    g.add_argument("--attention-res", type=int, nargs="+", metavar="SIDE", default=[],
                    help="also self-attention at these feature-map sides in pixels (the deepest level always has it)")
-    p.add_argument("--augment", action="store_true",
-                   help="random flips, shifts and small rotations of each batch, the same for image and mask "
-                   "(for small datasets; not for digits)")
-    p.add_argument("--sampler", metavar="NAME",
+
+
+def add_samples_options(g) -> None:
+    """samples: the per-epoch samples and their scores."""
+    g.add_argument("--sampler", metavar="NAME",
                    help=recipe_help(f"per-epoch samples, one of ddpm.SAMPLERS: {', '.join(known('sampler'))} (ddim: "
                                     "--sample-steps; ddpm: Algorithm 2, T steps; DDGM always ddpm)", "sampler"))
-    p.add_argument("--sample-steps", type=int, help="DDIM steps for the per-epoch samples (default: 50, at most T)")
-    p.add_argument("--sample-eta", type=float, default=1.0,
+    g.add_argument("--sample-steps", type=int, help="DDIM steps for the per-epoch samples (default: 50, at most T)")
+    g.add_argument("--sample-eta", type=float, default=1.0,
                    help="DDIM eta (Song et al. eq. 16): 0 deterministic, 1 the DDPM posterior variance")
-    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=True,
                    help="clip the predicted x0 to [-1, 1] while sampling, as the authors' code does; "
                    "--no-clip-x0 samples exactly as Algorithm 2 / eq. (12)")
-    p.add_argument("--eval-samples", type=int,
+    g.add_argument("--eval-samples", type=int,
                    help="samples scored by metrics.py's fid each epoch (0: none; default: 256, 64 with --sampler ddpm)")
-    p.add_argument("--out", help="output folder (default: contents_<MODEL>)")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+    g.add_argument("--num-samples", type=int, help="per-epoch grid size (default: 64, volumes 8; COND class: 8 per "
+                   "class)")
+    g.add_argument("--sample-every", type=int, default=1, metavar="E",
+                   help="draw the grid and scores every E epochs (and after the last); checkpoints every epoch")
+
+
+def add_run_options(g) -> None:
+    """run: where it writes and how it uses the machine."""
+    g.add_argument("--out", help="output folder (default: contents_<MODEL>)")
+    g.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="training and per-epoch sampling: bf16 autocast, fp32, or auto: bf16 where this machine "
-                   "computes it natively and a short check shows it faster, else fp32 (speed.py)")
-    p.add_argument("--threads", default="auto", metavar="N|auto",
+                   "computes it natively and a short check shows it faster, else fp32 (plumbing/speed.py)")
+    g.add_argument("--threads", default="auto", metavar="N|auto",
                    help="CPU threads; auto: all cores this process may use, fewer while other processes keep "
                    "them busy (a shared machine), or OMP_NUM_THREADS where it is set")
-    p.add_argument("--seed", type=int, default=0, help="seeds the initialisation, the batches and the sample noise")
-    p.add_argument("--num-samples", type=int, help="per-epoch grid size (default: 64, volumes 8; COND class: 8 per "
-                   "class)")
-    p.add_argument("--sample-every", type=int, default=1, metavar="E",
-                   help="draw the grid and scores every E epochs (and after the last); checkpoints every epoch")
-    p.add_argument("--limit", type=int, help="train on the first N images only")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/model.pth")
-    g = p.add_argument_group("DDGM")
+
+
+def add_ddgm_options(g) -> None:
     g.add_argument("--theta0", type=float, default=0.001, help="Gamma scale theta_0")
     g.add_argument("--loss", choices=("l1", "l2"), default="l2", help="DDGM loss norm")
-    g = p.add_argument_group("COND")
+
+
+def add_cond_options(g) -> None:
     g.add_argument("--cond", choices=("class", "mask"), help="(default: class if the data has labels, else mask)")
     g.add_argument("--p-uncond", type=float, default=0.1, help="label-drop probability for guidance")
     g.add_argument("--guidance", type=float, default=2.0, help="guidance scale w (0: no guidance)")
     g.add_argument("--guidance-sweep", type=float, nargs="+", metavar="W",
                    help="after training, write guidance_w<W>.png for each w")
-    return p
 
 
 def check_args(args, p: Parser) -> None:
@@ -116,7 +147,7 @@ def check_args(args, p: Parser) -> None:
     if args.sample_steps is None:
         args.sample_steps = min(50, args.n_T)
     given = {k: v for k, v in vars(args).items() if v is not None}
-    for key, message in problems(given):  # the same bounds as a checkpoint's config (settings.py)
+    for key, message in problems(given):  # the same bounds as a checkpoint's config (plumbing/settings.py)
         p.error(f"{option(key)} {message}")
     from models import PROCESSES, default_sampler, process_problems  # the process's facts (imports torch)
     process = PROCESSES[args.model]
@@ -153,7 +184,10 @@ def train(args) -> None:
     run (plumbing/run.py) holds the run folder, torchrun's processes, precision and threads."""
     import torch
 
+    from figures import save_forward_diffusion, save_schedules
+    from metrics import EpochSamples, judge_for
     from models import EMA, build_model
+    from plumbing.files import save_atomic
     from plumbing.run import Run
 
     with Run(args) as run:
@@ -166,7 +200,11 @@ def train(args) -> None:
         if not run.begin(model, optimizer, ema):
             return
         sampler = ema.model if ema is not None else model  # every sample is drawn with the EMA weights
-        epoch_samples = EpochSamples(args, config, held_out, run) if run.lead else None
+        if run.lead:  # the figures of the run's start, and the per-epoch draw with its judge (metrics.py)
+            save_forward_diffusion(model, run.images[:8], run.path("forward_diffusion.png"),
+                                   torch.Generator(run.device).manual_seed(args.seed))
+            save_schedules(args.n_T, args.schedule, args.betas, run.path("schedules.png"))
+            epoch_samples = EpochSamples(config, held_out, judge_for(args, config, train_set), run.device)
         for epoch in run.epochs():
             model.train()
             for x0, cond in run.batches(epoch):                          # Alg. 1 line 2: x0 ~ q(x0)
@@ -187,7 +225,7 @@ def train(args) -> None:
         for w in (args.guidance_sweep or []) if run.lead else []:
             sampler.guidance_scale = w
             write_grid, _ = epoch_samples.draw(sampler, score=False)
-            write_grid(run.path(f"guidance_w{w:g}.png"))
+            save_atomic(write_grid, run.path(f"guidance_w{w:g}.png"))
             print(f"wrote {run.out}/guidance_w{w:g}.png", flush=True)
     print(f"done: samples {run.out}/image_ep*.png, scores {run.out}/metrics.csv, curves {run.out}/loss_curve.png. "
           f"Sample more with: python sample.py {run.out}/model.pth", flush=True)
@@ -197,68 +235,6 @@ def warmup_lr(lr: float, warmup: int, step: int) -> float:
     """The learning rate of training step `step` (1, 2, ...): linear warm-up from 0 over `warmup` steps
     (Goyal et al. 2017), then constant."""
     return lr * min(1.0, step / warmup) if warmup else lr
-
-
-class EpochSamples:
-    """The per-epoch draw, from fixed noise and fixed conditions so that epochs compare: n samples, the
-    first n_grid shown in the grid, the first eval_samples scored by the dataset's judge (metrics.py). Also
-    writes the figures of the run's start: the forward process and the schedules."""
-
-    def __init__(self, args, config: dict, held_out, run):
-        import torch
-
-        from data import dataset_info
-        from figures import class_grid_labels, save_forward_diffusion, save_schedules
-        from metrics import judge_for
-        self.config, self.device = config, run.device
-        model, x0 = run.model, run.images[:8]
-        self.score = judge_for(args, config, run.train_set)
-        save_forward_diffusion(model, x0, run.path("forward_diffusion.png"), torch.Generator(run.device).manual_seed(
-            args.seed))
-        save_schedules(args.n_T, args.schedule, args.betas, run.path("schedules.png"))
-        self.n_grid = 8 * config["num_classes"] if config["cond"] == "class" else config["num_samples"]
-        self.n = max(self.n_grid, config["eval_samples"])
-        self.cond, self.masks = {}, None
-        if config["cond"] == "class":
-            self.cond["y"] = class_grid_labels(config["num_classes"]).repeat(-(-self.n // self.n_grid))[:self.n]
-        if held_out is not None and held_out.masks is not None:
-            masks = held_out.masks[torch.arange(self.n) % len(held_out.masks)]
-            self.cond.update({"mask": masks} if config["cond"] == "mask" else {})
-            self.masks = masks if dataset_info(config["dataset"]).lesion == "bright" else None  # phantoms
-
-    def draw(self, model, score: bool = True) -> tuple:
-        """(write_grid, scores): write_grid(path) saves the grid; scores: fid, class_accuracy, Dice ..."""
-        import torch
-
-        from figures import mask_triplets, save_grid
-        from metrics import lesion_scores
-        from models import draw, sample_shape
-        from plumbing.errors import DataError
-        from plumbing.speed import autocast
-        config, device = self.config, self.device
-        g = torch.Generator(device).manual_seed(config["seed"] + 1)
-        cond = {k: v.to(device) for k, v in self.cond.items()}
-        with autocast(config["precision_used"], device):
-            x = draw(model, self.n, sample_shape(config), sampler=config["sampler"], steps=config["sample_steps"],
-                     eta=config["sample_eta"], generator=g, progress=True, **cond).float().cpu()
-        if not torch.isfinite(x).all():
-            raise DataError("the samples of this epoch are not finite (NaN/inf): the network or the settings "
-                            "diverged")
-        k, rows = self.n_grid, None
-        if config["cond"] == "mask":
-            grid = mask_triplets(x[:min(k, 16)], self.cond["mask"][:min(k, 16)])
-            nrow = 6 if x.dim() == 4 else 9  # two samples per row; volumes: one, its three mid-slices
-        else:
-            grid, nrow = x[:k], 8 if x.dim() == 4 else 4  # volumes: 4 per row, each by its 3 mid-slices
-            rows = [f"y={c}" for c in range(config["num_classes"])] if config["cond"] == "class" else None
-        scores = {}
-        if score and self.score is not None and config["eval_samples"]:
-            n = config["eval_samples"]
-            given = {k: self.cond[c][:n] for k, c in (("labels", "y"), ("masks", "mask")) if c in self.cond}
-            scores.update(self.score(x[:n].clamp(-1, 1), **given))
-        if score and self.masks is not None:  # phantom: the lesion is the only bright region
-            scores.update(lesion_scores(x, self.masks))
-        return (lambda path: save_grid(grid, path, nrow=nrow, row_labels=rows)), scores
 
 
 def main(argv=None) -> None:

@@ -28,8 +28,11 @@ from torch import Tensor, nn
 
 from data import DataError, dataset_info, load_dataset
 from datatypes import unnormalize_to_zero_to_one
+from figures import class_grid_labels, mask_triplets, save_grid
+from models import draw, sample_shape
 from plumbing.errors import Parser, run_script
 from plumbing.formats import read_npz
+from plumbing.speed import autocast
 
 FEATURES = 128
 SEGMENTER_STEPS = 1500  # batches of 16 for the segmenter judge: about 2.5 minutes at 64 px on 2 cores
@@ -373,6 +376,50 @@ def judge_for(args, config: dict, train_set):
               "with a test split, folders with masks)")
         config["eval_samples"] = 0
     return None
+
+
+class EpochSamples:
+    """main.py's per-epoch draw, from fixed noise and fixed conditions so that epochs compare: n samples, the
+    first n_grid shown in the grid, the first eval_samples scored by the dataset's judge (score: judge_for's)."""
+
+    def __init__(self, config: dict, held_out, score, device):
+        self.config, self.score, self.device = config, score, device
+        self.n_grid = 8 * config["num_classes"] if config["cond"] == "class" else config["num_samples"]
+        self.n = max(self.n_grid, config["eval_samples"])
+        self.cond, self.masks = {}, None
+        if config["cond"] == "class":
+            self.cond["y"] = class_grid_labels(config["num_classes"]).repeat(-(-self.n // self.n_grid))[:self.n]
+        if held_out is not None and held_out.masks is not None:
+            masks = held_out.masks[torch.arange(self.n) % len(held_out.masks)]
+            self.cond.update({"mask": masks} if config["cond"] == "mask" else {})
+            self.masks = masks if dataset_info(config["dataset"]).lesion == "bright" else None  # phantoms
+
+    def draw(self, model, score: bool = True) -> tuple:
+        """(write_grid, scores): write_grid(path) saves the grid; scores: fid, class_accuracy, Dice ..."""
+        config, device = self.config, self.device
+        g = torch.Generator(device).manual_seed(config["seed"] + 1)
+        cond = {k: v.to(device) for k, v in self.cond.items()}
+        with autocast(config["precision_used"], device):
+            x = draw(model, self.n, sample_shape(config), sampler=config["sampler"], steps=config["sample_steps"],
+                     eta=config["sample_eta"], generator=g, progress=True, **cond).float().cpu()
+        if not torch.isfinite(x).all():
+            raise DataError("the samples of this epoch are not finite (NaN/inf): the network or the settings "
+                            "diverged")
+        k, rows = self.n_grid, None
+        if config["cond"] == "mask":
+            grid = mask_triplets(x[:min(k, 16)], self.cond["mask"][:min(k, 16)])
+            nrow = 6 if x.dim() == 4 else 9  # two samples per row; volumes: one, its three mid-slices
+        else:
+            grid, nrow = x[:k], 8 if x.dim() == 4 else 4  # volumes: 4 per row, each by its 3 mid-slices
+            rows = [f"y={c}" for c in range(config["num_classes"])] if config["cond"] == "class" else None
+        scores = {}
+        if score and self.score is not None and config["eval_samples"]:
+            n = config["eval_samples"]
+            given = {k: self.cond[c][:n] for k, c in (("labels", "y"), ("masks", "mask")) if c in self.cond}
+            scores.update(self.score(x[:n].clamp(-1, 1), **given))
+        if score and self.masks is not None:  # phantom: the lesion is the only bright region
+            scores.update(lesion_scores(x, self.masks))
+        return (lambda path: save_grid(grid, path, nrow=nrow, row_labels=rows)), scores
 
 
 def read_samples(path: str) -> tuple:

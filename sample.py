@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights are saved")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="bf16 autocast, fp32, or auto: bf16 where native and a short check shows it faster (speed.py)")
+                   help="bf16 autocast, fp32, or auto: bf16 where native and a short check shows it faster "
+                   "(plumbing/speed.py)")
     g = p.add_argument_group("inpainting (RePaint, Lugmayr et al. 2022)")
     g.add_argument("--inpaint", metavar="IMAGE", help="regenerate the --region of this image, keep the rest")
     g.add_argument("--region", metavar="MASK", help="an image of the region to regenerate (white) and keep (black)")

@@ -1,4 +1,4 @@
-"""How fast the networks train and sample on this machine: python bench.py [--quick] [--compile]
+"""How fast the networks train and sample on this machine: python -m bench [--quick] [--compile]
 [--concurrent 2] [--quality].
 
 Prints tables and writes bench.json, all measured in this one run, on the CPU capability it prints:
@@ -254,6 +254,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, p: argparse.ArgumentParser) -> None:
+    """The machine, the networks' table, the step's variants, the 3D U-Net, then --concurrent and --quality."""
+    check(args, p)
+    from plumbing.speed import pick_device
+    device = pick_device(args.device)
+    if args.quality or args.concurrent:  # fail now, not after the speed part: they need MNIST on disk
+        from data import load_dataset
+        load_dataset("mnist", args.data_dir, train=True, download=False, limit=1)
+    steps, warmup = args.steps or (3 if args.quick else 20), 1 if args.quick else 3
+    results = machine(device, args.quick)
+    results.update(batch=args.batch, networks=network_table(device, results, args.batch, steps, warmup, args.quick))
+    results["step_variants"] = print_step_variants(device, results, args.batch, steps, warmup, args.compile)
+    results["volumes"] = print_volumes(device, results, steps)
+    if args.concurrent:
+        print(f"{args.concurrent} runs of main.py side by side (one epoch, 4,096 MNIST images, fp32):")
+        results["concurrent"] = concurrent(args.concurrent, args.data_dir)
+    if args.quality:
+        results["quality"] = print_quality(args, device)
+    write_json(results, args.out)
+    print(f"wrote {args.out}")
+
+
+def check(args, p: argparse.ArgumentParser) -> None:
+    """Numbers out of range end here in one line, before anything is measured."""
     if args.steps is not None and not 1 <= args.steps <= 1000:
         p.error("--steps must lie in 1..1000")
     for key, low, high in (("batch", 1, 4096), ("concurrent", 2, 16), ("every", RECIPE["batch_size"], 10_000_000)):
@@ -267,28 +290,31 @@ def run(args, p: argparse.ArgumentParser) -> None:
         p.error(f"--seed must lie in 0..{SEED_MAX}")
     if not args.out.endswith(".json"):
         p.error(f"--out {args.out} must end in .json (bench.py writes its measurements there)")
-    from plumbing.speed import pick_device
-    device = pick_device(args.device)
-    if args.quality or args.concurrent:  # fail now, not after the speed part: they need MNIST on disk
-        from data import load_dataset
-        load_dataset("mnist", args.data_dir, train=True, download=False, limit=1)
-    steps, warmup, B = args.steps or (3 if args.quick else 20), 1 if args.quick else 3, args.batch
+
+
+def machine(device: torch.device, quick: bool) -> dict:
+    """torch, threads, the CPU or GPU, native bf16 and the matmul peaks, printed and returned."""
     native, why = native_bf16(device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {platform.processor() or platform.machine()}"
     print(f"bench.py: torch {torch.__version__}, {torch.get_num_threads()} threads, {where}; native bf16: "
           f"{'yes' if native else 'no'} ({why})")
-    peak = {"fp32": matmul_gflops(torch.float32, device, seconds=0.5 if args.quick else 2),
+    peak = {"fp32": matmul_gflops(torch.float32, device, seconds=0.5 if quick else 2),
             "bf16": matmul_gflops(torch.bfloat16, device, n=1024 if native else 256, seconds=0.5)}
     print(f"matmul 1024^2: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s"
           + ("" if native else " (emulated, at 256^2: bf16 training skipped)"))
-    results = {"machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": where,
-                           "native_bf16": native, "native_bf16_why": why, "matmul_gflops": peak}, "networks": [],
-               "batch": B}
+    return {"machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": where,
+                        "native_bf16": native, "native_bf16_why": why, "matmul_gflops": peak}}
+
+
+def network_table(device: torch.device, results: dict, B: int, steps: int, warmup: int, quick: bool) -> list:
+    """One row per network and channel count: parameters, FLOPs, img/s per precision, % of peak, sampling."""
+    native, peak = results["machine"]["native_bf16"], results["machine"]["matmul_gflops"]
+    rows = []
     print(f"training at batch {B}; % peak: of the matmul peak of the faster precision")
     print(f"{'network':42s} {'C':>2s} {'params':>8s} {'MFLOP/img':>10s} {'img/s fp32':>10s} {'img/s bf16':>10s} "
           f"{'% peak':>8s} {'ms/step(64)':>11s} {'grid s':>7s}")
-    for channels in (1,) if args.quick else (1, 3):
+    for channels in (1,) if quick else (1, 3):
         nets = {name: net.to(device) for name, net in networks(channels).items()}
         speeds = {precision: interleaved_img_per_s({name: train_step_fn(net, channels, B, precision, device)
                                                     for name, net in nets.items()}, B, steps, warmup, device)
@@ -296,12 +322,12 @@ def run(args, p: argparse.ArgumentParser) -> None:
         for name, net in nets.items():
             flops = flops_per_image(net, channels, 16, device)
             best = max(speeds, key=lambda precision: speeds[precision][name])
-            ms = ms_per_sampling_step(net, channels, device, best, repeats=3 if args.quick else 10)
+            ms = ms_per_sampling_step(net, channels, device, best, repeats=3 if quick else 10)
             row = {"network": name, "channels": channels, "params": count_parameters(net), "flops_per_image": flops,
                    "img_per_s_fp32": speeds["fp32"][name], "img_per_s_bf16": speeds.get("bf16", {}).get(name),
                    "faster": best, "fraction_of_peak": speeds[best][name] * flops / 1e9 / peak[best],
                    "ms_per_sampling_step_64": ms, "grid_seconds_ddim50": 50 * ms / 1000}
-            results["networks"].append(row)
+            rows.append(row)
             print(f"{name:42s} {channels:2d} {row['params']:8d} {flops / 1e6:10.1f} {row['img_per_s_fp32']:10.0f} "
                   f"{row['img_per_s_bf16'] or float('nan'):10.0f} {100 * row['fraction_of_peak']:3.0f}% {best} "
                   f"{ms:11.1f} {row['grid_seconds_ddim50']:7.1f}")
@@ -310,8 +336,13 @@ def run(args, p: argparse.ArgumentParser) -> None:
                 ours, theirs = (max(v[n] for v in speeds.values()) for n in (DEFAULT, name))
                 print(f"  default UNet / {name}: {ours / theirs:.2f}x training img/s (each in its faster precision)")
     print("grid s: 64 samples x 50 DDIM steps (main.py's per-epoch default) from ms/step, in the faster precision")
+    return rows
+
+
+def print_step_variants(device: torch.device, results: dict, B: int, steps: int, warmup: int, compile_: bool) -> dict:
+    native = results["machine"]["native_bf16"]
     print(f"the training step of the default U-Net at batch {B}, variants taken in turn:")
-    variants = step_variants(B, steps, warmup, device, native, args.compile)
+    variants = step_variants(B, steps, warmup, device, native, compile_)
     base = next(iter(variants["img_per_s"].values()))
     for name, speed in variants["img_per_s"].items():
         print(f"  {name:50s} {speed:7.0f} img/s  {speed / base:5.2f}x")
@@ -322,29 +353,30 @@ def run(args, p: argparse.ArgumentParser) -> None:
         payback = f"after {variants['compile_seconds'] / gain:,.0f} images" if gain > 0 else "never (no faster)"
         print(f"  torch.compile took {variants['compile_seconds']:.0f} s; against the same step uncompiled, it pays "
               f"back {payback}")
-    results["step_variants"] = variants
-    v = volumes(device, native, max(2, steps // 4), 1)
+    return variants
+
+
+def print_volumes(device: torch.device, results: dict, steps: int) -> dict:
+    v = volumes(device, results["machine"]["native_bf16"], max(2, steps // 4), 1)
     print(f"3D U-Net {tuple(v['widths'])} on {v['side']}^3 volumes (--dataset phantom3d), batch {v['batch']}: "
           f"{v['params']:,} parameters, {v['flops_per_volume'] / 1e9:.1f} GFLOP per training volume, "
           + ", ".join(f"{s:.1f} volumes/s {p}" for p, s in v["volumes_per_s"].items())
           + f"; {v['ms_per_sampling_step_8']:.0f} ms per sampling step for 8 volumes ({v['faster']})")
-    results["volumes"] = v
-    if args.concurrent:
-        print(f"{args.concurrent} runs of main.py side by side (one epoch, 4,096 MNIST images, fp32):")
-        results["concurrent"] = concurrent(args.concurrent, args.data_dir)
-    if args.quality:
-        print(f"time to fid (peers.py): our default U-Net trains {args.images} MNIST images with main.py's recipe "
-              f"(batch {RECIPE['batch_size']}); the others until they reach its fid (256 DDIM samples, metrics.py):")
-        racers = {name: net for name, net in networks(1).items() if name == DEFAULT or name in peers(1)}
-        rows = time_to_fid(racers, DEFAULT, args.images, args.data_dir, device, seed=args.seed, every=args.every,
-                           budget=args.budget, precision=args.precision)
-        for name, row in rows.items():
-            ratio = f"{row['ratio_to_ours']:.2f}x ours" if row["ratio_to_ours"] else \
-                f"not reached in {row['trace'][-1]['train_seconds']:.0f} s (> {row['ratio_at_least']:.2f}x ours)"
-            print(f"  {name:42s} to fid {row['target_fid']:.1f}: {ratio}")
-        results["quality"] = rows
-    write_json(results, args.out)
-    print(f"wrote {args.out}")
+    return v
+
+
+def print_quality(args, device: torch.device) -> dict:
+    """--quality: our default trains --images MNIST images; each peer trains until it reaches our fid."""
+    print(f"time to fid (peers.py): our default U-Net trains {args.images} MNIST images with main.py's recipe "
+          f"(batch {RECIPE['batch_size']}); the others until they reach its fid (256 DDIM samples, metrics.py):")
+    racers = {name: net for name, net in networks(1).items() if name == DEFAULT or name in peers(1)}
+    rows = time_to_fid(racers, DEFAULT, args.images, args.data_dir, device, seed=args.seed, every=args.every,
+                       budget=args.budget, precision=args.precision)
+    for name, row in rows.items():
+        ratio = f"{row['ratio_to_ours']:.2f}x ours" if row["ratio_to_ours"] else \
+            f"not reached in {row['trace'][-1]['train_seconds']:.0f} s (> {row['ratio_at_least']:.2f}x ours)"
+        print(f"  {name:42s} to fid {row['target_fid']:.1f}: {ratio}")
+    return rows
 
 
 if __name__ == "__main__":

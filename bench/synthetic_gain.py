@@ -1,4 +1,4 @@
-"""Does synthetic data help? python synthetic_gain.py COND_CHECKPOINT --data-dir DIR [--k 25 50 0] [--m 100]
+"""Does synthetic data help? python -m bench.synthetic_gain COND_CHECKPOINT --data-dir DIR [--k 25 50 0] [--m 100]
 
 A mask-conditioned COND model (main.py COND --dataset folder) makes M synthetic image/mask pairs: masks
 drawn from the real training masks, randomly flipped and shifted (data.augment), images drawn by
@@ -22,7 +22,7 @@ from plumbing.speed import pick_device
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="synthetic_gain.py", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.synthetic_gain", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a mask-conditioned COND model.pth (main.py COND --dataset folder)")
     p.add_argument("--data-dir", required=True, help="the folder it was trained on (images/ and masks/)")
     p.add_argument("--k", type=int, nargs="+", default=[25, 50, 0], help="real training pairs per segmenter (0: all)")

@@ -15,7 +15,7 @@ import torch
 
 from data import augment, dataset_info, load_dataset
 from figures import save_loss_curve
-from models import PROCESSES, build_process, process_problems
+from models import PROCESSES, build_process
 from plumbing import parallel
 from plumbing.catalog import VOLUME_BATCH, unet_widths_for
 from plumbing.checkpoints import load_checkpoint, load_weights
@@ -23,7 +23,7 @@ from plumbing.errors import DataError, cause, world
 from plumbing.files import commit, discard, stage, write_json, write_loss_csv, write_metrics_csv
 from plumbing.progress import Progress
 from plumbing.runfolder import RunFolder
-from plumbing.settings import ARCHITECTURE, TRAINING, option
+from plumbing.settings import ARCHITECTURE, TRAINING
 from plumbing.speed import PRECISIONS, autocast, choose_precision, pick_device, thread_policy, training_check
 from unet import count_parameters
 
@@ -43,9 +43,6 @@ class Run:
 
     def __enter__(self) -> "Run":
         args = self.args
-        problems = process_problems(vars(args))
-        if problems:
-            raise DataError(f"{option(problems[0][0])} {problems[0][1]}")
         check_process(args)
         if self.size > 1 and args.batch_size < self.size:
             raise DataError(f"--batch-size {args.batch_size} is smaller than the {self.size} processes that share "
@@ -277,7 +274,7 @@ def make_config(args, train_set) -> dict:
     if args.num_samples is None:  # volumes: 8, each shown by three slices
         args.num_samples = config["num_samples"] = 8 if len(sides) == 3 else 64
     if len(sides) == 3 and "batch_size" in getattr(args, "defaulted", []) and not args.paper_settings:
-        args.batch_size = config["batch_size"] = VOLUME_BATCH  # catalog.py: volumes train 8 at a time
+        args.batch_size = config["batch_size"] = VOLUME_BATCH  # plumbing/catalog.py: volumes train 8 at a time
     if len(sides) == 3 and args.augment:
         raise DataError("--augment flips, shifts and rotates 2D images; it does not work on volumes yet: leave it out")
     if args.unet_widths is None:  # the U-Net grows with the image (catalog.UNET_WIDTHS_BY_SIZE)

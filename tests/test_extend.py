@@ -26,9 +26,12 @@ TINY = ["--limit", "32", "--batch-size", "16", "--n-T", "10", "--num-samples", "
 
 
 def train_and_sample(tmp_path, *args):
+    """Train through main.py, then sample (with the reverse process) and map anomalies from the checkpoint."""
     main.main(["DDPM", *TINY, *args, "--out", str(tmp_path / "run")])
-    sample.main([str(tmp_path / "run" / "model.pth"), "--num-samples", "2", "--out", str(tmp_path / "s.png")])
-    assert (tmp_path / "s.png").exists()
+    checkpoint = str(tmp_path / "run" / "model.pth")
+    sample.main([checkpoint, "--num-samples", "2", "--reverse", "--out", str(tmp_path / "s.png")])
+    anomaly.main([checkpoint, "--n", "2", "--n-val", "2", "--repeats", "1", "--out", str(tmp_path / "a.png")])
+    assert (tmp_path / "s.png").exists() and (tmp_path / "s_reverse.png").exists() and (tmp_path / "a.png").exists()
     return json.loads((tmp_path / "run" / "config.json").read_text())
 
 
@@ -91,12 +94,9 @@ def test_extend_sampler(tmp_path, monkeypatch):
     monkeypatch.setitem(ddpm.SAMPLERS, "one-step", one_step)
     config = train_and_sample(tmp_path, "--dataset", "shapes", "--net", "cnn", "--sampler", "one-step")
     assert config["sampler"] == "one-step" and calls[0] == (False, None)  # main.py's per-epoch grid
-    sample.main([str(tmp_path / "run" / "model.pth"), "--num-samples", "2", "--reverse", "--out",
-                 str(tmp_path / "r.png")])
-    assert (tmp_path / "r_reverse.png").exists()
     anomaly.main([str(tmp_path / "run" / "model.pth"), "--sampler", "one-step", "--t-lambda", "4", "--n", "2",
-                  "--n-val", "2", "--repeats", "1", "--out", str(tmp_path / "a.png")])
-    assert (tmp_path / "a.png").exists() and calls[-1] == (True, 3)  # from x_t at paper time 4 (index 3)
+                  "--n-val", "2", "--repeats", "1", "--out", str(tmp_path / "b.png")])
+    assert calls[-1] == (True, 3)  # anomaly.py starts it from x_t at paper time 4 (index 3)
 
 
 class HuberDDPM(DDPM):
