@@ -6,9 +6,11 @@ line, reading the losses back, and the epoch's files saved all or nothing (files
 The loop calls it by plain names: run.batches(epoch) yields (x0, cond) for `model.loss(x0, **cond)`,
 run.backward(loss), run.log(loss), run.save_epoch(...). Only the lead process (rank 0) writes.
 """
+import contextlib
 import io
 import math
 import os
+import signal
 import time
 
 import torch
@@ -213,15 +215,17 @@ class Run:
                    "loss.csv": lambda p: write_loss_csv(self.losses, p),
                    "metrics.csv": lambda p: write_metrics_csv(self.metrics, p),
                    "loss_curve.png": lambda p: save_loss_curve(self.losses, self.metrics, p, name)}
-        write_all(self, {k: w for k, w in writers.items() if w is not None}, epoch)
-        self.done = epoch
+        staged = stage_all(self, {k: w for k, w in writers.items() if w is not None}, epoch)
+        with uninterrupted():  # Ctrl-C waits for the renames, so that the files and self.done agree
+            commit(staged)
+            self.done = epoch
         grid = f"{self.out}/image_ep{epoch:03d}.png, " if write_grid else f"{self.out}/"
         print(", ".join(f"{k} {v}" for k, v in self.metrics[-1].items()) + f" -> {grid}model.pth", flush=True)
 
 
-def write_all(run: Run, writers: dict, epoch: int) -> None:
-    """Stage every file, then rename them all; a failed write (OSError: disk full, no permission) keeps none
-    of them and ends the run in one line. Any other failure is a bug, raised as it is (nothing kept)."""
+def stage_all(run: Run, writers: dict, epoch: int) -> list:
+    """Stage every file for commit; a failed write (OSError: disk full, no permission) keeps none of them and
+    ends the run in one line. Any other failure is a bug, raised as it is (nothing kept)."""
     staged = []
     try:
         for name, write in writers.items():
@@ -235,7 +239,20 @@ def write_all(run: Run, writers: dict, epoch: int) -> None:
     except BaseException:
         discard(staged)
         raise
-    commit(staged)
+    return staged
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """SIGINT (Ctrl-C) is held back until the block is done, where the platform allows (POSIX)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def save_checkpoint(state: dict, path: str) -> None:

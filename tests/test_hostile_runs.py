@@ -263,3 +263,18 @@ def test_anomaly_never_writes_over_its_checkpoint(run_dir, capsys):
     before = ckpt.read_bytes()
     refused(capsys, [str(ckpt), "--out", str(ckpt)], "must end in .png", script=anomaly.main)
     assert ckpt.read_bytes() == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
+def test_ctrl_c_says_which_epoch_the_checkpoint_holds(tmp_path):
+    """Ctrl-C (SIGINT) once an epoch is saved: exit code 130 and one line naming the epoch in model.pth."""
+    import signal
+    p = subprocess.Popen([sys.executable, "main.py", "DDPM", *TINY, "--epochs", "1000", "--out", str(tmp_path)],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not (tmp_path / "model.pth").exists() and p.poll() is None:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=120)[1]
+    epoch = torch.load(tmp_path / "model.pth", weights_only=True)["epoch"]
+    assert p.returncode == 130 and err.strip().splitlines() == [
+        f"interrupted. The last finished epoch, {epoch}, is in {tmp_path}/model.pth; continue with --resume"]
