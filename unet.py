@@ -103,31 +103,49 @@ class CNN(nn.Module):
         return self.out(h)
 
 
-class ResBlock(nn.Module):
-    """GroupNorm, GELU, 3x3 conv, + time embedding, GroupNorm, GELU, 3x3 conv, + skip (3x3x3 for volumes)."""
+ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, dims: int = 2):
+
+class ResBlock(nn.Module):
+    """GroupNorm, activation, 3x3 conv, + time embedding, GroupNorm, activation, 3x3 conv, + skip (3x3x3 for
+    volumes). scale_shift: the embedding scales and shifts the second normalisation instead of being added
+    (AdaGN, Dhariwal & Nichol 2021, arXiv:2105.05233, Sec. 3). zero_init: the last conv starts at zero, so
+    that the block starts as the identity (as improved-diffusion and MONAI initialise it)."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dims: int = 2, act: str = "gelu",
+                 scale_shift: bool = False, zero_init: bool = False):
         super().__init__()
-        self.dims = dims
+        self.dims, self.act, self.scale_shift = dims, ACTIVATIONS[act], scale_shift
         self.norm1, self.conv1 = group_norm(c_in), conv(dims, c_in, c_out, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, c_out)
+        self.emb_proj = nn.Linear(emb_dim, 2 * c_out if scale_shift else c_out)
         self.norm2, self.conv2 = group_norm(c_out), conv(dims, c_out, c_out, 3, padding=1)
         self.skip = conv(dims, c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        if zero_init:
+            nn.init.zeros_(self.conv2.weight)
+            nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.gelu(self.norm1(x))) + per_channel(self.emb_proj(emb), self.dims)
-        h = self.conv2(F.gelu(self.norm2(h)))
-        return h + self.skip(x)
+        h = self.conv1(self.act(self.norm1(x)))
+        e = per_channel(self.emb_proj(emb), self.dims)
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift              # AdaGN(h, e) = (1 + e_s) GroupNorm(h) + e_b
+        else:
+            h = self.norm2(h + e)
+        return self.conv2(self.act(h)) + self.skip(x)
 
 
 class SelfAttention(nn.Module):
     """Single-head self-attention over the H*W (volumes: D*H*W) positions, with a residual connection."""
 
-    def __init__(self, channels: int, dims: int = 2):
+    def __init__(self, channels: int, dims: int = 2, zero_init: bool = False):
         super().__init__()
         self.norm = group_norm(channels)
         self.qkv = conv(dims, channels, 3 * channels, 1)
         self.proj = conv(dims, channels, channels, 1)
+        if zero_init:  # starts as the identity
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         B, C = x.shape[:2]  # batch, channels; then H, W (or D, H, W)
@@ -146,35 +164,47 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, widths: tuple = (32, 64, 64), attention: bool = True,
                  num_classes: int = 0, cond_channels: int = 0, image_size: int | None = None,
-                 attention_res: tuple = (), dims: int = 2):
+                 attention_res: tuple = (), dims: int = 2, act: str = "gelu", scale_shift: bool = False,
+                 zero_init: bool = False, skip_every: bool = False, emb_mult: int = 4):
         super().__init__()
         if len(widths) < 2:
             raise ValueError(f"UNet needs at least two widths (one level), got {widths}")
         if dims not in (2, 3):
             raise ValueError(f"UNet works on images (dims 2) or volumes (dims 3), not dims {dims}")
-        self.levels, emb_dim, self.dims = len(widths) - 1, 4 * widths[0], dims
-        self.cond_channels = cond_channels
+        self.levels, emb_dim, self.dims = len(widths) - 1, emb_mult * widths[0], dims
+        self.cond_channels, self.skip_every = cond_channels, skip_every
         attend = lambda k: image_size is not None and image_size // 2 ** (k - 1) in attention_res  # noqa: E731
+        block = lambda a, b: ResBlock(a, b, emb_dim, dims, act, scale_shift, zero_init)  # noqa: E731
+        attention_block = lambda c: SelfAttention(c, dims, zero_init)  # noqa: E731
         self.embed = Embedding(emb_dim, num_classes)
         self.inp = conv(dims, in_channels + cond_channels, widths[0], 3, padding=1)
         self.down, self.attn_down, self.pool = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()  # [k - 1]: level k
         c = widths[0]
         for k in range(1, self.levels + 1):  # encoder level k works at H / 2^(k-1)
-            self.down.append(ResBlock(c, widths[k - 1], emb_dim, dims))
-            self.attn_down.append(SelfAttention(widths[k - 1], dims) if attend(k) else nn.Identity())
+            self.down.append(block(c, widths[k - 1]))
+            self.attn_down.append(attention_block(widths[k - 1]) if attend(k) else nn.Identity())
             self.pool.append(conv(dims, widths[k - 1], widths[k - 1], 3, stride=2, padding=1))
             c = widths[k - 1]
-        self.mid1 = ResBlock(c, widths[-1], emb_dim, dims)
-        self.attn = SelfAttention(widths[-1], dims) if attention else nn.Identity()
-        self.mid2 = ResBlock(widths[-1], widths[-1], emb_dim, dims)
+        self.mid1 = block(c, widths[-1])
+        self.attn = attention_block(widths[-1]) if attention else nn.Identity()
+        self.mid2 = block(widths[-1], widths[-1])
+        if skip_every:  # the deepest pooled map is a skip too, taken before the first upsampling
+            self.dec_mid = block(widths[-1] + widths[-2], widths[-1])
         self.up, self.dec, self.attn_dec = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()  # [k - 1]: level k
+        self.dec_skip = nn.ModuleList()  # skip_every: the second block of each decoder level
         c = widths[-1]
         for k in range(self.levels, 0, -1):  # decoder level k, back up to H / 2^(k-1)
             self.up.insert(0, nn.Sequential(nn.Upsample(scale_factor=2), conv(dims, c, c, 3, padding=1)))
-            self.dec.insert(0, ResBlock(c + widths[k - 1], widths[k - 1], emb_dim, dims))
-            self.attn_dec.insert(0, SelfAttention(widths[k - 1], dims) if attend(k) else nn.Identity())
+            self.dec.insert(0, block(c + widths[k - 1], widths[k - 1]))
+            if skip_every:  # the skip of the level above's pooled map, or of the input conv at level 1
+                self.dec_skip.insert(0, block(widths[k - 1] + widths[max(k - 2, 0)], widths[k - 1]))
+            self.attn_dec.insert(0, attention_block(widths[k - 1]) if attend(k) else nn.Identity())
             c = widths[k - 1]
-        self.out = nn.Sequential(group_norm(c), nn.GELU(), conv(dims, c, in_channels, 3, padding=1))
+        self.out = nn.Sequential(group_norm(c), nn.SiLU() if act == "silu" else nn.GELU(),
+                                 conv(dims, c, in_channels, 3, padding=1))
+        if zero_init:  # the network starts by predicting eps = 0
+            nn.init.zeros_(self.out[-1].weight)
+            nn.init.zeros_(self.out[-1].bias)
 
     @staticmethod
     def renamed_levels(weights: dict) -> dict:
@@ -192,24 +222,39 @@ class UNet(nn.Module):
                              f"H, W) with sides divisible by {2 ** self.levels}, got {tuple(x_t.shape)}")
         emb = self.embed(t, y)                                   # (B, emb_dim)
         h = self.inp(concat_condition(x_t, mask, self.cond_channels))
-        skips = []
+        skips = [h] if self.skip_every else []
         for down, attn, pool in zip(self.down, self.attn_down, self.pool):  # level k = 1, ..., n - 1
             h = attn(down(h, emb))                               # (B, c_k, H/2^(k-1), W/2^(k-1))
             skips.append(h)
             h = pool(h)
+            if self.skip_every:
+                skips.append(h)
         h = self.mid2(self.attn(self.mid1(h, emb)), emb)         # (B, c_n, H/2^(n-1), W/2^(n-1))
-        for up, dec, attn in zip(self.up[::-1], self.dec[::-1], self.attn_dec[::-1]):  # level k = n - 1, ..., 1
-            h = attn(dec(torch.cat([up(h), skips.pop()], dim=1), emb))  # (B, c_k, H/2^(k-1), W/2^(k-1))
+        if self.skip_every:
+            h = self.dec_mid(torch.cat([h, skips.pop()], dim=1), emb)
+        for k in range(self.levels, 0, -1):                      # level k = n - 1, ..., 1
+            h = self.dec[k - 1](torch.cat([self.up[k - 1](h), skips.pop()], dim=1), emb)
+            if self.skip_every:
+                h = self.dec_skip[k - 1](torch.cat([h, skips.pop()], dim=1), emb)
+            h = self.attn_dec[k - 1](h)                          # (B, c_k, H/2^(k-1), W/2^(k-1))
         return self.out(h)
 
 
+# The U-Net's design by version, as a run's config records it (unet_version): 1 is the first design (GELU, the
+# embedding added, default initialisation), which every checkpoint without the key has; 2 starts every residual
+# block and the output at zero, lets the embedding scale and shift the normalisation (AdaGN) and uses SiLU: the
+# changes that paid most per training image at no cost in time (docs/quality.md, python -m bench.ablate).
+# A new design is a new version.
+VERSIONS = {1: {}, 2: {"zero_init": True, "scale_shift": True, "act": "silu"}}
+
+
 def unet_from_config(config: dict) -> UNet:
-    """The widths of the config; checkpoints from before --unet-widths existed used (32, 64, 64).
-    config["dims"] 3 (volumes) builds the 3D U-Net; images (2) are the default."""
+    """The widths of the config (checkpoints from before --unet-widths existed used (32, 64, 64)), in the
+    design of its unet_version (1 where it has none). config["dims"] 3 (volumes) builds the 3D U-Net."""
     return UNet(config["in_channels"], tuple(config.get("unet_widths", (32, 64, 64))),
                 num_classes=config["num_classes"], cond_channels=config["cond_channels"],
                 image_size=config["image_size"], attention_res=tuple(config.get("attention_res", ())),
-                dims=config.get("dims", 2))
+                dims=config.get("dims", 2), **VERSIONS[config.get("unet_version", 1)])
 
 
 def cnn_from_config(config: dict) -> CNN:

@@ -56,15 +56,16 @@ def peers(channels: int) -> dict:
 
 
 def race(name: str, net, x_all, order, score, *, stop_images: int, budget_s: float, every: int, target: float | None,
-         precision: str, device, seed: int) -> dict:
+         precision: str, device, seed: int, recipe: dict | None = None) -> dict:
     """Train net with main.py's default recipe (Algorithm 1 with min-SNR weights, Adam with warm-up, EMA, batch
-    32) on x_all in `order`, scoring 256 DDIM samples of the EMA weights every `every` images, until its fid
-    reaches target, stop_images are seen or budget_s of training pass. Returns the trace and the time to target."""
+    32; recipe: changes to it) on x_all in `order`, scoring 256 DDIM samples of the EMA weights every `every`
+    images, until its fid reaches target, stop_images are seen or budget_s of training pass. Returns the trace
+    and the time to target."""
     from models import EMA
+    r = {**RECIPE, **(recipe or {})}
     torch.manual_seed(seed)
-    model = DDPM(net, linear_beta_schedule(1000), clip_x0=True, min_snr_gamma=RECIPE["min_snr"]).to(device)
-    opt, ema, B = torch.optim.Adam(net.parameters(), lr=RECIPE["lr"]), EMA(model, RECIPE["ema_decay"]), \
-        RECIPE["batch_size"]
+    model = DDPM(net, linear_beta_schedule(1000), clip_x0=True, min_snr_gamma=r["min_snr"]).to(device)
+    opt, ema, B = torch.optim.Adam(net.parameters(), lr=r["lr"]), EMA(model, r["ema_decay"]), r["batch_size"]
     used, why = choose_precision(precision, device, training_check(model, x_all[order[:B]]))
     trace, seconds, reached, step = [], 0.0, None, 0
     while reached is None and (step + every // B) * B <= stop_images and seconds < budget_s:
@@ -72,8 +73,7 @@ def race(name: str, net, x_all, order, score, *, stop_images: int, budget_s: flo
         for _ in range(every // B):
             i = step * B % (len(order) - B + 1)
             step += 1
-            loss = train_step(model, opt, ema, x_all[order[i:i + B]], step, RECIPE["lr"], RECIPE["warmup"],
-                              precision=used)
+            loss = train_step(model, opt, ema, x_all[order[i:i + B]], step, r["lr"], r["warmup"], precision=used)
         loss = loss.item()  # waits for the queued steps, so that the timer measures them
         seconds += time.perf_counter() - start
         with autocast(used, device):

@@ -49,6 +49,7 @@ RECIPE = {"net": "unet", "lr": 2e-3, "batch_size": 32, "warmup": 100,
 # The U-Net grows with the image (unet.UNet: n widths, n - 1 levels): --unet-widths, when not given, is
 # the entry for the smallest listed side at or above the image side (measured in docs/medical.md).
 UNET_WIDTHS_BY_SIZE = {32: (16, 32, 32), 64: (16, 32, 64, 64), 512: (16, 32, 64, 128, 128)}
+UNET_VERSION = 2  # the design of unet.VERSIONS that new runs train (a run resumed keeps its own)
 
 
 # Volumes: a 3D convolution costs a side's worth more per output than a 2D one, so the 3D U-Net starts

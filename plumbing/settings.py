@@ -92,6 +92,7 @@ SETTINGS = {
     "p_uncond": (real(lambda v: 0 <= v <= 1, "[0, 1]"), "train"),
     "guidance": (real(lambda v: 0 <= v <= 100, "0..100"), "run"),
     "betas": (betas, "arch"), "unet_widths": (widths, "arch"), "attention_res": (sides, "arch"),
+    "unet_version": (whole(1, 2, " (unet.VERSIONS)"), "arch"),
     "augment": (flag, "train"), "sample_every": (whole(1, 100_000), "run"), "clip_x0": (flag, "run"),
     "paper_settings": (flag, "run"), "data_dir": (text, "run"), "data_path": (text, "run"), "out": (text, "run"),
     "device": (text, "run"),

@@ -79,3 +79,17 @@ def test_a_checkpoint_with_the_old_level_names_loads_into_the_listed_levels():
     load_weights(again, old, "test")
     x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 7])
     assert torch.equal(again(x, t), new(x, t))
+
+
+def test_a_config_without_unet_version_builds_the_first_design_and_new_runs_record_the_latest():
+    """Checkpoints from before unet_version hold the first design (unet.VERSIONS[1]); a new run's config
+    records catalog.UNET_VERSION, and its design is what VERSIONS says (here: AdaGN doubles emb_proj)."""
+    from plumbing.catalog import UNET_VERSION
+    from unet import VERSIONS, UNet, unet_from_config
+    config = {"in_channels": 1, "image_size": 16, "num_classes": 0, "cond_channels": 0, "unet_widths": [8, 8, 8]}
+    old, new = unet_from_config(config), unet_from_config({**config, "unet_version": UNET_VERSION})
+    assert old.down[0].emb_proj.out_features == 8 and not old.down[0].scale_shift
+    assert new.down[0].scale_shift == VERSIONS[UNET_VERSION].get("scale_shift", False)
+    for options in ({}, *VERSIONS.values(), {"skip_every": True, "act": "silu"}):
+        weights = UNet(1, (8, 8, 8), image_size=16, **options).state_dict()
+        assert UNet.renamed_levels(weights).keys() == weights.keys()  # only old names are renamed
