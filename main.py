@@ -89,6 +89,9 @@ def add_process_options(g) -> None:
                    help="U-Net channels per resolution, full size first; n widths give n - 1 down/up levels "
                    "(default: 16 32 32 up to 32 px, 16 32 64 64 up to 64 px, 16 32 64 128 128 above; volumes: "
                    "8 16 32 32)")
+    g.add_argument("--unet-version", type=int, choices=(1, 2),
+                   help="the U-Net's design (unet.VERSIONS): 2 zero-initialised, AdaGN, SiLU; 1 the first design "
+                   "(default: 2; --resume: the run's own)")
     g.add_argument("--attention-res", type=int, nargs="+", metavar="SIDE", default=[],
                    help="also self-attention at these feature-map sides in pixels (the deepest level always has it)")
 

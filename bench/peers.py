@@ -1,6 +1,6 @@
 """Other projects' U-Nets at our default net's size, and the race to a fid, for bench.py.
 
-The peers are optional (not in requirements.txt): `pip install diffusers denoising_diffusion_pytorch monai`.
+The peers are optional (not in requirements.txt): `pip install diffusers denoising_diffusion_pytorch monai einops`.
 Each has about 150k parameters, three resolutions, one residual block each and attention at the
 middle one, like our default U-Net (16 32 32). time_to_fid() trains every network with main.py's
 recipe at its batch (32) on the same MNIST images and scores its samples every few thousand images.

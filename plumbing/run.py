@@ -86,7 +86,7 @@ class Run:
         """The run's config: the arguments plus what the data decided (make_config); saved in every checkpoint.
         --resume keeps the U-Net design the run began with (unet_version; 1 where its checkpoint has none)."""
         self.config = make_config(self.args, train_set)
-        if self.args.resume:
+        if self.args.resume and self.args.unet_version is None:
             self.config["unet_version"] = load_checkpoint(os.path.join(self.out, "model.pth"))["config"].get(
                 "unet_version", 1)
         return self.config
@@ -305,7 +305,7 @@ def make_config(args, train_set) -> dict:
         raise DataError(f"--net unet with {len(args.unet_widths)} widths needs image sides divisible by {step}, got "
                         f"{'x'.join(map(str, sides))}: set --image-size or give fewer --unet-widths")
     config.update(cond=cond, in_channels=C, image_size=H, dims=len(sides), betas=list(args.betas),
-                  unet_version=UNET_VERSION,
+                  unet_version=args.unet_version or UNET_VERSION,
                   unet_widths=list(args.unet_widths), attention_res=list(args.attention_res),
                   num_classes=int(train_set.labels.max()) + 1 if cond == "class" else 0,
                   cond_channels=1 if cond == "mask" else 0)

@@ -30,3 +30,16 @@ def test_bad_device_and_missing_mnist_are_one_line(tmp_path, capsys):
             bench.main(["--quick", "--steps", "1", "--out", str(tmp_path / "b.json"), *args])
         err = capsys.readouterr().err
         assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_every_ablation_row_builds_a_unet_that_runs():
+    """bench/ablate.py's rows (a measurement, needs MNIST): each row's U-Net options build and run a step."""
+    import torch
+
+    from bench import ablate
+    from unet import UNet
+    for table in ablate.TABLES.values():
+        for name, (options, recipe) in table.items():
+            net = UNet(1, (8, 8, 8), image_size=28, **options)
+            assert net(torch.randn(2, 1, 28, 28), torch.tensor([0, 999])).shape == (2, 1, 28, 28), name
+            assert set(recipe) <= {"lr", "ema_decay", "warmup", "min_snr"}, name

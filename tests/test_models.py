@@ -93,3 +93,22 @@ def test_a_config_without_unet_version_builds_the_first_design_and_new_runs_reco
     for options in ({}, *VERSIONS.values(), {"skip_every": True, "act": "silu"}):
         weights = UNet(1, (8, 8, 8), image_size=16, **options).state_dict()
         assert UNet.renamed_levels(weights).keys() == weights.keys()  # only old names are renamed
+
+
+def test_unet_version_1_trains_and_resume_keeps_the_runs_own_design(tmp_path):
+    """--unet-version 1 trains the first design; --resume without the flag continues in it (config.json says
+    so), and asking a run of design 1 to resume as design 2 is refused in one line."""
+    import json
+
+    import pytest
+
+    import main
+    tiny = ["DDPM", "--dataset", "shapes", "--limit", "32", "--batch-size", "16", "--n-T", "10", "--num-samples",
+            "2", "--sample-steps", "2", "--eval-samples", "0", "--unet-widths", "8", "8", "8", "--out", str(tmp_path)]
+    main.main([*tiny, "--epochs", "1", "--unet-version", "1"])
+    main.main([*tiny, "--epochs", "2", "--resume"])
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["unet_version"] == 1 and torch.load(tmp_path / "model.pth", weights_only=True)["epoch"] == 2
+    with pytest.raises(SystemExit) as e:
+        main.main([*tiny, "--epochs", "3", "--resume", "--unet-version", "2"])
+    assert e.value.code == 2
