@@ -3,7 +3,8 @@
 Writes into --out (default contents_<MODEL>/): image_ep{E:03d}.png per epoch, loss.csv,
 loss_curve.png, metrics.csv (loss, seconds, fid), model.pth (atomic; --resume continues from
 it), forward_diffusion.png, schedules.png and config.json. See README.md and `--help`.
-The arguments are checked before torch is imported, so --help and mistakes answer at once.
+--help and the arguments' bounds are answered before torch is imported; the process's own facts (models.py)
+are checked next, and nothing is loaded before every check has passed.
 """
 import argparse
 import math
@@ -142,7 +143,8 @@ def add_cond_options(g) -> None:
 
 
 def check_args(args, p: Parser) -> None:
-    """Impossible or memory-eating settings end here, with one line naming the fix, before torch loads."""
+    """Impossible or memory-eating settings end here, with one line naming the fix: first the bounds of every
+    setting (no torch), then what the process supports (models.PROCESSES), then the output folder."""
     args.defaulted = [k for k in RECIPE if getattr(args, k) is None]  # volumes take their own batch (plumbing/run.py)
     for key, value in ({**RECIPE, **PAPER} if args.paper_settings else RECIPE).items():
         if getattr(args, key) is None:
@@ -171,6 +173,11 @@ def check_args(args, p: Parser) -> None:
         p.error(f"--threads must be auto or a whole number in 1..1024, got {args.threads!r}")
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite contradict each other: pick one")
+    check_out(args, p)
+
+
+def check_out(args, p: Parser) -> None:
+    """--out must be a folder this user can write, or a path where one can be made."""
     out = args.out or f"contents_{args.model}"
     parent = os.path.dirname(os.path.abspath(out))
     if os.path.exists(out) and not os.path.isdir(out):
