@@ -92,7 +92,7 @@ def add_process_options(g) -> None:
                    "8 16 32 32)")
     g.add_argument("--unet-version", type=int, choices=(1, 2),
                    help="the U-Net's design (unet.VERSIONS): 2 zero-initialised, AdaGN, SiLU; 1 the first design "
-                   "(default: 2; --resume: the run's own)")
+                   "(default: 2 up to 32 px, 1 above and for volumes, as measured; --resume: the run's own)")
     g.add_argument("--attention-res", type=int, nargs="+", metavar="SIDE", default=[],
                    help="also self-attention at these feature-map sides in pixels (the deepest level always has it)")
 

@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.peers import peers, time_to_fid
 from bench.step import train_step
 from ddpm import DDPM, linear_beta_schedule
-from plumbing.catalog import PRECISIONS, RECIPE, UNET_VERSION, unet_widths_for
+from plumbing.catalog import PRECISIONS, RECIPE, UNET_VERSION, unet_version_for, unet_widths_for
 from plumbing.errors import Parser, run_script
 from plumbing.files import write_json
 from plumbing.settings import SEED_MAX
@@ -166,7 +166,8 @@ def volumes(device: torch.device, native: bool, steps: int, warmup: int, batch: 
     training volumes/s at `batch` (fp32, and bf16 where native), FLOPs per volume, ms per sampling step for 8."""
     torch.manual_seed(0)
     net = NETWORKS["unet"]({"in_channels": 1, "image_size": side, "num_classes": 0, "cond_channels": 0, "dims": 3,
-                            "unet_widths": list(unet_widths_for(side, 3)), "unet_version": UNET_VERSION}).to(device)
+                            "unet_widths": list(unet_widths_for(side, 3)),
+                            "unet_version": unet_version_for(side, 3)}).to(device)
     model = DDPM(net, linear_beta_schedule(1000)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     x0 = torch.randn(batch, 1, side, side, side, device=device)

@@ -49,7 +49,14 @@ RECIPE = {"net": "unet", "lr": 2e-3, "batch_size": 32, "warmup": 100,
 # The U-Net grows with the image (unet.UNet: n widths, n - 1 levels): --unet-widths, when not given, is
 # the entry for the smallest listed side at or above the image side (measured in docs/medical.md).
 UNET_WIDTHS_BY_SIZE = {32: (16, 32, 32), 64: (16, 32, 64, 64), 512: (16, 32, 64, 128, 128)}
-UNET_VERSION = 2  # the design of unet.VERSIONS that new runs train (a run resumed keeps its own)
+UNET_VERSION = 2  # the latest design of unet.VERSIONS
+
+
+def unet_version_for(image_size: int, dims: int = 2) -> int:
+    """The U-Net design a new run trains (a resumed run keeps its own): the latest where it was measured better
+    (images up to 32 px: MNIST, docs/quality.md); the first above and on volumes, where it was not measured or
+    measured worse (phantom3d anomaly maps: voxel AUROC 0.585 against 0.968, docs/volumes.md)."""
+    return UNET_VERSION if dims == 2 and image_size <= 32 else 1
 
 
 # Volumes: a 3D convolution costs a side's worth more per output than a 2D one, so the 3D U-Net starts

@@ -19,7 +19,7 @@ from data import augment, dataset_info, load_dataset
 from figures import save_loss_curve
 from models import PROCESSES, build_process
 from plumbing import parallel
-from plumbing.catalog import UNET_VERSION, VOLUME_BATCH, unet_widths_for
+from plumbing.catalog import VOLUME_BATCH, unet_version_for, unet_widths_for
 from plumbing.checkpoints import load_checkpoint, load_weights
 from plumbing.errors import DataError, cause, world
 from plumbing.files import commit, discard, stage, write_json, write_loss_csv, write_metrics_csv
@@ -305,7 +305,7 @@ def make_config(args, train_set) -> dict:
         raise DataError(f"--net unet with {len(args.unet_widths)} widths needs image sides divisible by {step}, got "
                         f"{'x'.join(map(str, sides))}: set --image-size or give fewer --unet-widths")
     config.update(cond=cond, in_channels=C, image_size=H, dims=len(sides), betas=list(args.betas),
-                  unet_version=args.unet_version or UNET_VERSION,
+                  unet_version=args.unet_version or unet_version_for(H, len(sides)),
                   unet_widths=list(args.unet_widths), attention_res=list(args.attention_res),
                   num_classes=int(train_set.labels.max()) + 1 if cond == "class" else 0,
                   cond_channels=1 if cond == "mask" else 0)
