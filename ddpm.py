@@ -134,19 +134,18 @@ class DDPM(nn.Module):
 
     def draws(self, x0: Tensor, **cond) -> dict:
         """Alg. 1 lines 3-4 for a whole batch x0: t ~ Uniform({1, ..., T}) (as indices 0..T-1) and
-        eps = noise_like. loss() draws them itself; torchrun draws them for the whole batch and gives each
-        process its rows (plumbing/parallel.py), so that the processes together train as one."""
+        eps = noise_like. loss() calls it when it is given no t; under torchrun, plumbing/run.py calls it for the
+        whole batch and gives each process its rows, so that the processes together train as one."""
         t = torch.randint(0, self.T, (x0.shape[0],), device=x0.device)             # line 3
         return {"t": t, "eps": self.noise_like(x0, t)}                               # line 4
 
     def loss(self, x0: Tensor, t: Tensor | None = None, eps: Tensor | None = None, **cond) -> Tensor:
         """Algorithm 1 for a batch x0 (B, C, H, W) in [-1, 1]: the mean over the batch of L_simple (eq. 14),
-        each image weighted by min_snr_weight when min_snr_gamma > 0. t, eps: lines 3-4, drawn here unless
-        given (draws). cond goes to the network."""
+        each image weighted by min_snr_weight when min_snr_gamma > 0. t, eps: lines 3-4, both drawn here
+        (draws) unless both are given. cond goes to the network."""
         if t is None:
-            t = torch.randint(0, self.T, (x0.shape[0],), device=x0.device)          # line 3
-        if eps is None:
-            eps = self.noise_like(x0, t)                                             # line 4
+            drawn = self.draws(x0)                                                   # lines 3-4
+            t, eps = drawn["t"], drawn["eps"]
         x_t = self.q_sample(x0, t, eps)
         per_image = self.eps_loss(self.eps_model(x_t, t, **cond), eps)               # line 5
         if self.min_snr_gamma:

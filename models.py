@@ -27,7 +27,7 @@ def process_problems(config: dict) -> list:
     """[(setting, what is wrong)] where a run's settings ask of its process what it does not support."""
     process = PROCESSES[config["model"]]
     found = []
-    if process.samplers is not None and config.get("sampler", process.samplers[0]) not in process.samplers:
+    if "sampler" in config and not can_draw(process, config["sampler"]):
         found.append(("sampler", f"must be {' or '.join(process.samplers)} for {config['model']} (its samplers)"))
     if config.get("cond") is not None and config["cond"] not in process.conditions:
         found.append(("cond", f"applies to {conditioned()} only, not {config['model']}"))
@@ -37,14 +37,19 @@ def process_problems(config: dict) -> list:
     return found
 
 
+def can_draw(process, sampler: str) -> bool:
+    """The registry's fact: whether the process (a class or a model) can draw with this sampler."""
+    return process.samplers is None or sampler in process.samplers
+
+
 def conditioned() -> str:
     return ", ".join(n for n, p in PROCESSES.items() if p.conditions)
 
 
 def default_sampler(model_name: str, wanted: str) -> str:
     """wanted (the recipe's sampler) where the process supports it, else its first sampler."""
-    samplers = PROCESSES[model_name].samplers
-    return wanted if samplers is None or wanted in samplers else samplers[0]
+    process = PROCESSES[model_name]
+    return wanted if can_draw(process, wanted) else process.samplers[0]
 
 
 def build_model(config: dict) -> DDPM:
@@ -105,7 +110,7 @@ def check_sampler(model: DDPM, sampler: str) -> None:
     """One line if the process cannot draw with this sampler (DDGM: no DDIM), or the name is unknown."""
     if sampler not in SAMPLERS:
         raise DataError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)} (ddpm.SAMPLERS)")
-    if model.samplers is not None and sampler not in model.samplers:
+    if not can_draw(model, sampler):
         raise DataError(f"{type(model).__name__} samples with {' or '.join(model.samplers)} only, not {sampler}: "
                         f"use --sampler {model.samplers[0]}")
 

@@ -103,19 +103,20 @@ class CNN(nn.Module):
         return self.out(h)
 
 
-ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
+ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU}  # modules without weights: a checkpoint does not name them
 
 
 class ResBlock(nn.Module):
     """GroupNorm, activation, 3x3 conv, + time embedding, GroupNorm, activation, 3x3 conv, + skip (3x3x3 for
     volumes). scale_shift: the embedding scales and shifts the second normalisation instead of being added
-    (AdaGN, Dhariwal & Nichol 2021, arXiv:2105.05233, Sec. 3). zero_init: the last conv starts at zero, so
-    that the block starts as the identity (as improved-diffusion and MONAI initialise it)."""
+    (AdaGN, Dhariwal & Nichol 2021, arXiv:2105.05233, Sec. 3: y_s GroupNorm(h) + y_b; here y_s = 1 + e_s, as
+    in their released code, so that e = 0 leaves the norm as it is). zero_init: the last conv starts at zero,
+    so that the block starts as the identity (as improved-diffusion and MONAI initialise it)."""
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dims: int = 2, act: str = "gelu",
                  scale_shift: bool = False, zero_init: bool = False):
         super().__init__()
-        self.dims, self.act, self.scale_shift = dims, ACTIVATIONS[act], scale_shift
+        self.dims, self.act, self.scale_shift = dims, ACTIVATIONS[act](), scale_shift
         self.norm1, self.conv1 = group_norm(c_in), conv(dims, c_in, c_out, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * c_out if scale_shift else c_out)
         self.norm2, self.conv2 = group_norm(c_out), conv(dims, c_out, c_out, 3, padding=1)
@@ -129,7 +130,7 @@ class ResBlock(nn.Module):
         e = per_channel(self.emb_proj(emb), self.dims)
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift              # AdaGN(h, e) = (1 + e_s) GroupNorm(h) + e_b
+            h = self.norm2(h) * (1 + scale) + shift              # AdaGN, Dhariwal & Nichol Sec. 3
         else:
             h = self.norm2(h + e)
         return self.conv2(self.act(h)) + self.skip(x)
@@ -200,8 +201,7 @@ class UNet(nn.Module):
                 self.dec_skip.insert(0, block(widths[k - 1] + widths[max(k - 2, 0)], widths[k - 1]))
             self.attn_dec.insert(0, attention_block(widths[k - 1]) if attend(k) else nn.Identity())
             c = widths[k - 1]
-        self.out = nn.Sequential(group_norm(c), nn.SiLU() if act == "silu" else nn.GELU(),
-                                 conv(dims, c, in_channels, 3, padding=1))
+        self.out = nn.Sequential(group_norm(c), ACTIVATIONS[act](), conv(dims, c, in_channels, 3, padding=1))
         if zero_init:  # the network starts by predicting eps = 0
             nn.init.zeros_(self.out[-1].weight)
             nn.init.zeros_(self.out[-1].bias)
