@@ -12,6 +12,7 @@ checked before anything large is allocated.
 """
 import math
 import os
+import re
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -207,10 +208,18 @@ def load_csv(path: str, image_size: int, channels: int, limit: int | None = None
     return Dataset(to_images(pixels.reshape(len(a), image_size, image_size, channels) / scale), labels, None)
 
 
+def in_number_order(name: str) -> list:
+    """Sort key that reads the digits in a name as a number: 2.png before 10.png, scan_9 before scan_10.
+    Numbered slices of one patient sit next to each other, so the held-out tail is a contiguous range
+    of numbers, never 9, 90-99 and 900-999 as plain string order would give."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
+
+
 def folder_split(data_dir: str, listing, item: str, extensions: tuple, train: bool, limit: int | None) -> tuple:
     """(files, mask files or None, names of this split) of data_dir/images/ and the optional data_dir/masks/,
-    matched by name; the last 10% of the sorted names are held out (train=False). listing(folder) gives
-    {name: path} (formats.list_images or list_volumes); item names what a file holds, for the messages."""
+    matched by name; the last 10% of the names, in number order (in_number_order), are held out
+    (train=False). listing(folder) gives {name: path} (formats.list_images or list_volumes); item names
+    what a file holds, for the messages."""
     image_dir, mask_dir = os.path.join(data_dir, "images"), os.path.join(data_dir, "masks")
     if not os.path.isdir(image_dir):
         raise DataError(f"no images/ folder in {data_dir}: put the {item}s ({'/'.join(extensions)}) in {image_dir}")
@@ -222,7 +231,7 @@ def folder_split(data_dir: str, listing, item: str, extensions: tuple, train: bo
         only_i, only_m = sorted(images.keys() - masks.keys()), sorted(masks.keys() - images.keys())
         raise DataError(f"{item}s and masks do not match: without mask: {', '.join(only_i[:5]) or '-'}; "
                         f"without {item}: {', '.join(only_m[:5]) or '-'} (names must match)")
-    names = sorted(images)
+    names = sorted(images, key=in_number_order)
     held_out = max(1, len(names) // 10) if len(names) > 1 else 0
     return images, masks, (names[:len(names) - held_out] if train else names[len(names) - held_out:] or names)[:limit]
 

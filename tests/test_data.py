@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import data
-from data import DataError, load_dataset
+from data import DataError, in_number_order, load_dataset
 from synthetic import make_phantom, make_shapes
 
 
@@ -122,6 +122,20 @@ def test_folder_with_matching_masks(tmp_path):
     assert train.images.shape == (9, 1, 16, 16) and held_out.images.shape == (1, 1, 16, 16)
     assert set(train.masks.unique().tolist()) == {0.0, 1.0} and train.masks.shape == (9, 1, 16, 16)
     assert train.images.min().item() == -1.0
+
+
+def test_folder_holds_out_the_last_numbers_as_a_contiguous_range(tmp_path):
+    """Slices numbered 1..30 (neighbours: one patient): the held-out 10 % are 28, 29, 30, never 9 and the
+    names after it in string order. Each image's value is its number, to see which ones a split holds."""
+    folder = tmp_path / "images"
+    os.makedirs(folder)
+    for i in range(1, 31):
+        Image.fromarray(np.full((8, 8), 3 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    number = lambda ds: sorted(round((v + 1) / 2 * 255 / 3) for v in ds.images[:, 0, 0, 0].tolist())  # noqa: E731
+    assert number(load_dataset("folder", str(tmp_path), image_size=8, train=False)) == [28, 29, 30]
+    assert number(load_dataset("folder", str(tmp_path), image_size=8)) == list(range(1, 28))
+    assert sorted(["scan_10", "scan_9", "b2", "a10", "a9"], key=in_number_order) == \
+        ["a9", "a10", "b2", "scan_9", "scan_10"]
 
 
 def test_folder_mismatched_names_listed(tmp_path):
