@@ -23,6 +23,7 @@ class ConditionalDDPM(DDPM):
     """DDPM whose network takes y (class labels, num_classes = null) and/or mask.
     p_uncond: label-drop probability in training; guidance_scale: w in eq. (6)."""
     conditions = ("class", "mask")
+    conditional = True
     options = ("min_snr", "p_uncond", "guidance")
 
     @classmethod

@@ -79,9 +79,11 @@ class DDPM(nn.Module):
     """
     # What the scripts ask of a process (models.PROCESSES), so that none of them tests a process's name:
     samplers = None            # the names in SAMPLERS it can draw with (None: every one)
-    conditions = ()            # what its network may be conditioned on: "class", "mask"
+    conditions = ()            # what its network may be conditioned on (--cond): "class", "mask"
+    conditional = False        # True: conditioned by default (on the labels, else the masks)
     options = ("min_snr",)     # the command-line settings of its loss and noise it takes
     loss_name = "MSE loss"     # what loss_curve.png calls its loss
+    schedule = True            # it takes a beta schedule (--schedule, --betas; schedules.png)
 
     @classmethod
     def from_config(cls, eps_model: nn.Module, beta: Tensor, config: dict) -> "DDPM":
@@ -132,6 +134,10 @@ class DDPM(nn.Module):
         pixels: (B,). loss() weights it per image (min-SNR) and averages over the batch."""
         return ((eps - eps_hat) ** 2).flatten(1).mean(1)
 
+    def target(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """What the network regresses (Alg. 1 line 5): the noise eps itself (vpred.py: v; flow.py: a velocity)."""
+        return eps
+
     def draws(self, x0: Tensor, **cond) -> dict:
         """Alg. 1 lines 3-4 for a whole batch x0: t ~ Uniform({1, ..., T}) (as indices 0..T-1) and
         eps = noise_like. loss() calls it when it is given no t; under torchrun, plumbing/run.py calls it for the
@@ -147,7 +153,7 @@ class DDPM(nn.Module):
             drawn = self.draws(x0)                                                   # lines 3-4
             t, eps = drawn["t"], drawn["eps"]
         x_t = self.q_sample(x0, t, eps)
-        per_image = self.eps_loss(self.eps_model(x_t, t, **cond), eps)               # line 5
+        per_image = self.eps_loss(self.eps_model(x_t, t, **cond), self.target(x0, t, eps))  # line 5
         if self.min_snr_gamma:
             per_image = self.min_snr_weight(t) * per_image
         return per_image.mean()
@@ -284,6 +290,13 @@ class DDPM(nn.Module):
             x_t = self.ddim_step(x_t, t, tau[j + 1] if j + 1 < len(tau) else -1, eps_hat, z, eta)
         return x_t
 
+    def euler_sample(self, n: int, shape: tuple, steps: int, generator=None, x_start: Tensor | None = None,
+                     t_start: int | None = None, on_step=None, **cond) -> Tensor:
+        """Euler's method on the probability-flow ODE, which for this process is DDIM with eta = 0: Song et al.
+        Sec. 4.3 show eq. (12) to be Euler's step on dx_bar = eps_theta(x_bar / sqrt(sigma^2 + 1)) dsigma
+        (eq. 14), with x_bar = x / sqrt(alpha_bar) and sigma = sqrt((1 - alpha_bar) / alpha_bar)."""
+        return self.ddim_sample(n, shape, steps, 0.0, generator, x_start, t_start, on_step, **cond)
+
 
 # Samplers share one contract, which every script honours (main.py, sample.py --reverse, anomaly.py):
 #   f(model, n, shape, *, steps, eta, generator, x_start=None, t_start=None, on_step=None, **cond) -> x_0
@@ -305,4 +318,12 @@ def ddim(model: DDPM, n: int, shape: tuple, *, steps: int = 50, eta: float = 0.0
     return model.ddim_sample(n, shape, min(steps, top + 1), eta, generator, x_start, t_start, on_step, **cond)
 
 
-SAMPLERS = {"ddim": ddim, "ddpm": ancestral}
+def euler(model: DDPM, n: int, shape: tuple, *, steps: int = 50, eta: float = 0.0, generator=None,
+          x_start: Tensor | None = None, t_start: int | None = None, on_step=None, **cond) -> Tensor:
+    """Euler's method on the process's ODE in `steps` steps (model.euler_sample): flow matching's own sampler
+    (flow.py), and DDIM with eta = 0 for DDPM; eta is unused."""
+    top = model.T - 1 if t_start is None else t_start
+    return model.euler_sample(n, shape, min(steps, top + 1), generator, x_start, t_start, on_step, **cond)
+
+
+SAMPLERS = {"ddim": ddim, "ddpm": ancestral, "euler": euler}

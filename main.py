@@ -1,4 +1,4 @@
-"""Train a diffusion model epoch by epoch: python main.py DDPM|DDGM|COND [options].
+"""Train a diffusion model epoch by epoch: python main.py DDPM|DDGM|COND|VPRED|FLOW [options].
 
 Writes into --out (default contents_<MODEL>/): image_ep{E:03d}.png per epoch, loss.csv,
 loss_curve.png, metrics.csv (loss, seconds, fid), model.pth (atomic; --resume continues from
@@ -25,8 +25,9 @@ def recipe_help(text: str, key: str) -> str:
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="main.py", description="Train DDPM (Ho et al. 2020), DDGM (Nachmani et al. 2021) "
-               "or a conditional DDPM (COND) and write samples, losses and checkpoints.",
+    p = Parser(prog="main.py", description="Train DDPM (Ho et al. 2020), DDGM (Nachmani et al. 2021), a conditional "
+               "DDPM (COND), DDPM predicting v (VPRED, Salimans & Ho 2022) or flow matching (FLOW, Liu et al. 2022; "
+               "Lipman et al. 2023) and write samples, losses and checkpoints.",
                formatter_class=HelpFormatter)
     p.add_argument("model", type=str.upper, choices=known("process"), metavar="MODEL",
                    help=f"the diffusion process, one of models.PROCESSES: {', '.join(known('process'))}")
@@ -92,7 +93,7 @@ def add_process_options(g) -> None:
                    "8 16 32 32)")
     g.add_argument("--unet-version", type=int, choices=(1, 2),
                    help="the U-Net's design (unet.VERSIONS): 2 zero-initialised, AdaGN, SiLU; 1 the first design "
-                   "(default: 2 up to 32 px, 1 above and for volumes, as measured; --resume: the run's own)")
+                   "(default: 2 up to 64 px, 1 above and for volumes, as measured; --resume: the run's own)")
     g.add_argument("--attention-res", type=int, nargs="+", metavar="SIDE", default=[],
                    help="also self-attention at these feature-map sides in pixels (the deepest level always has it)")
 
@@ -102,7 +103,8 @@ def add_samples_options(g) -> None:
     g.add_argument("--sampler", metavar="NAME",
                    help=recipe_help(f"per-epoch samples, one of ddpm.SAMPLERS: {', '.join(known('sampler'))} (ddim: "
                                     "--sample-steps; ddpm: Algorithm 2, T steps; DDGM always ddpm)", "sampler"))
-    g.add_argument("--sample-steps", type=int, help="DDIM steps for the per-epoch samples (default: 50, at most T)")
+    g.add_argument("--sample-steps", type=int,
+                   help="DDIM or Euler steps for the per-epoch samples (default: 50, at most T)")
     g.add_argument("--sample-eta", type=float, default=1.0,
                    help="DDIM eta (Song et al. eq. 16): 0 deterministic, 1 the DDPM posterior variance")
     g.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=True,
@@ -135,7 +137,8 @@ def add_ddgm_options(g) -> None:
 
 
 def add_cond_options(g) -> None:
-    g.add_argument("--cond", choices=("class", "mask"), help="(default: class if the data has labels, else mask)")
+    g.add_argument("--cond", choices=("class", "mask"), help="what the network is given (default for COND: class if "
+                   "the data has labels, else mask; VPRED and FLOW take --cond mask, unconditional by default)")
     g.add_argument("--p-uncond", type=float, default=0.1, help="label-drop probability for guidance")
     g.add_argument("--guidance", type=float, default=2.0, help="guidance scale w (0: no guidance)")
     g.add_argument("--guidance-sweep", type=float, nargs="+", metavar="W",
@@ -160,8 +163,11 @@ def check_args(args, p: Parser) -> None:
         args.sampler = default_sampler(args.model, args.sampler)
     if "min_snr" in args.defaulted and "min_snr" not in process.options:
         args.min_snr = 0.0
+    for key in ("schedule", "betas"):  # tuple(): a name or the two ends, as given or as defaulted
+        if not process.schedule and tuple(getattr(args, key)) != tuple(p.get_default(key)):
+            p.error(f"{option(key)} does not apply to {args.model}: it has no beta schedule (--n-T sets its time grid)")
     if args.eval_samples is None:
-        args.eval_samples = 256 if args.sampler == "ddim" else 64
+        args.eval_samples = 64 if args.sampler == "ddpm" else 256  # Algorithm 2 takes all T steps
     for key, message in process_problems(vars(args)):
         p.error(f"{option(key)} {message}")
     if args.guidance_sweep and "class" not in process.conditions:
@@ -213,7 +219,8 @@ def train(args) -> None:
         if run.lead:  # the figures of the run's start, and the per-epoch draw with its judge (metrics.py)
             save_forward_diffusion(model, run.images[:8], run.path("forward_diffusion.png"),
                                    torch.Generator(run.device).manual_seed(args.seed))
-            save_schedules(args.n_T, args.schedule, args.betas, run.path("schedules.png"))
+            if model.schedule:  # the flow has none
+                save_schedules(args.n_T, args.schedule, args.betas, run.path("schedules.png"))
             epoch_samples = EpochSamples(config, held_out, judge_for(args, config, train_set), run.device)
         for epoch in run.epochs():
             model.train()

@@ -13,14 +13,16 @@ import torch
 from cond import ConditionalDDPM
 from ddgm import DDGM
 from ddpm import DDPM, SAMPLERS, SCHEDULES
+from flow import FlowMatching
 from plumbing.checkpoints import load_weights
 from plumbing.errors import DataError
 from plumbing.progress import Progress
 from unet import NETWORKS
+from vpred import VPredictionDDPM
 
 # Processes by name (the MODEL of `python main.py MODEL`): a subclass of DDPM whose class attributes
 # say what it supports (samplers, conditions, options; see DDPM). A new one is a file and a line here.
-PROCESSES = {"DDPM": DDPM, "DDGM": DDGM, "COND": ConditionalDDPM}
+PROCESSES = {"DDPM": DDPM, "DDGM": DDGM, "COND": ConditionalDDPM, "VPRED": VPredictionDDPM, "FLOW": FlowMatching}
 
 
 def process_problems(config: dict) -> list:

@@ -32,14 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a model.pth written by main.py")
     p.add_argument("--num-samples", type=int, help="default 64 (volumes 8); class-conditional: 8 per class")
     p.add_argument("--sampler", metavar="NAME", help=f"one of ddpm.SAMPLERS: {', '.join(known('sampler'))} "
-                   "(default: the run's; ddim for DDPM and COND, ddpm for DDGM)")
-    p.add_argument("--steps", type=int, help="DDIM steps (default: the run's --sample-steps)")
+                   "(default: the run's; ddim for DDPM, COND and VPRED, ddpm for DDGM, euler for FLOW)")
+    p.add_argument("--steps", type=int, help="DDIM or Euler steps (default: the run's --sample-steps)")
     p.add_argument("--eta", type=float, help="DDIM eta: 0 deterministic, 1 DDPM-like noise (default: the run's)")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction,
                    help="clip x0_hat to [-1, 1] (default: the run's)")
     p.add_argument("--guidance", type=float, help="COND: guidance scale w (default: the run's)")
     p.add_argument("--label", type=int, help="COND class: draw only this class")
-    p.add_argument("--mask-dir", help="COND mask: a folder of PNG masks (default: the held-out masks of the data)")
+    p.add_argument("--mask-dir", help="mask-conditioned runs: a folder of PNG masks (default: the held-out masks of "
+                   "the data)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output PNG (default: samples.png beside the checkpoint); the .npz goes beside it")
     p.add_argument("--reverse", action="store_true", help="also write FILE_reverse.png (x_t and x0_hat along the way)")
@@ -236,7 +237,7 @@ def inpaint(args, model, config: dict, device, out: str) -> None:
             read_one(args.cond_mask, size, "mask", "--cond-mask")[0]
         cond["mask"], shown = cond_mask, [*shown, normalize_to_neg_one_to_one(cond_mask).expand_as(image)]
     elif args.cond_mask is not None:
-        raise DataError("--cond-mask needs a mask-conditioned (COND --cond mask) checkpoint")
+        raise DataError("--cond-mask needs a mask-conditioned (--cond mask) checkpoint")
     if args.label is not None:
         if config["cond"] != "class" or not 0 <= args.label < config["num_classes"]:
             raise DataError("--label needs a class-conditional checkpoint and a class it has")

@@ -286,8 +286,8 @@ def make_config(args, train_set) -> dict:
     config = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "defaulted")}
     N, C, *sides = train_set.images.shape  # count, channels, then H, W (volumes: D, H, W), all equal
     H = sides[-1]
-    conditions = PROCESSES[args.model].conditions
-    cond = args.cond or (None if not conditions else "class" if train_set.labels is not None else "mask")
+    process = PROCESSES[args.model]  # a conditional process takes the labels, else the masks, unless --cond says
+    cond = args.cond or (None if not process.conditional else "class" if train_set.labels is not None else "mask")
     if cond == "class" and train_set.labels is None:
         raise DataError(f"--cond class needs labels, and {args.dataset} has none: use --cond mask or labelled data")
     if cond == "mask" and train_set.masks is None:
