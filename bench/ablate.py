@@ -1,4 +1,4 @@
-"""What makes a U-Net learn more from each image: python -m bench.ablate [--images 30000] [--every 15000].
+"""What makes a U-Net learn more from each image: python -m bench.ablate [--table one|zero|process] [--images N].
 
 One change at a time to our default U-Net (unet.UNet, widths 16 32 32), each trained with main.py's recipe
 (peers.race: Algorithm 1 with min-SNR weights, Adam with warm-up, EMA, batch 32) on the same MNIST images in
@@ -15,7 +15,7 @@ from bench.peers import race
 from plumbing.catalog import unet_widths_for
 from plumbing.errors import Parser, run_script
 from plumbing.files import write_json
-from unet import UNet, count_parameters
+from unet import VERSIONS, UNet, count_parameters
 
 # One change at a time against the default, then all of them together (the names are the table's rows):
 # name -> (U-Net options, changes to main.py's recipe).
@@ -43,7 +43,17 @@ ON_ZERO_INIT = {
     "zero-init, lr 1e-3": (ZERO, {"lr": 1e-3}),
     "zero-init, EMA 0.995": (ZERO, {"ema_decay": 0.995}),
 }
-TABLES = {"one": ONE_AT_A_TIME, "zero": ON_ZERO_INIT}
+# The process at equal images and seconds, on the default network (design 2): what the network predicts
+# (eps, v: vpred.py) and the process itself (flow matching: flow.py), each sampled in 50 steps.
+V2 = VERSIONS[2]
+PROCESS = {
+    "DDPM, eps, min-SNR 5, DDIM eta 1 (the default)": (V2, {}),
+    "DDPM, eps, min-SNR 5, DDIM eta 0": (V2, {"eta": 0.0}),
+    "VPRED, v, min-SNR 5, DDIM eta 1": (V2, {"process": "VPRED"}),
+    "VPRED, v, min-SNR 5, DDIM eta 0": (V2, {"process": "VPRED", "eta": 0.0}),
+    "FLOW, velocity, Euler": (V2, {"process": "FLOW", "min_snr": 0.0, "sampler": "euler"}),
+}
+TABLES = {"one": ONE_AT_A_TIME, "zero": ON_ZERO_INIT, "process": PROCESS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=30000, help="training images per variant")
     p.add_argument("--every", type=int, default=15000, help="score the fid every this many images")
     p.add_argument("--table", choices=TABLES, default="one", help="one: one change at a time against the default; "
-                   "zero: the same on top of zero-init, and the recipe's learning rate and EMA decay")
+                   "zero: the same on top of zero-init, and the recipe's learning rate and EMA decay; process: "
+                   "eps, v and flow matching on the default network")
     p.add_argument("--only", nargs="+", metavar="N", type=int, help="run only these rows of the table (0, 1, ...)")
     p.add_argument("--data-dir", default="./data", help="holds MNIST/raw/ (as main.py reads it)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")

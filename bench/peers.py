@@ -10,7 +10,7 @@ import time
 import torch
 
 from bench.step import train_step
-from ddpm import DDPM, linear_beta_schedule
+from ddpm import linear_beta_schedule
 from plumbing.catalog import RECIPE
 from plumbing.speed import autocast, choose_precision, training_check
 
@@ -58,13 +58,15 @@ def peers(channels: int) -> dict:
 def race(name: str, net, x_all, order, score, *, stop_images: int, budget_s: float, every: int, target: float | None,
          precision: str, device, seed: int, recipe: dict | None = None) -> dict:
     """Train net with main.py's default recipe (Algorithm 1 with min-SNR weights, Adam with warm-up, EMA, batch
-    32; recipe: changes to it) on x_all in `order`, scoring 256 DDIM samples of the EMA weights every `every`
+    32, DDIM samples with eta 1; recipe: changes to it, also "process" (models.PROCESSES) and "eta") on x_all
+    in `order`, scoring 256 samples (50 steps) of the EMA weights every `every`
     images, until its fid reaches target, stop_images are seen or budget_s of training pass. Returns the trace
     and the time to target."""
-    from models import EMA
-    r = {**RECIPE, **(recipe or {})}
+    from models import EMA, PROCESSES, draw
+    r = {"process": "DDPM", "eta": 1.0, **RECIPE, **(recipe or {})}  # main.py's recipe; --sample-eta's default 1
     torch.manual_seed(seed)
-    model = DDPM(net, linear_beta_schedule(1000), clip_x0=True, min_snr_gamma=r["min_snr"]).to(device)
+    model = PROCESSES[r["process"]].from_config(net, linear_beta_schedule(1000),
+                                                {"clip_x0": True, "min_snr": r["min_snr"]}).to(device)
     opt, ema, B = torch.optim.Adam(net.parameters(), lr=r["lr"]), EMA(model, r["ema_decay"]), r["batch_size"]
     used, why = choose_precision(precision, device, training_check(model, x_all[order[:B]]))
     trace, seconds, reached, step = [], 0.0, None, 0
@@ -77,7 +79,8 @@ def race(name: str, net, x_all, order, score, *, stop_images: int, budget_s: flo
         loss = loss.item()  # waits for the queued steps, so that the timer measures them
         seconds += time.perf_counter() - start
         with autocast(used, device):
-            samples = ema.model.ddim_sample(256, (1, 28, 28), 50, 1.0, torch.Generator(device).manual_seed(seed + 1))
+            samples = draw(ema.model, 256, (1, 28, 28), sampler=r["sampler"], steps=50, eta=r["eta"],
+                           generator=torch.Generator(device).manual_seed(seed + 1))
         fid = score(samples.float().cpu())["fid"]
         trace.append({"images": step * B, "train_seconds": round(seconds, 1), "fid": round(fid, 2)})
         print(f"  {name:42s} [{used}] {step * B:6d} images {seconds:6.1f} s: fid {fid:6.1f}", flush=True)
