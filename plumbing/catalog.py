@@ -54,9 +54,10 @@ UNET_VERSION = 2  # the latest design of unet.VERSIONS
 
 def unet_version_for(image_size: int, dims: int = 2) -> int:
     """The U-Net design a new run trains (a resumed run keeps its own): the latest where it was measured better
-    (images up to 32 px: MNIST, docs/quality.md); the first above and on volumes, where it was not measured or
-    measured worse (phantom3d anomaly maps: voxel AUROC 0.585 against 0.968, docs/volumes.md)."""
-    return UNET_VERSION if dims == 2 and image_size <= 32 else 1
+    (images up to 64 px: MNIST at 28, docs/quality.md; brain MRI at 64, docs/medical.md); the first above and on
+    volumes, where it was not measured or measured worse (phantom3d anomaly maps: voxel AUROC 0.585 against
+    0.968, docs/volumes.md)."""
+    return UNET_VERSION if dims == 2 and image_size <= 64 else 1
 
 
 # Volumes: a 3D convolution costs a side's worth more per output than a 2D one, so the 3D U-Net starts

@@ -83,10 +83,11 @@ def test_a_checkpoint_with_the_old_level_names_loads_into_the_listed_levels():
 
 def test_a_config_without_unet_version_builds_the_first_design_and_new_runs_record_the_latest():
     """Checkpoints from before unet_version hold the first design (unet.VERSIONS[1]); the latest design,
-    catalog.UNET_VERSION, is what VERSIONS says (here: AdaGN doubles emb_proj). New runs train it up to 32 px
+    catalog.UNET_VERSION, is what VERSIONS says (here: AdaGN doubles emb_proj). New runs train it up to 64 px
     and the first design above and on volumes (catalog.unet_version_for, as measured)."""
     from plumbing.catalog import UNET_VERSION, unet_version_for
-    assert unet_version_for(28) == UNET_VERSION and unet_version_for(64) == 1 and unet_version_for(32, 3) == 1
+    assert unet_version_for(28) == unet_version_for(64) == UNET_VERSION
+    assert unet_version_for(65) == 1 and unet_version_for(32, 3) == 1
     from unet import VERSIONS, UNet, unet_from_config
     config = {"in_channels": 1, "image_size": 16, "num_classes": 0, "cond_channels": 0, "unet_widths": [8, 8, 8]}
     old, new = unet_from_config(config), unet_from_config({**config, "unet_version": UNET_VERSION})
