@@ -32,20 +32,22 @@ def process_problems(config: dict) -> list:
     if "sampler" in config and not can_draw(process, config["sampler"]):
         found.append(("sampler", f"must be {' or '.join(process.samplers)} for {config['model']} (its samplers)"))
     if config.get("cond") is not None and config["cond"] not in process.conditions:
-        found.append(("cond", f"applies to {conditioned()} only, not {config['model']}"))
+        takers = [n for n, p in PROCESSES.items() if config["cond"] in p.conditions]
+        found.append(("cond", f"{config['cond']} applies to {listed(takers)} only, not {config['model']}"))
     if config.get("min_snr") and "min_snr" not in process.options:
-        found.append(("min_snr", f"applies to {' and '.join(n for n, p in PROCESSES.items() if 'min_snr' in p.options)}"
-                                 f", not {config['model']}"))
+        takers = [n for n, p in PROCESSES.items() if "min_snr" in p.options]
+        found.append(("min_snr", f"applies to {listed(takers)}, not {config['model']}"))
     return found
+
+
+def listed(names: list) -> str:
+    """"A", "A and B", "A, B and C"."""
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else "none"
 
 
 def can_draw(process, sampler: str) -> bool:
     """The registry's fact: whether the process (a class or a model) can draw with this sampler."""
     return process.samplers is None or sampler in process.samplers
-
-
-def conditioned() -> str:
-    return ", ".join(n for n, p in PROCESSES.items() if p.conditions)
 
 
 def default_sampler(model_name: str, wanted: str) -> str:
