@@ -43,34 +43,56 @@ def save_slice_strip(x: Tensor, path: str, rows: int = 4, slices: int = 8) -> No
     save_grid(strip, path, nrow=slices, col_labels=[f"z={k}" for k in z])
 
 
-def save_grid(x: Tensor, path: str, nrow: int = 8, col_labels=None, row_labels=None) -> None:
+def sampler_text(sampler: str, steps: int, eta: float, T: int) -> str:
+    """How samples were drawn, for titles and logs: "DDIM, 50 steps, eta 1", "Algorithm 2, 1000 steps", ..."""
+    return {"ddim": f"DDIM, {steps} steps, eta {eta:g}", "ddpm": f"Algorithm 2, {T} steps",
+            "euler": f"Euler, {steps} steps"}.get(sampler, f"sampler {sampler}")
+
+
+def save_grid(x: Tensor, path: str, nrow: int = 8, col_labels=None, row_labels=None, title: str | None = None) -> None:
     """Images (N, C, H, W) in [-1, 1] as one PNG grid (8-bit), mapped back to [0, 1]. col_labels /
-    row_labels: text written above the columns / left of the rows (e.g. t = ..., the class).
-    Volumes (N, C, D, H, W) are shown as their mid-slices (mid_slices), three columns per volume."""
+    row_labels: text written above the columns / left of the rows (e.g. t = ..., the class); title: a line
+    above all (what drew the samples). Volumes (N, C, D, H, W) are shown as their mid-slices (mid_slices),
+    three columns per volume."""
     from PIL import Image
     if x.dim() == 5:
         x, nrow = mid_slices(x), 3 * nrow
     grid = make_grid(unnormalize_to_zero_to_one(x.float().cpu()), nrow)
     pixels = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
-    if col_labels or row_labels:
-        image = with_labels(image, x.shape[-1] + 2, x.shape[-2] + 2, col_labels or [], row_labels or [])
+    if col_labels or row_labels or title:
+        image = with_labels(image, x.shape[-1] + 2, x.shape[-2] + 2, col_labels or [], row_labels or [], title)
     save_atomic(lambda p: image.save(p, format="PNG"), path)
 
 
-def with_labels(image, cell_w: int, cell_h: int, col_labels: list, row_labels: list):
-    """image with a white strip above (one label per column) and to the left (one per row)."""
+def with_labels(image, cell_w: int, cell_h: int, col_labels: list, row_labels: list, title: str | None = None):
+    """image with a white strip above (the title, then one label per column) and to the left (one per row).
+    A title wider than the grid is written on as many lines as it needs."""
     from PIL import Image, ImageDraw
-    top = 14 if col_labels else 0
     left = 8 + 7 * max(len(str(r)) for r in row_labels) if row_labels else 0
-    out = Image.new("RGB", (image.width + left, image.height + top), "white")
+    width = image.width + left
+    lines = wrap(title, max(10, (width - 4) // 6)) if title else []
+    head = 14 * len(lines)
+    top = head + (14 if col_labels else 0)
+    out = Image.new("RGB", (width, image.height + top), "white")
     out.paste(image.convert("RGB"), (left, top))
     draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        draw.text((2, 1 + 14 * i), line, fill="black")
     for j, text in enumerate(col_labels):
-        draw.text((left + 2 + j * cell_w, 1), str(text), fill="black")
+        draw.text((left + 2 + j * cell_w, head + 1), str(text), fill="black")
     for i, text in enumerate(row_labels):
         draw.text((2, top + 2 + i * cell_h + cell_h // 2 - 6), str(text), fill="black")
     return out
+
+
+def wrap(text: str, width: int) -> list:
+    """text broken at spaces into lines of at most width characters (a longer word stands alone)."""
+    lines = [""]
+    for word in text.split():
+        lines[-1:] = [lines[-1] + " " + word] if lines[-1] and len(lines[-1]) + 1 + len(word) <= width else \
+            ([lines[-1], word] if lines[-1] else [word])
+    return lines
 
 
 def class_grid_labels(num_classes: int, per_row: int = 8) -> Tensor:
@@ -94,7 +116,7 @@ def save_forward_diffusion(model, x0: Tensor, path: str, generator=None, columns
     """One row per training image x0 (B, C, H, W), one column per timestep; volumes (B, C, D, H, W)
     by their axial mid-slice."""
     T = model.T
-    labels = ["t=0", *(f"t={round(j * T / (columns - 1))}" for j in range(1, columns))]
+    labels = ["t=0", *(f"{round(j * T / (columns - 1))}" for j in range(1, columns))]  # "1000" fits a 28-px cell
     grid = forward_diffusion_grid(model, x0, generator, columns).flatten(0, 1)
     grid = axial(grid) if grid.dim() == 5 else grid
     save_grid(grid, path, nrow=columns, col_labels=labels)
@@ -152,10 +174,17 @@ def save_loss_curve(losses: list, metrics: list, path: str, ylabel: str = "loss"
         if not rows:
             continue
         epochs = [m["epoch"] for m in rows]
+        shown = [m[k] for m in rows for k in keys if m.get(k) is not None]
         ax.plot(epochs, [m[keys[0]] for m in rows], "o-", label=f"{keys[0]} (samples)")
         ax.plot(epochs, [m[keys[1]] for m in rows], "x--", color="grey", label=f"{keys[1]} (as many real images)")
-        ax.set(xlabel="epoch", ylabel=keys[0], yscale="log" if log else "linear", title=title)
-        ax.xaxis.set_major_locator(plt.MaxNLocator(8, integer=True))
+        wide = log and min(shown) > 0 and max(shown) / min(shown) > 10  # a log axis only where it spans decades
+        ax.set(xlabel="epoch", ylabel=keys[0], yscale="log" if wide else "linear", title=title)
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        if len(epochs) <= 8:
+            ax.set_xticks(epochs)                                            # whole epochs, even for one
+        else:
+            ax.xaxis.set_major_locator(plt.MaxNLocator(8, integer=True))
+        ax.yaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())  # 40, not 4 x 10^1
         ax.legend()
     fig.tight_layout()
     save_figure(fig, path)

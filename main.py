@@ -237,11 +237,11 @@ def train(args) -> None:
                 run.log(loss)
             t0, write_grid, scores = time.time(), None, {}
             if run.sample_due(epoch):
-                write_grid, scores = epoch_samples.draw(sampler)
+                write_grid, scores = epoch_samples.draw(sampler, title=f"epoch {epoch}")
             run.save_epoch(epoch, write_grid, scores, sample_seconds=time.time() - t0)
         for w in (args.guidance_sweep or []) if run.lead else []:
             sampler.guidance_scale = w
-            write_grid, _ = epoch_samples.draw(sampler, score=False)
+            write_grid, _ = epoch_samples.draw(sampler, score=False, title=f"epoch {args.epochs}")
             save_atomic(write_grid, run.path(f"guidance_w{w:g}.png"))
             print(f"wrote {run.out}/guidance_w{w:g}.png", flush=True)
     print(f"done: samples {run.out}/image_ep*.png, scores {run.out}/metrics.csv, curves {run.out}/loss_curve.png. "

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from data import DataError, dataset_info, load_dataset
 from datatypes import unnormalize_to_zero_to_one
-from figures import class_grid_labels, mask_triplets, save_grid
+from figures import class_grid_labels, mask_triplets, sampler_text, save_grid
 from models import draw, sample_shape
 from plumbing.errors import Parser, run_script
 from plumbing.formats import read_npz
@@ -92,6 +92,10 @@ def accuracy(net: FeatureNet, images: Tensor, labels: Tensor) -> float:
     return hits / len(labels)
 
 
+# What the first run of a dataset pays once, said with the forecast of its judge's training (plumbing/progress.py).
+SKIP = " on this machine, once for this data (then cached); main.py --eval-samples 0 trains without scores and skips it"
+
+
 def train_classifier(train, test, epochs: int = 2, batch_size: int = 128, min_steps: int = 200, seed: int = 0,
                      log=print) -> tuple:
     """Adam, lr 1e-3, `epochs` epochs (at least min_steps steps) on the training split; returns (net, test accuracy)."""
@@ -102,7 +106,7 @@ def train_classifier(train, test, epochs: int = 2, batch_size: int = 128, min_st
     N = len(train.images)
     steps = max(epochs * -(-N // batch_size), min_steps)
     from plumbing.progress import Progress
-    for _ in Progress(range(steps), steps, "training the fid classifier", "steps", say=log):
+    for _ in Progress(range(steps), steps, "training the fid classifier", "steps", say=log, forecast=SKIP):
         idx = torch.randint(0, N, (batch_size,))
         loss = F.cross_entropy(net(train.images[idx]), train.labels[idx])
         opt.zero_grad(set_to_none=True)
@@ -280,7 +284,8 @@ def train_segmenter(images: Tensor, masks: Tensor, steps: int = 1500, batch_size
     torch.manual_seed(seed)
     net = SegNet(images.shape[1])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for _ in Progress(range(steps), steps, "training the segmenter", "steps", show=log is not None, say=log):
+    for _ in Progress(range(steps), steps, "training the segmenter", "steps", show=log is not None, say=log,
+                      forecast=SKIP if extra is None else ""):
         idx = torch.randint(0, len(images), (batch_size if extra is None else batch_size // 2,))
         x, m = images[idx], masks[idx]
         if extra is not None:
@@ -394,8 +399,9 @@ class EpochSamples:
             self.cond.update({"mask": masks} if config["cond"] == "mask" else {})
             self.masks = masks if dataset_info(config["dataset"]).lesion == "bright" else None  # phantoms
 
-    def draw(self, model, score: bool = True) -> tuple:
-        """(write_grid, scores): write_grid(path) saves the grid; scores: fid, class_accuracy, Dice ..."""
+    def draw(self, model, score: bool = True, title: str = "") -> tuple:
+        """(write_grid, scores): write_grid(path) saves the grid, titled by the process, `title` (e.g. the epoch)
+        and the sampler; scores: fid, class_accuracy, Dice ..."""
         config, device = self.config, self.device
         g = torch.Generator(device).manual_seed(config["seed"] + 1)
         cond = {k: v.to(device) for k, v in self.cond.items()}
@@ -405,10 +411,11 @@ class EpochSamples:
         if not torch.isfinite(x).all():
             raise DataError("the samples of this epoch are not finite (NaN/inf): the network or the settings "
                             "diverged")
-        k, rows = self.n_grid, None
+        k, rows, cols = self.n_grid, None, None
         if config["cond"] == "mask":
             grid = mask_triplets(x[:min(k, 16)], self.cond["mask"][:min(k, 16)])
             nrow = 6 if x.dim() == 4 else 9  # two samples per row; volumes: one, its three mid-slices
+            cols = ["mask", "sample", "outline"] * 2 if x.dim() == 4 else None
         else:
             grid, nrow = x[:k], 8 if x.dim() == 4 else 4  # volumes: 4 per row, each by its 3 mid-slices
             rows = [f"y={c}" for c in range(config["num_classes"])] if config["cond"] == "class" else None
@@ -419,7 +426,10 @@ class EpochSamples:
             scores.update(self.score(x[:n].clamp(-1, 1), **given))
         if score and self.masks is not None:  # phantom: the lesion is the only bright region
             scores.update(lesion_scores(x, self.masks))
-        return (lambda path: save_grid(grid, path, nrow=nrow, row_labels=rows)), scores
+        guided = f", guidance w={model.guidance_scale:g}" if config["cond"] == "class" else ""
+        head = ", ".join(t for t in (config["model"], title) if t) + ": " + sampler_text(
+            config["sampler"], config["sample_steps"], config["sample_eta"], config["n_T"]) + guided
+        return (lambda path: save_grid(grid, path, nrow=nrow, col_labels=cols, row_labels=rows, title=head)), scores
 
 
 def read_samples(path: str) -> tuple:
@@ -462,9 +472,10 @@ def main(argv=None) -> None:
     p = Parser(prog="metrics.py", description="fid, fid_real (and class_accuracy) of samples in the features of a "
                "small classifier trained on the dataset.")
     p.add_argument("samples", help="a .npz written by sample.py (images in [-1, 1], optional labels)")
-    p.add_argument("--dataset", required=True, help="mnist, shapes, a MedMNIST 2D or 3D name, folder (images/ and "
-                   "masks/ in --data-dir: the segmenter judge), or phantom/phantom3d (mask Dice by threshold)")
-    p.add_argument("--data-dir", default="./data", help="where the dataset is read from")
+    p.add_argument("--dataset", help="mnist, shapes, a MedMNIST 2D or 3D name, folder (images/ and masks/ in "
+                   "--data-dir: the segmenter judge), or phantom/phantom3d (mask Dice by threshold) (default: the "
+                   "one the samples' model trained on, which sample.py records in the .npz)")
+    p.add_argument("--data-dir", help="where the dataset is read from (default: the model's, as recorded, else ./data)")
     p.add_argument("--image-size", type=int, help="folder: the side the real images are resized to (default: the "
                    "samples')")
     run_script(p, score_file, p.parse_args(argv))
@@ -472,6 +483,13 @@ def main(argv=None) -> None:
 
 def score_file(args) -> None:
     images, labels, masks = read_samples(args.samples)
+    recorded = {k: str(v) for k, v in read_npz(args.samples).items() if k in ("dataset", "data_dir") and v.ndim == 0}
+    args.dataset = args.dataset or recorded.get("dataset")
+    args.data_dir = args.data_dir or recorded.get("data_dir", "./data")
+    if args.dataset is None:
+        raise DataError(f"{args.samples} does not say which data its model trained on: pass --dataset NAME "
+                        "(and --data-dir DIR)")
+    dataset_info(args.dataset)  # an unknown name: one line listing the known ones
     check_range(images)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if dataset_info(args.dataset).lesion == "bright":

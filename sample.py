@@ -16,7 +16,7 @@ import torch
 
 from data import DataError, load_dataset
 from datatypes import normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
-from figures import class_grid_labels, mask_triplets, save_grid, save_reverse_process, save_slice_strip
+from figures import class_grid_labels, mask_triplets, sampler_text, save_grid, save_reverse_process, save_slice_strip
 from models import check_sampler, default_sampler, draw, model_from_checkpoint, sample_shape
 from plumbing.catalog import known
 from plumbing.checkpoints import load_checkpoint
@@ -151,7 +151,7 @@ def run(args) -> None:
         raise DataError("--eta must lie in [0, 1]")
     if args.clip_x0 is not None:
         model.clip_x0 = args.clip_x0
-    if sampler == "ddim" and not 1 <= steps <= model.T:
+    if not 1 <= steps <= model.T:  # Algorithm 2 takes all T steps, but a wrong --steps is still told
         raise DataError(f"--steps must lie in 1..{model.T} (T of this model)")
     if args.guidance is not None:
         if not (math.isfinite(args.guidance) and args.guidance >= 0) or "class" not in model.conditions:
@@ -169,10 +169,10 @@ def run(args) -> None:
     shape = sample_shape(config)
     g = torch.Generator(device).manual_seed(args.seed)
     reverse = Reverse() if args.reverse else None
-    weights = "EMA" if ckpt.get("ema") and not args.no_ema else "raw"
-    how = {"ddim": f"DDIM, {steps} steps, eta {eta:g}", "ddpm": f"Algorithm 2, {model.T} steps"}.get(
-        sampler, f"sampler {sampler}")
-    how += ", clipped x0" if model.clip_x0 else ""
+    weights = "shipped EMA" if config.get("shipped") else "EMA" if ckpt.get("ema") and not args.no_ema else "raw"
+    how = sampler_text(sampler, steps, eta, model.T) + (", clipped x0" if model.clip_x0 else "")
+    guided = f", guidance w={model.guidance_scale:g}" if config["cond"] == "class" else ""
+    title = f"{config['model']}, epoch {ckpt.get('epoch')}: {how}{guided}"
     print(f"{n} samples from {args.checkpoint} (epoch {ckpt.get('epoch')}, {weights} weights) by {how}", flush=True)
     given = {k: v.to(device) for k, v in cond.items()}
     check = sampling_check(model, torch.randn(n, *shape, device=device), **given)
@@ -181,7 +181,7 @@ def run(args) -> None:
     with autocast(precision, device):
         x = draw(model, n, shape, sampler=sampler, steps=steps, eta=eta, generator=g, progress=True,
                  on_step=reverse, **given).float()
-    save_samples(x.cpu(), cond, out, nifti=args.nifti)
+    save_samples(x.cpu(), cond, out, nifti=args.nifti, source=config, title=title)
     if reverse is not None:
         save_reverse_process(reverse.shown(), x.cpu(), model.T, os.path.splitext(out)[0] + "_reverse.png")
         print(f"wrote {os.path.splitext(out)[0]}_reverse.png", flush=True)
@@ -257,9 +257,12 @@ def inpaint(args, model, config: dict, device, out: str) -> None:
           f"{n} results) and {os.path.splitext(out)[0]}.npz", flush=True)
 
 
-def write_images_npz(x: torch.Tensor, cond: dict, npz: str) -> None:
-    """images float32 (N, C, H, W) in [-1, 1], plus labels or masks, atomically."""
+def write_images_npz(x: torch.Tensor, cond: dict, npz: str, source: dict | None = None) -> None:
+    """images float32 (N, C, H, W) in [-1, 1], plus labels or masks, atomically; source (the run's config): also
+    the dataset and data_dir it trained on, as strings, so that metrics.py scores them against the same data."""
     arrays = {"images": x.float().clamp(-1, 1).numpy()}
+    if source is not None:
+        arrays.update({k: np.array(str(source[k])) for k in ("dataset", "data_dir") if source.get(k) is not None})
     if "y" in cond:
         arrays["labels"] = cond["y"].numpy().astype(np.int64)
     if "mask" in cond:
@@ -271,19 +274,21 @@ def write_images_npz(x: torch.Tensor, cond: dict, npz: str) -> None:
     save_atomic(write, npz)
 
 
-def save_samples(x: torch.Tensor, cond: dict, out: str, nifti: bool = False) -> None:
+def save_samples(x: torch.Tensor, cond: dict, out: str, nifti: bool = False, source: dict | None = None,
+                 title: str | None = None) -> None:
     """out (grid, 8 per row or mask triplets) and out's .npz: images float32 (N, C, H, W) in [-1, 1],
     plus labels or masks. Non-finite samples are refused, not saved as black cells."""
     if not torch.isfinite(x).all():
         raise DataError("the samples are not finite (NaN/inf): this checkpoint's network diverged")
-    if "mask" in cond:
-        save_grid(mask_triplets(x, cond["mask"]), out, nrow=6 if x.dim() == 4 else 9)  # volumes: 3 mid-slices
+    if "mask" in cond:  # two triplets a row, headed; volumes: one a row, its 3 mid-slices each
+        save_grid(mask_triplets(x, cond["mask"]), out, nrow=6 if x.dim() == 4 else 9, title=title,
+                  col_labels=["mask", "sample", "outline"] * 2 if x.dim() == 4 else None)
     elif "y" in cond and len(x) % 8 == 0 and (cond["y"].view(-1, 8) == cond["y"].view(-1, 8)[:, :1]).all():
-        save_grid(x, out, nrow=8, row_labels=[f"y={int(c)}" for c in cond["y"][::8]])  # one class per row
-    else:
-        save_grid(x, out, nrow=8 if x.dim() == 4 else 4)  # volumes: 4 per row, each by its 3 mid-slices
+        save_grid(x, out, nrow=8, row_labels=[f"y={int(c)}" for c in cond["y"][::8]], title=title)  # a class a row
+    else:  # 8 a row, or about square for many (256: 16 x 16); volumes: 4 a row, each by its 3 mid-slices
+        save_grid(x, out, nrow=(max(8, math.ceil(math.sqrt(len(x)))) if x.dim() == 4 else 4), title=title)
     npz = os.path.splitext(out)[0] + ".npz"
-    write_images_npz(x, cond, npz)
+    write_images_npz(x, cond, npz, source)
     print(f"wrote {out} and {npz}", flush=True)
     if x.dim() == 5:  # volumes: also a strip of axial slices through each
         strip = os.path.splitext(out)[0] + "_slices.png"

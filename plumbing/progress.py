@@ -10,9 +10,12 @@ class Progress:
     """Wraps an iterable of known length. note(key=value) shows running values (e.g. the loss)."""
 
     def __init__(self, iterable, total: int, desc: str, unit: str = "it", every: float = 30.0, show: bool = True,
-                 say=None):
-        """say(line): where the plain lines go (default: print to stdout)."""
+                 say=None, forecast: str | None = None):
+        """say(line): where the plain lines go (default: print to stdout). forecast: after the first few
+        seconds, say once how long the whole will take on this machine, followed by this text (e.g. how
+        to skip the work)."""
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
+        self.forecast = forecast if show else None
         self.say = say or (lambda line: print(line, flush=True))
         self.every = every if show else float("inf")
         self.postfix = {}
@@ -34,6 +37,10 @@ class Progress:
     def at(self, done: int) -> None:
         """done of total units are finished (for work that calls back instead of looping, e.g. a sampler)."""
         now = time.time()
+        if self.forecast is not None and (now - self.start >= 3 or done >= 50) and done < self.total:
+            line = f"  {self.desc}: about {(now - self.start) / done * self.total:.0f} s in all{self.forecast}"
+            self.bar.write(line) if self.bar is not None else self.say(line)
+            self.forecast = None
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
         elif now - self.last >= self.every and done < self.total:

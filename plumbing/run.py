@@ -16,7 +16,7 @@ import time
 import torch
 
 from data import augment, dataset_info, load_dataset
-from figures import save_loss_curve
+from figures import sampler_text, save_loss_curve
 from models import PROCESSES, build_process
 from plumbing import parallel
 from plumbing.catalog import VOLUME_BATCH, unet_version_for, unet_widths_for
@@ -107,8 +107,7 @@ class Run:
         self.images = self.train_set.images.to(self.device)
         self.cond = {k: getattr(self.train_set, f).to(self.device) for k, f in (("y", "labels"), ("mask", "masks"))
                      if config["cond"] == {"y": "class", "mask": "mask"}[k]}
-        steps = {"ddim": f"DDIM {args.sample_steps} steps, eta {args.sample_eta:g}",
-                 "ddpm": f"Algorithm 2, {args.n_T} steps"}.get(args.sampler, f"sampler {args.sampler}")
+        steps = sampler_text(args.sampler, args.sample_steps, args.sample_eta, args.n_T)
         print(f"{args.model} with {type(model.eps_model).__name__} ({count_parameters(model.eps_model):,} parameters)"
               f" on {args.dataset} ({len(self.images)} {'volumes' if config['dims'] == 3 else 'images'} "
               f"{tuple(self.images.shape[1:])}), T={model.T}, device {self.device}, samples by {steps}"

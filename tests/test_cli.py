@@ -42,8 +42,13 @@ def test_tiny_run_writes_every_file(tmp_path, model):
     assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "config", "ema"}
     assert ckpt["ema"]["n"] == 4 and ckpt["ema"]["weights"].keys() == ckpt["model"].keys()
     grid = Image.open(out / "image_ep002.png")
-    assert grid.size == (4 * 30 + 2, 30 + 2)  # 4 samples of 28 px, save_image's 2 px padding
+    assert titled(grid, 4 * 30 + 2, 30 + 2)  # 4 samples of 28 px, save_image's 2 px padding, and the title
     assert Image.open(out / "forward_diffusion.png").size == (11 * 30 + 2, 14 + 8 * 30 + 2)  # a strip of t labels
+
+
+def titled(image, width: int, height: int) -> bool:
+    """A grid of this width and height under a title of one or more 14 px lines (figures.with_labels)."""
+    return image.size[0] == width and image.size[1] > height and (image.size[1] - height) % 14 == 0
 
 
 def test_samples_are_mapped_back_to_zero_one(tmp_path):
@@ -77,7 +82,7 @@ def test_resume_with_other_network_is_refused(tmp_path, capsys):
 
 def test_cond_class_grid_has_one_row_per_class_and_guidance_sweep(tmp_path):
     run("COND", *TINY, "--epochs", "1", "--out", tmp_path, "--guidance-sweep", "0", "3")
-    assert Image.open(tmp_path / "image_ep001.png").size == (8 + 7 * 3 + 8 * 30 + 2, 3 * 30 + 2)  # 3 rows, y=0..
+    assert titled(Image.open(tmp_path / "image_ep001.png"), 8 + 7 * 3 + 8 * 30 + 2, 3 * 30 + 2)  # 3 rows, y=0..
     a, b = (Image.open(tmp_path / f"guidance_w{w}.png") for w in ("0", "3"))
     assert a.size == b.size and not np.array_equal(np.asarray(a), np.asarray(b))
     assert json.loads((tmp_path / "config.json").read_text())["cond"] == "class"
@@ -88,7 +93,7 @@ def test_cond_mask_on_phantom_writes_triplets_and_dice(tmp_path):
         "--n-T", "20", "--num-samples", "4", "--epochs", "1", "--net", "unet", "--out", tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["cond"] == "mask" and config["cond_channels"] == 1
-    assert Image.open(tmp_path / "image_ep001.png").size == (6 * 18 + 2, 2 * 18 + 2)  # 4 triplets, 6 a row
+    assert titled(Image.open(tmp_path / "image_ep001.png"), 6 * 18 + 2, 14 + 2 * 18 + 2)  # 4 triplets, 6 a row, headers
     metrics = rows(tmp_path / "metrics.csv")[0]
     assert 0 <= float(metrics["dice"]) <= 1 and "dice_shuffled_masks" in metrics
 
@@ -102,8 +107,9 @@ def cli(*args):
     (["DDPM", "--betas", "0.02", "0.0001"], "--betas needs 0 < BETA_1 <= BETA_T < 1"),
     (["DDPM", "--epochs", "0"], "--epochs must lie in 1..100000"),
     (["DDGM", "--theta0", "-1"], "--theta0 must lie in (0, 1e6]"),
-    (["DDPM", "--cond", "class"], "COND only"),
-    (["DDGM", "--min-snr", "5"], "--min-snr applies to DDPM and COND, not DDGM"),
+    (["DDPM", "--cond", "class"], "--cond class applies to COND only, not DDPM"),
+    (["DDPM", "--cond", "mask"], "--cond mask applies to COND, VPRED and FLOW only, not DDPM"),
+    (["DDGM", "--min-snr", "5"], "--min-snr applies to DDPM, COND and VPRED, not DDGM"),
     (["DDPM", "--min-snr", "-1"], "--min-snr must lie in 0 (off) or 0.01..10000"),
 ])
 def test_bad_arguments_one_line_exit_2(args, message):

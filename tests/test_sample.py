@@ -6,6 +6,7 @@ from PIL import Image
 import main
 import metrics
 import sample
+from test_cli import titled
 
 TINY = ["--dataset", "shapes", "--net", "cnn", "--limit", "64", "--batch-size", "32", "--n-T", "20",
         "--num-samples", "4", "--sample-steps", "5", "--eval-samples", "0", "--epochs", "1"]
@@ -33,7 +34,7 @@ def test_samples_png_and_npz_from_checkpoint_alone(runs, tmp_path):
     arrays = npz(tmp_path / "s.npz")
     assert arrays["images"].dtype == np.float32 and arrays["images"].shape == (10, 1, 28, 28)
     assert arrays["images"].min() >= -1 and arrays["images"].max() <= 1 and "labels" not in arrays
-    assert Image.open(tmp_path / "s.png").size == (8 * 30 + 2, 2 * 30 + 2)  # 8 per row
+    assert titled(Image.open(tmp_path / "s.png"), 8 * 30 + 2, 2 * 30 + 2)  # 8 per row, under a title
 
 
 def test_same_seed_same_samples_and_both_samplers(runs, tmp_path):
@@ -58,7 +59,7 @@ def test_class_rows_and_single_label(runs, tmp_path):
     ckpt = str(runs / "cond" / "model.pth")
     sample.main([ckpt, "--out", str(tmp_path / "rows.png")])
     assert npz(tmp_path / "rows.npz")["labels"].tolist() == [0] * 8 + [1] * 8 + [2] * 8
-    assert Image.open(tmp_path / "rows.png").size == (8 + 7 * 3 + 8 * 30 + 2, 3 * 30 + 2)  # labels y=0.. left
+    assert titled(Image.open(tmp_path / "rows.png"), 8 + 7 * 3 + 8 * 30 + 2, 3 * 30 + 2)  # labels y=0.. left
     sample.main([ckpt, "--label", "2", "--num-samples", "5", "--guidance", "0", "--out", str(tmp_path / "two.png")])
     assert npz(tmp_path / "two.npz")["labels"].tolist() == [2] * 5
 
@@ -80,6 +81,8 @@ def test_mask_model_uses_held_out_masks_or_a_mask_folder(runs, tmp_path):
     (["--label", "7"], "--label must lie in 0..2"),
     (["--steps", "50"], "--steps must lie in 1..20"),
     (["--steps", "0"], "--steps must lie in 1..20"),
+    (["--sampler", "ddpm", "--steps", "-3"], "--steps must lie in 1..20"),
+    (["--sampler", "euler", "--steps", "0"], "--steps must lie in 1..20"),
     (["--eta", "nan"], "--eta must lie in [0, 1]"),
 ])
 def test_bad_options_one_line(runs, capsys, args, message):
@@ -98,9 +101,19 @@ def test_not_a_checkpoint_one_line(tmp_path, capsys):
         assert e.value.code == 2 and err.count("\n") == 1
 
 
-def test_metrics_cli_prints_one_line(runs, tmp_path, capsys):
+def test_metrics_cli_prints_one_line_for_the_data_the_npz_records(runs, tmp_path, capsys):
+    """sample.py records the model's dataset in the .npz, so metrics.py needs no --dataset."""
     sample.main([str(runs / "cond" / "model.pth"), "--out", str(tmp_path / "s.png")])
     capsys.readouterr()
-    metrics.main([str(tmp_path / "s.npz"), "--dataset", "shapes", "--data-dir", str(tmp_path / "data")])
+    assert str(np.load(tmp_path / "s.npz")["dataset"]) == "shapes"
+    metrics.main([str(tmp_path / "s.npz"), "--data-dir", str(tmp_path / "data")])
     line = capsys.readouterr().out.strip()
     assert line.startswith("n=24 fid=") and "fid_real=" in line and "class_accuracy=" in line
+
+
+def test_metrics_without_a_recorded_dataset_asks_for_one_in_one_line(tmp_path, capsys):
+    np.savez(tmp_path / "old.npz", images=np.zeros((2, 1, 8, 8), np.float32))
+    with pytest.raises(SystemExit) as e:
+        metrics.main([str(tmp_path / "old.npz")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "pass --dataset NAME" in err

@@ -10,6 +10,7 @@ import main
 import sample
 from figures import mid_slices
 from synthetic import PHANTOM_LESION, make_phantom3d
+from test_cli import titled
 from unet import NETWORKS
 
 
@@ -88,8 +89,7 @@ def test_main_trains_ddpm_on_volumes_and_sample_draws_them(tmp_path):
     assert config["dims"] == 3 and config["image_size"] == 8
     assert (out / "image_ep001.png").exists() and (out / "forward_diffusion.png").exists()
     from PIL import Image
-    width, height = Image.open(out / "image_ep001.png").size
-    assert (width, height) == (2 + 6 * 10, 2 + 10)  # 2 volumes x 3 mid-slices of 8 px, 2 px apart
+    assert titled(Image.open(out / "image_ep001.png"), 2 + 6 * 10, 2 + 10)  # 2 volumes x 3 mid-slices of 8 px
     sample.main([str(out / "model.pth"), "--num-samples", "3", "--out", str(tmp_path / "s.png")])
     import numpy as np
     with np.load(tmp_path / "s.npz") as f:

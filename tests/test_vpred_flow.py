@@ -167,8 +167,8 @@ def test_the_new_processes_run_through_every_script(tmp_path, process, sampler, 
     checkpoint = str(tmp_path / "run" / "model.pth")
     sample.main([checkpoint, "--num-samples", "2", "--reverse", "--out", str(tmp_path / "s.png")])
     anomaly.main([checkpoint, "--n", "2", "--n-val", "2", "--repeats", "1", "--out", str(tmp_path / "a.png")])
-    image = (np.arange(256).reshape(16, 16) % 200).astype(np.uint8)
-    region = np.zeros((16, 16), np.uint8)
+    image = (np.arange(28 * 28).reshape(28, 28) % 200).astype(np.uint8)  # shapes: 28 px
+    region = np.zeros((28, 28), np.uint8)
     region[4:10, 5:12] = 255
     Image.fromarray(image).save(tmp_path / "im.png")
     Image.fromarray(region).save(tmp_path / "r.png")

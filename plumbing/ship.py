@@ -1,0 +1,51 @@
+"""Small weights to ship: python -m plumbing.ship RUN/model.pth weights/NAME.pth [--note TEXT].
+
+A main.py checkpoint holds the raw weights, their EMA, the optimiser state and every loss: 3-4 times what
+sampling needs. The shipped file keeps the run's config, its last scores and the weights every sample is
+drawn with (the EMA's, else the raw ones), in the checkpoint layout, so that sample.py, anomaly.py and
+metrics.py load it as any checkpoint (safely: tensors and plain containers only). It is not a run:
+--resume cannot continue it. An existing file at the destination is never replaced."""
+import io
+import os
+import sys
+
+import torch
+
+from plumbing.checkpoints import load_checkpoint
+from plumbing.errors import DataError, Parser, run_script
+from plumbing.files import save_atomic
+
+
+def shipped(ckpt: dict, note: str) -> dict:
+    """The checkpoint a user samples from: config, last scores and the sampling weights, nothing else."""
+    weights = ckpt["ema"]["weights"] if ckpt.get("ema") else ckpt["model"]
+    return {"model": {k: v.clone() for k, v in weights.items()}, "ema": None, "epoch": ckpt.get("epoch", 0),
+            "config": {**ckpt["config"], "shipped": note}, "metrics": ckpt.get("metrics", [])[-1:], "losses": []}
+
+
+def run(args) -> None:
+    if os.path.exists(args.out):
+        raise DataError(f"{args.out} exists: choose another name (shipped weights are never replaced)")
+    out = shipped(load_checkpoint(args.checkpoint), args.note)
+
+    def write(tmp):
+        buffer = io.BytesIO()
+        torch.save(out, buffer)
+        with open(tmp, "wb") as f:
+            f.write(buffer.getvalue())
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    save_atomic(write, args.out)
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB: epoch {out['epoch']}, "
+          f"{sum(v.numel() for v in out['model'].values()):,} weights)")
+
+
+def main(argv=None) -> None:
+    p = Parser(prog="python -m plumbing.ship", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="a model.pth written by main.py")
+    p.add_argument("out", help="the file to write, e.g. weights/mnist_ddpm.pth (never replaced)")
+    p.add_argument("--note", default="", help="how the run was made (kept in the config as 'shipped')")
+    run_script(p, run, p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,52 @@
+"""The shipped weights (weights/) load safely and draw at once through sample.py, as weights/README.md says;
+plumbing.ship keeps the sampling weights and the config, and never replaces a file."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import main
+import sample
+from plumbing import ship
+from plumbing.checkpoints import load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WEIGHTS = os.path.join(ROOT, "weights")
+SHIPPED = {  # file: (what its config says, extra sample.py arguments, the shape of 2 samples)
+    "mnist_ddpm.pth": ({"model": "DDPM", "dataset": "mnist", "cond": None}, [], (2, 1, 28, 28)),
+    "mnist_cond.pth": ({"model": "COND", "dataset": "mnist", "cond": "class"}, ["--label", "3"], (2, 1, 28, 28)),
+    "mri64_cond.pth": ({"model": "COND", "dataset": "folder", "cond": "mask"},
+                       ["--mask-dir", os.path.join(WEIGHTS, "mri64_examples", "masks")], (2, 1, 64, 64)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_weights_load_and_draw(name, tmp_path):
+    expected, extra, shape = SHIPPED[name]
+    ckpt = load_checkpoint(os.path.join(WEIGHTS, name))
+    assert {k: ckpt["config"][k] for k in expected} == expected and ckpt["config"]["shipped"]
+    assert ckpt["ema"] is None and "optimizer" not in ckpt and ckpt["metrics"]
+    sample.main([os.path.join(WEIGHTS, name), "--num-samples", "2", "--steps", "5", *extra,
+                 "--out", str(tmp_path / "s.png")])
+    x = np.load(tmp_path / "s.npz")["images"]
+    assert x.shape == shape and np.isfinite(x).all() and -1 <= x.min() and x.max() <= 1
+
+
+def test_ship_keeps_the_ema_weights_and_the_config_and_never_replaces(tmp_path, capsys):
+    main.main(["DDPM", "--dataset", "shapes", "--net", "cnn", "--limit", "32", "--batch-size", "16", "--n-T", "10",
+               "--num-samples", "2", "--sample-steps", "2", "--eval-samples", "0", "--epochs", "1",
+               "--out", str(tmp_path / "run")])
+    run = torch.load(tmp_path / "run" / "model.pth", weights_only=True)
+    ship.main([str(tmp_path / "run" / "model.pth"), str(tmp_path / "w.pth"), "--note", "a test"])
+    shipped = load_checkpoint(str(tmp_path / "w.pth"))
+    assert shipped["config"]["shipped"] == "a test" and shipped["config"]["net"] == "cnn"
+    assert all(torch.equal(shipped["model"][k], v) for k, v in run["ema"]["weights"].items())
+    assert os.path.getsize(tmp_path / "w.pth") < os.path.getsize(tmp_path / "run" / "model.pth") / 2
+    before = (tmp_path / "w.pth").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        ship.main([str(tmp_path / "run" / "model.pth"), str(tmp_path / "w.pth")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "never replaced" in err
+    assert (tmp_path / "w.pth").read_bytes() == before
