@@ -96,7 +96,8 @@ def write_metrics_csv(rows: list, path: str) -> None:
 
 def check_outputs(outputs: dict, inputs: list) -> None:
     """Refuse, before any work, outputs that would replace one of the inputs (a checkpoint, images,
-    masks), that are folders, or whose folder is missing or not writable. outputs: {option: path}."""
+    masks), that are folders, or whose folder is missing or not writable; a missing folder whose parent
+    exists and is writable is made (as mkdir would, one level: samples/x.png). outputs: {option: path}."""
     for what, path in outputs.items():
         path = os.path.abspath(path)
         for given in inputs:
@@ -106,6 +107,9 @@ def check_outputs(outputs: dict, inputs: list) -> None:
         if os.path.isdir(path):
             raise DataError(f"{what} {path} is a folder: give a file name ending in .png")
         folder = os.path.dirname(path)
+        parent = os.path.dirname(folder)
+        if not os.path.exists(folder) and os.path.isdir(parent) and os.access(parent, os.W_OK):
+            os.makedirs(folder, exist_ok=True)
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise DataError(f"{what}: the folder {folder} does not exist or cannot be written: create it or choose "
                             "another --out")

@@ -28,8 +28,8 @@ def test_shipped_weights_load_and_draw(name, tmp_path):
     assert {k: ckpt["config"][k] for k in expected} == expected and ckpt["config"]["shipped"]
     assert ckpt["ema"] is None and "optimizer" not in ckpt and ckpt["metrics"]
     sample.main([os.path.join(WEIGHTS, name), "--num-samples", "2", "--steps", "5", *extra,
-                 "--out", str(tmp_path / "s.png")])
-    x = np.load(tmp_path / "s.npz")["images"]
+                 "--out", str(tmp_path / "samples" / "s.png")])  # as weights/README.md: a new folder is made
+    x = np.load(tmp_path / "samples" / "s.npz")["images"]
     assert x.shape == shape and np.isfinite(x).all() and -1 <= x.min() and x.max() <= 1
 
 
