@@ -1,11 +1,13 @@
 """The figures a run writes into contents_<MODEL>/: sample grids, the forward process made
 visible, loss curves and mask-conditioned triplets. Inputs are tensors in [-1, 1] unless said."""
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from datatypes import unnormalize_to_zero_to_one
-from plumbing.files import save_atomic
+from plumbing.files import MARK, save_atomic
 
 
 def make_grid(x: Tensor, nrow: int = 8, pad: int = 2) -> Tensor:
@@ -49,25 +51,54 @@ def sampler_text(sampler: str, steps: int, eta: float, T: int) -> str:
             "euler": f"Euler, {steps} steps"}.get(sampler, f"sampler {sampler}")
 
 
+def enlargement(side: int) -> int:
+    """How many screen pixels a pixel of an image of this side takes in a grid: small images (MNIST's 28, a
+    volume's 32) are enlarged to about 64 pixels a side (nearest neighbour), so that a grid reads at its real size."""
+    return max(1, 64 // side)
+
+
 def save_grid(x: Tensor, path: str, nrow: int = 8, col_labels=None, row_labels=None, title: str | None = None) -> None:
-    """Images (N, C, H, W) in [-1, 1] as one PNG grid (8-bit), mapped back to [0, 1]. col_labels /
-    row_labels: text written above the columns / left of the rows (e.g. t = ..., the class); title: a line
-    above all (what drew the samples). Volumes (N, C, D, H, W) are shown as their mid-slices (mid_slices),
-    three columns per volume."""
+    """Images (N, C, H, W) in [-1, 1] as one PNG grid (8-bit), mapped back to [0, 1] and enlarged
+    (enlargement). col_labels / row_labels: text written above the columns / left of the rows (e.g. t = ...,
+    the class); title: a line above all (what drew the samples). Volumes (N, C, D, H, W) are shown as their
+    mid-slices (mid_slices), three columns per volume, headed axial | coronal | sagittal."""
     from PIL import Image
     if x.dim() == 5:
+        col_labels = col_labels or ["axial", "coronal", "sagittal"] * min(nrow, len(x))
         x, nrow = mid_slices(x), 3 * nrow
-    grid = make_grid(unnormalize_to_zero_to_one(x.float().cpu()), nrow)
+    s = enlargement(x.shape[-1])
+    grid = make_grid(unnormalize_to_zero_to_one(x.float().cpu()), nrow).repeat_interleave(s, 1).repeat_interleave(s, 2)
     pixels = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
     if col_labels or row_labels or title:
-        image = with_labels(image, x.shape[-1] + 2, x.shape[-2] + 2, col_labels or [], row_labels or [], title)
-    save_atomic(lambda p: image.save(p, format="PNG"), path)
+        image = with_labels(image, s * (x.shape[-1] + 2), s * (x.shape[-2] + 2), col_labels or [], row_labels or [],
+                            title, 2 * s)
+    from PIL import PngImagePlugin
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", MARK)  # plumbing/files.py: an output that may be replaced by a later one
+    save_atomic(lambda p: image.save(p, format="PNG", pnginfo=info), path)
 
 
-def with_labels(image, cell_w: int, cell_h: int, col_labels: list, row_labels: list, title: str | None = None):
-    """image with a white strip above (the title, then one label per column) and to the left (one per row).
-    A title wider than the grid is written on as many lines as it needs."""
+def save_sample_grid(x: Tensor, path: str, masks: Tensor | None = None, labels: Tensor | None = None,
+                     title: str | None = None) -> None:
+    """Drawn samples as a student reads them. With condition masks: triplets mask | sample | outline, two a
+    row, headed (volumes: one a row, by their axial, coronal and sagittal mid-slices); with class labels that
+    run 8 to a class: a class a row, labelled y=...; else 8 a row, or about square for many (256: 16 x 16;
+    volumes: 4 a row, by their mid-slices)."""
+    if masks is not None:
+        cols = ["mask", "sample", "outline"] * 2 if x.dim() == 4 else \
+            [w for view in ("ax.", "cor.", "sag.") for w in (f"{view} mask", "sample", "outline")]
+        save_grid(mask_triplets(x, masks), path, nrow=6 if x.dim() == 4 else 9, col_labels=cols, title=title)
+    elif labels is not None and len(x) % 8 == 0 and (labels.view(-1, 8) == labels.view(-1, 8)[:, :1]).all():
+        save_grid(x, path, nrow=8, row_labels=[f"y={int(c)}" for c in labels[::8]], title=title)
+    else:
+        save_grid(x, path, nrow=max(8, math.ceil(math.sqrt(len(x)))) if x.dim() == 4 else 4, title=title)
+
+
+def with_labels(image, cell_w: int, cell_h: int, col_labels: list, row_labels: list, title: str | None = None,
+                pad: int = 2):
+    """image (cells of cell_w x cell_h after a border of pad) with a white strip above (the title, then one
+    label per column) and to the left (one per row). A title wider than the grid takes as many lines as it needs."""
     from PIL import Image, ImageDraw
     left = 8 + 7 * max(len(str(r)) for r in row_labels) if row_labels else 0
     width = image.width + left
@@ -80,9 +111,9 @@ def with_labels(image, cell_w: int, cell_h: int, col_labels: list, row_labels: l
     for i, line in enumerate(lines):
         draw.text((2, 1 + 14 * i), line, fill="black")
     for j, text in enumerate(col_labels):
-        draw.text((left + 2 + j * cell_w, head + 1), str(text), fill="black")
+        draw.text((left + pad + j * cell_w, head + 1), str(text), fill="black")
     for i, text in enumerate(row_labels):
-        draw.text((2, top + 2 + i * cell_h + cell_h // 2 - 6), str(text), fill="black")
+        draw.text((2, top + pad + i * cell_h + cell_h // 2 - 6), str(text), fill="black")
     return out
 
 
@@ -145,7 +176,7 @@ def pyplot():
 
 
 def save_figure(fig, path: str) -> None:
-    save_atomic(lambda p: fig.savefig(p, dpi=100), path)
+    save_atomic(lambda p: fig.savefig(p, dpi=100, metadata={"Software": MARK}), path)
     pyplot().close(fig)
 
 
@@ -174,9 +205,10 @@ def save_loss_curve(losses: list, metrics: list, path: str, ylabel: str = "loss"
         if not rows:
             continue
         epochs = [m["epoch"] for m in rows]
-        shown = [m[k] for m in rows for k in keys if m.get(k) is not None]
+        shown = [m[k] for m in rows for k in keys if m.get(k) is not None] or [1.0]
         ax.plot(epochs, [m[keys[0]] for m in rows], "o-", label=f"{keys[0]} (samples)")
-        ax.plot(epochs, [m[keys[1]] for m in rows], "x--", color="grey", label=f"{keys[1]} (as many real images)")
+        ax.plot(epochs, [m.get(keys[1], math.nan) for m in rows], "x--", color="grey",  # a gap where none was scored
+                label=f"{keys[1]} (as many real images)")
         wide = log and min(shown) > 0 and max(shown) / min(shown) > 10  # a log axis only where it spans decades
         ax.set(xlabel="epoch", ylabel=keys[0], yscale="log" if wide else "linear", title=title)
         ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)

@@ -42,8 +42,8 @@ def test_tiny_run_writes_every_file(tmp_path, model):
     assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "config", "ema"}
     assert ckpt["ema"]["n"] == 4 and ckpt["ema"]["weights"].keys() == ckpt["model"].keys()
     grid = Image.open(out / "image_ep002.png")
-    assert titled(grid, 4 * 30 + 2, 30 + 2)  # 4 samples of 28 px, save_image's 2 px padding, and the title
-    assert Image.open(out / "forward_diffusion.png").size == (11 * 30 + 2, 14 + 8 * 30 + 2)  # a strip of t labels
+    assert titled(grid, 2 * (4 * 30 + 2), 2 * (30 + 2))  # 4 samples of 28 px, 2 px padding, shown 2x, the title
+    assert Image.open(out / "forward_diffusion.png").size == (2 * (11 * 30 + 2), 14 + 2 * (8 * 30 + 2))  # t labels
 
 
 def titled(image, width: int, height: int) -> bool:
@@ -55,7 +55,7 @@ def test_samples_are_mapped_back_to_zero_one(tmp_path):
     """Grids show x in [-1, 1] as (x + 1) / 2: shapes' black background must come out black-ish, not grey."""
     run("DDPM", *TINY, "--epochs", "1", "--out", tmp_path)
     fwd = np.asarray(Image.open(tmp_path / "forward_diffusion.png").convert("L"))
-    clean = fwd[14 + 2:14 + 30, 2:30]  # first image at t = 0 (below the 14-px strip of t labels): a shape on black
+    clean = fwd[14 + 4:14 + 60, 4:60]  # first image at t = 0 (below the 14-px strip of t labels, shown 2x): a shape
     assert clean.min().item() == 0 and clean.max().item() > 150
 
 
@@ -82,7 +82,8 @@ def test_resume_with_other_network_is_refused(tmp_path, capsys):
 
 def test_cond_class_grid_has_one_row_per_class_and_guidance_sweep(tmp_path):
     run("COND", *TINY, "--epochs", "1", "--out", tmp_path, "--guidance-sweep", "0", "3")
-    assert titled(Image.open(tmp_path / "image_ep001.png"), 8 + 7 * 3 + 8 * 30 + 2, 3 * 30 + 2)  # 3 rows, y=0..
+    # 3 rows, y=0.. at the left
+    assert titled(Image.open(tmp_path / "image_ep001.png"), 8 + 7 * 3 + 2 * (8 * 30 + 2), 2 * (3 * 30 + 2))
     a, b = (Image.open(tmp_path / f"guidance_w{w}.png") for w in ("0", "3"))
     assert a.size == b.size and not np.array_equal(np.asarray(a), np.asarray(b))
     assert json.loads((tmp_path / "config.json").read_text())["cond"] == "class"
@@ -93,7 +94,8 @@ def test_cond_mask_on_phantom_writes_triplets_and_dice(tmp_path):
         "--n-T", "20", "--num-samples", "4", "--epochs", "1", "--net", "unet", "--out", tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["cond"] == "mask" and config["cond_channels"] == 1
-    assert titled(Image.open(tmp_path / "image_ep001.png"), 6 * 18 + 2, 14 + 2 * 18 + 2)  # 4 triplets, 6 a row, headers
+    # 4 triplets, 6 a row, headed, 16 px shown 4x
+    assert titled(Image.open(tmp_path / "image_ep001.png"), 4 * (6 * 18 + 2), 14 + 4 * (2 * 18 + 2))
     metrics = rows(tmp_path / "metrics.csv")[0]
     assert 0 <= float(metrics["dice"]) <= 1 and "dice_shuffled_masks" in metrics
 

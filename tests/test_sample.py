@@ -34,7 +34,7 @@ def test_samples_png_and_npz_from_checkpoint_alone(runs, tmp_path):
     arrays = npz(tmp_path / "s.npz")
     assert arrays["images"].dtype == np.float32 and arrays["images"].shape == (10, 1, 28, 28)
     assert arrays["images"].min() >= -1 and arrays["images"].max() <= 1 and "labels" not in arrays
-    assert titled(Image.open(tmp_path / "s.png"), 8 * 30 + 2, 2 * 30 + 2)  # 8 per row, under a title
+    assert titled(Image.open(tmp_path / "s.png"), 2 * (8 * 30 + 2), 2 * (2 * 30 + 2))  # 8 per row, 2x, under a title
 
 
 def test_same_seed_same_samples_and_both_samplers(runs, tmp_path):
@@ -59,7 +59,7 @@ def test_class_rows_and_single_label(runs, tmp_path):
     ckpt = str(runs / "cond" / "model.pth")
     sample.main([ckpt, "--out", str(tmp_path / "rows.png")])
     assert npz(tmp_path / "rows.npz")["labels"].tolist() == [0] * 8 + [1] * 8 + [2] * 8
-    assert titled(Image.open(tmp_path / "rows.png"), 8 + 7 * 3 + 8 * 30 + 2, 3 * 30 + 2)  # labels y=0.. left
+    assert titled(Image.open(tmp_path / "rows.png"), 8 + 7 * 3 + 2 * (8 * 30 + 2), 2 * (3 * 30 + 2))  # y=0.. left
     sample.main([ckpt, "--label", "2", "--num-samples", "5", "--guidance", "0", "--out", str(tmp_path / "two.png")])
     assert npz(tmp_path / "two.npz")["labels"].tolist() == [2] * 5
 

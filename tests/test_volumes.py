@@ -89,13 +89,13 @@ def test_main_trains_ddpm_on_volumes_and_sample_draws_them(tmp_path):
     assert config["dims"] == 3 and config["image_size"] == 8
     assert (out / "image_ep001.png").exists() and (out / "forward_diffusion.png").exists()
     from PIL import Image
-    assert titled(Image.open(out / "image_ep001.png"), 2 + 6 * 10, 2 + 10)  # 2 volumes x 3 mid-slices of 8 px
+    assert titled(Image.open(out / "image_ep001.png"), 8 * (2 + 6 * 10), 8 * (2 + 10))  # 2 volumes x 3 mid-slices, 8x
     sample.main([str(out / "model.pth"), "--num-samples", "3", "--out", str(tmp_path / "s.png")])
     import numpy as np
     with np.load(tmp_path / "s.npz") as f:
         assert f["images"].shape == (3, 1, 8, 8, 8)
     strip = Image.open(tmp_path / "s_slices.png")  # 3 volumes x 8 axial slices, with a row of z labels above
-    assert strip.size[0] == 2 + 8 * 10 and strip.size[1] > 2 + 3 * 10
+    assert strip.size[0] == 8 * (2 + 8 * 10) and strip.size[1] > 8 * (2 + 3 * 10)  # 8 px shown 8x
 
 
 def test_cond_with_3d_masks_reports_dice(tmp_path):
