@@ -11,7 +11,7 @@ Prints tables and writes bench.json, all measured in this one run, on the CPU ca
   fused and foreach Adam, channels_last, bf16, and with --compile torch.compile with its compile time;
 - the 3D U-Net on 32^3 volumes (--dataset phantom3d): volumes/s, FLOPs per volume, ms per sampling step;
 - --concurrent N: one epoch of main.py on 4,096 MNIST images alone, then N side by side (starts 1 s
-  apart), with fixed threads and with --threads auto: the share of solo speed each keeps;
+  apart), with fixed threads (--threads auto) and with --threads follow: the share of solo speed each keeps;
 - --quality: time to a fid (peers.py): our default U-Net trains --images MNIST images with main.py's
   recipe; every peer trains until its fid reaches ours, and the times are compared.
 Peers (diffusers, denoising_diffusion_pytorch, MONAI) are measured when installed. --device cuda runs
@@ -191,7 +191,7 @@ def volumes(device: torch.device, native: bool, steps: int, warmup: int, batch: 
 
 def concurrent(n: int, data_dir: str, limit: int = 4096) -> dict:
     """One epoch of main.py DDPM on `limit` MNIST images (fp32, no scores) alone and n side by side, with the
-    threads fixed at the core count (as before --threads auto) and with --threads auto: train seconds each."""
+    threads fixed at the core count (--threads auto) and with --threads follow: train seconds each."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     main_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
@@ -215,7 +215,7 @@ def concurrent(n: int, data_dir: str, limit: int = 4096) -> dict:
                     header, row = f.read().splitlines()[:2]
                 seconds.append(float(dict(zip(header.split(","), row.split(",")))["train_seconds"]))
             return seconds
-        for threads in (str(cores), "auto"):
+        for threads in (str(cores), "follow"):
             solo = runs(1, threads, f"solo{threads}")[0]
             side = runs(n, threads, f"side{threads}")
             results[f"--threads {threads}"] = {"solo_seconds": solo, "side_by_side_seconds": side,
@@ -229,7 +229,8 @@ def concurrent(n: int, data_dir: str, limit: int = 4096) -> dict:
 def main(argv=None) -> None:
     p = build_parser()
     args = p.parse_args(argv)
-    run_script(p, lambda a: run(a, p), args)  # a device that is not here, MNIST missing for --quality, ...
+    # a device that is not here, MNIST missing for --quality, ...: one line
+    run_script(p, lambda a: run(a, p), args, memory="lower --batch")
 
 
 def build_parser() -> argparse.ArgumentParser:

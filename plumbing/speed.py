@@ -3,9 +3,11 @@
 - Precision: bf16 autocast (Kalamkar et al. 2019, arXiv:1905.12322: bf16 keeps fp32's exponent,
   so no loss scaling) where the hardware computes bf16 natively and a short check in this process
   shows it faster; fp32 otherwise. Without native bf16 (AVX2 CPUs) it is emulated and ~100x slower.
-- Threads on a shared machine: PyTorch's OpenMP threads spin while they wait, so two runs with
-  all cores each fight for them and each keeps a fraction of its speed. SharedCores follows the
-  load of the other processes on this process's cores and leaves them the cores they use.
+- Threads: a run keeps one thread count from start to end (thread_policy), because float sums split
+  over another number of threads round differently: the same command and seed give the same weights
+  whatever the load. On a shared machine PyTorch's OpenMP threads spin while they wait, so two runs with
+  all cores each fight for them; --threads follow (SharedCores) leaves other processes the cores they
+  use, and gives up that reproducibility.
 - Device: pick_device (auto: a CUDA GPU where there is one).
 Nothing here changes the equations: autocast only runs the network's matmuls and convolutions in bf16.
 """
@@ -157,18 +159,24 @@ class SharedCores:
         return threads
 
 
-def thread_policy(requested: str) -> tuple:
-    """(SharedCores, why) for --threads auto|N: auto follows the load up to the cores this process may
-    use, unless OMP_NUM_THREADS fixes the count (torchrun sets it to 1 per process); N keeps N threads."""
+def thread_policy(requested: str, before=None) -> tuple:
+    """(SharedCores, why) for --threads auto|follow|N. auto: every core this process may use (or the count
+    OMP_NUM_THREADS sets: torchrun sets 1 per process), fixed for the whole run; a resumed run keeps the count
+    it began with (before), so that it goes on as the uninterrupted run would. N: N threads. follow: follow
+    the load (SharedCores), faster on a shared machine, but the weights then depend on the load."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if requested == "follow":
+        if not sys.platform.startswith("linux"):
+            return SharedCores(torch.get_num_threads(), fixed=True), f"{torch.get_num_threads()} threads"
+        return SharedCores(cores), f"up to {cores} threads, fewer while other processes keep cores busy"
     if requested != "auto":
         return SharedCores(int(requested), fixed=True), f"{requested} threads (--threads)"
+    if isinstance(before, int) and not isinstance(before, bool) and 1 <= before <= 1024:
+        return SharedCores(before, fixed=True), f"{before} threads, as the run began (--resume)"
     if os.environ.get("OMP_NUM_THREADS"):
         return SharedCores(torch.get_num_threads(), fixed=True), \
             f"{torch.get_num_threads()} threads (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})"
-    if not sys.platform.startswith("linux"):
-        return SharedCores(torch.get_num_threads(), fixed=True), f"{torch.get_num_threads()} threads"
-    return SharedCores(cores), f"up to {cores} threads, fewer while other processes keep cores busy"
+    return SharedCores(cores, fixed=True), f"{cores} threads, kept for the whole run"
 
 
 def pick_device(name: str) -> torch.device:

@@ -1,9 +1,8 @@
 """Shared test settings: every in-process run trains in fp32 unless a test asks for bf16, so that
 results do not depend on whether this machine computes bf16 natively (where --precision auto would time
 bf16 against fp32 and pick by a clock). tests/test_speed.py tests auto's choice itself.
-Every run, in-process or a subprocess, also keeps a fixed number of threads: --threads auto takes fewer
-while other processes keep the cores busy, and sums split over fewer threads round differently, so two
-runs that must agree bit for bit (resume, kill -9) would not on a loaded machine."""
+Every run, in-process or a subprocess, also keeps the number of threads pytest started with (--threads auto
+fixes the count too, but the tests' subprocesses would otherwise each take every core)."""
 import pytest
 import torch
 

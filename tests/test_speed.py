@@ -130,7 +130,8 @@ def test_bad_threads_are_one_line(tmp_path, capsys, threads):
     with pytest.raises(SystemExit) as e:
         main.main(["DDPM", "--threads", threads, "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "--threads must be auto or a whole number" in err and len(err.splitlines()) == 1
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "--threads must be auto, follow or a whole number" in err
 
 
 def test_a_bf16_run_records_its_precision_and_trains(tmp_path):
@@ -163,3 +164,40 @@ def test_torchrun_two_processes_train_as_one_and_resume(tmp_path):
     manifest = json.loads((tmp_path / "two" / "run.json").read_text())
     assert sorted(n for n in os.listdir(two) if not n.startswith(".")) == sorted(manifest["files"] + ["run.json"])
     shutil.rmtree(two)
+
+
+def test_auto_keeps_one_thread_count_however_busy_the_machine(monkeypatch):
+    """--threads auto (the default) never changes the count during a run: the same seed gives the same weights."""
+    load, before = FakeLoad(), torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(speed.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(speed.SharedCores, "reading", lambda self: load())
+    try:
+        policy, why = speed.thread_policy("auto")
+        assert torch.get_num_threads() == 2 and "kept for the whole run" in why
+        load.others = 1.0  # another process keeps a core busy: follow would drop to 1 thread
+        assert [policy.update() for _ in range(4)] == [None] * 4 and torch.get_num_threads() == 2
+        follow, _ = speed.thread_policy("follow")
+        assert [follow.update() for _ in range(2)] == [None, 1] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_resume_keeps_the_thread_count_the_run_began_with(tmp_path, monkeypatch, capsys):
+    """A run begun with 1 thread and resumed with the default auto goes on with 1 thread and ends with the
+    weights of the uninterrupted run."""
+    tiny = ["DDPM", "--dataset", "shapes", "--net", "cnn", "--limit", "64", "--n-T", "20", "--num-samples", "4",
+            "--sample-steps", "5", "--eval-samples", "0"]
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    before = torch.get_num_threads()
+    try:
+        main.main([*tiny, "--epochs", "2", "--threads", "1", "--out", str(tmp_path / "whole")])
+        main.main([*tiny, "--epochs", "1", "--threads", "1", "--out", str(tmp_path / "part")])
+        capsys.readouterr()
+        main.main([*tiny, "--epochs", "2", "--resume", "--out", str(tmp_path / "part")])
+        assert "1 threads, as the run began (--resume)" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((tmp_path / "part" / "config.json").read_text())["threads_used"] == 1
+    whole, part = (torch.load(tmp_path / d / "model.pth", weights_only=True)["model"] for d in ("whole", "part"))
+    assert all(torch.equal(whole[k], part[k]) for k in whole)
