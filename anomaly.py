@@ -15,6 +15,8 @@ diffusion map and for two baselines: the best single intensity threshold and |x_
 scan|. On other data (--dataset folder, or nifti for volumes) it writes the figure only, or, for a
 mask-conditioned model and scans with masks, scores its counterfactual map the same way.
 """
+import plumbing.preflight  # noqa: F401  (first, before torch: a bad OMP_NUM_THREADS ends here)
+
 import argparse
 import math
 import os
@@ -198,7 +200,7 @@ def check(args) -> None:
 def main(argv=None) -> None:
     p = build_parser()
     args = p.parse_args(argv)
-    run_script(p, lambda a: (check(a), run(a)), args)
+    run_script(p, lambda a: (check(a), run(a)), args, memory="lower --n, --n-val or --repeats")
 
 
 def test_scans(args, config: dict) -> tuple:
@@ -249,6 +251,8 @@ def run(args) -> None:
     """Load the model, choose t_lambda (counterfactual maps: by the validation scans), map the test scans,
     score them beside the baselines, and with --sweep score every t_lambda of SWEEP."""
     from figures import save_anomaly_figure
+    if not os.path.isfile(args.checkpoint):  # first: the default --out lies beside it
+        raise DataError(f"no checkpoint at {args.checkpoint}: train one with main.py first, or check the path")
     out = png_out("--out", args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "anomaly.png"))
     check_outputs({"--out": out, **({"--out (its _sweep.png)": os.path.splitext(out)[0] + "_sweep.png"}
                                     if args.sweep else {})}, [args.checkpoint])

@@ -265,10 +265,17 @@ def resize_volume(a: np.ndarray, size: int) -> Tensor:
     return F.interpolate(v, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
 
 
-def binarize_label_map(a: np.ndarray) -> np.ndarray:
+def binarize_label_map(a: np.ndarray, path: str, soft: list) -> np.ndarray:
     """A 3D mask by its values: a label map of whole numbers (0 background, 1, 2, 4 ... lesion classes, as in
-    BraTS) marks every nonzero label; a mask of fractions, the values at or above half the highest."""
-    return (a != 0) if np.array_equal(a, np.round(a)) else (a >= a.max() / 2)
+    BraTS) marks every nonzero label; a probability map (fractions in 0..1) the voxels of probability at least
+    0.5, and its path goes into `soft` for a note. Fractions outside 0..1 are neither, and refused."""
+    if np.array_equal(a, np.round(a)):
+        return a != 0
+    if a.min() < 0 or a.max() > 1:
+        raise DataError(f"mask {path} holds fractions in {a.min():.3g}..{a.max():.3g}: neither a label map (whole "
+                        "numbers) nor a probability map (0..1); save it as one of these")
+    soft.append(path)
+    return a >= 0.5
 
 
 def load_nifti_folder(data_dir: str, image_size: int, channels: int | None, train: bool = True,
@@ -281,7 +288,7 @@ def load_nifti_folder(data_dir: str, image_size: int, channels: int | None, trai
     if channels not in (None, 1):
         raise DataError("NIfTI volumes are read as one channel: drop --channels 3")
     images, masks, names = folder_split(data_dir, list_volumes, "volume", NIFTI_EXTENSIONS, train, limit)
-    x, m = [], []
+    x, m, soft = [], [], []
     for name in Progress(names, len(names), f"reading {'training' if train else 'held-out'} volumes", "volume"):
         image = open_nifti(images[name])
         a = nifti_voxels(image, images[name])
@@ -295,8 +302,11 @@ def load_nifti_folder(data_dir: str, image_size: int, channels: int | None, trai
             if mask.shape != image.shape or not np.allclose(mask.affine, image.affine, rtol=1e-4, atol=1e-3):
                 raise DataError(f"mask {name} ({'x'.join(map(str, mask.shape))}) is not on its volume's voxel grid "
                                 f"({'x'.join(map(str, image.shape))}, or another affine): masks must share it")
-            b = binarize_label_map(nifti_voxels(mask, masks[name])).astype(np.float32)
+            b = binarize_label_map(nifti_voxels(mask, masks[name]), masks[name], soft).astype(np.float32)
             m.append(resize_volume(b, image_size) >= 0.5)
+    if soft:
+        print(f"note: {len(soft)} mask{'s' * (len(soft) > 1)} (e.g. {soft[0]}) hold fractions in 0..1: read as "
+              "probability maps, the lesion where the probability is at least 0.5", flush=True)
     return Dataset(normalize_to_neg_one_to_one(torch.stack(x)[:, None]), None,
                    torch.stack(m)[:, None].float() if masks is not None else None)
 

@@ -6,6 +6,8 @@ it), forward_diffusion.png, schedules.png and config.json. See README.md and `--
 --help and the arguments' bounds are answered before torch is imported; the process's own facts (models.py)
 are checked next, and nothing is loaded before every check has passed.
 """
+import plumbing.preflight  # noqa: F401  (first, before torch: a bad OMP_NUM_THREADS ends here)
+
 import argparse
 import math
 import os
@@ -13,7 +15,7 @@ import sys
 import time
 
 from plumbing.catalog import MEDMNIST_2D, MEDMNIST_3D, PAPER, PRECISIONS, RECIPE, known
-from plumbing.errors import HelpFormatter, Parser, run_script, world
+from plumbing.errors import HelpFormatter, Parser, run_script, world, world_problem
 from plumbing.settings import option, problems
 
 
@@ -69,6 +71,8 @@ def add_training_options(g) -> None:
     g.add_argument("--lr", type=float, help=recipe_help("Adam learning rate", "lr"))
     g.add_argument("--warmup", type=int, help=recipe_help("steps of linear learning-rate warm-up from 0 to --lr",
                                                           "warmup"))
+    g.add_argument("--grad-clip", type=float, metavar="NORM",
+                   help=recipe_help("scale the gradient down to this norm when it is larger (0: never)", "grad_clip"))
     g.add_argument("--ema-decay", type=float,
                    help=recipe_help("EMA of the weights used for sampling, with warm-up (0 disables)", "ema_decay"))
     g.add_argument("--min-snr", type=float, metavar="GAMMA",
@@ -126,9 +130,11 @@ def add_run_options(g) -> None:
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="training and per-epoch sampling: bf16 autocast, fp32, or auto: bf16 where this machine "
                    "computes it natively and a short check shows it faster, else fp32 (plumbing/speed.py)")
-    g.add_argument("--threads", default="auto", metavar="N|auto",
-                   help="CPU threads; auto: all cores this process may use, fewer while other processes keep "
-                   "them busy (a shared machine), or OMP_NUM_THREADS where it is set")
+    g.add_argument("--threads", default="auto", metavar="N|auto|follow",
+                   help="CPU threads, one count for the whole run, so that the same seed gives the same weights; "
+                   "auto: all cores this process may use (or OMP_NUM_THREADS; --resume: the count the run began "
+                   "with); follow: fewer while other processes keep the cores busy (faster on a shared machine, "
+                   "but the weights then depend on the load)")
 
 
 def add_ddgm_options(g) -> None:
@@ -175,8 +181,8 @@ def check_args(args, p: Parser) -> None:
     for w in args.guidance_sweep or []:
         if not math.isfinite(w) or not 0 <= w <= 100:
             p.error(f"--guidance-sweep must be a finite number in 0..100, got {w}")
-    if args.threads != "auto" and not (args.threads.isdigit() and 1 <= int(args.threads) <= 1024):
-        p.error(f"--threads must be auto or a whole number in 1..1024, got {args.threads!r}")
+    if args.threads not in ("auto", "follow") and not (args.threads.isdigit() and 1 <= int(args.threads) <= 1024):
+        p.error(f"--threads must be auto, follow or a whole number in 1..1024, got {args.threads!r}")
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite contradict each other: pick one")
     check_out(args, p)
@@ -231,6 +237,8 @@ def train(args) -> None:
                     group["lr"] = warmup_lr(args.lr, args.warmup, run.step)
                 optimizer.zero_grad(set_to_none=True)
                 run.backward(loss)                                       # loss.backward()
+                if args.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.eps_model.parameters(), args.grad_clip)
                 optimizer.step()                                         # line 5: the gradient step
                 if ema is not None:
                     ema.update(model)
@@ -257,6 +265,8 @@ def warmup_lr(lr: float, warmup: int, step: int) -> float:
 def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if world_problem():  # before anything is checked or made
+        parser.exit(2, f"{parser.prog}: error: {world_problem()}\n")
     check_args(args, parser)
     if world()[0] > 0:  # torchrun: rank 0 alone reports progress
         sys.stdout = open(os.devnull, "w")

@@ -16,6 +16,8 @@ small segmentation U-Net trained once on the real training split (image -> lesio
 For the phantoms (phantom, phantom3d), whose lesion is the only tissue brighter than 0.8, no judge is
 trained: lesion_dice scores mask-conditioned samples against their masks, beside shuffled masks (chance).
 """
+import plumbing.preflight  # noqa: F401  (first, before torch: a bad OMP_NUM_THREADS ends here)
+
 import hashlib
 import os
 import sys
@@ -28,8 +30,9 @@ from torch import Tensor, nn
 
 from data import DataError, dataset_info, load_dataset
 from datatypes import unnormalize_to_zero_to_one
-from figures import class_grid_labels, mask_triplets, sampler_text, save_grid
+from figures import class_grid_labels, sampler_text, save_sample_grid
 from models import draw, sample_shape
+from plumbing.checkpoints import save_tensors
 from plumbing.errors import Parser, run_script
 from plumbing.formats import read_npz
 from plumbing.speed import autocast
@@ -74,9 +77,29 @@ def frechet_distance(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> fl
 
 
 def feature_stats(features: Tensor) -> tuple:
-    """Mean (D,) and covariance (D, D) of features (N, D), in float64."""
+    """Mean (D,) and covariance (D, D) of features (N, D), in float64 (one sample: a zero covariance)."""
     f = features.double()
-    return f.mean(0), torch.cov(f.T, correction=1) if len(f) > 1 else torch.zeros(f.shape[1], f.shape[1])
+    return f.mean(0), torch.cov(f.T, correction=1) if len(f) > 1 else f.new_zeros(f.shape[1], f.shape[1])
+
+
+def cache_path(data_dir: str, name: str, log) -> str:
+    """Where a judge is cached: DATA_DIR/classifiers/name; where that folder cannot be written (read-only data),
+    the user's cache folder (XDG_CACHE_HOME or ~/.cache, then ddpm-course/classifiers), said once in log."""
+    path = os.path.join(data_dir, "classifiers", name)
+    if os.path.isfile(path):
+        return path
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.access(os.path.dirname(path), os.W_OK):
+            return path
+    except OSError:
+        pass
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    other = os.path.join(home, "ddpm-course", "classifiers", name)
+    if log is not None and not os.path.isfile(other):
+        log(f"note: {os.path.dirname(path)} cannot be written (read-only data?): the judge is cached in "
+            f"{os.path.dirname(other)} instead")
+    return other
 
 
 def fingerprint(images: Tensor, labels: Tensor) -> str:
@@ -139,7 +162,7 @@ class QualityScore:
 
     def load_or_train(self, dataset, data_dir, train, test, log) -> tuple:
         from plumbing.files import save_atomic
-        path = os.path.join(data_dir, "classifiers", f"{dataset}-{fingerprint(train.images, train.labels)}.pt")
+        path = cache_path(data_dir, f"{dataset}-{fingerprint(train.images, train.labels)}.pt", log)
         self.cache = Path(path)
         if os.path.isfile(path):
             try:
@@ -154,7 +177,7 @@ class QualityScore:
         log(f"{dataset} classifier: test accuracy {acc:.4f}")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         state = {"weights": net.state_dict(), "num_classes": net.head.out_features, "test_accuracy": acc}
-        save_atomic(lambda p: torch.save(state, p), path)
+        save_atomic(lambda p: save_tensors(state, p), path)
         return net, acc
 
     @torch.no_grad()
@@ -329,7 +352,7 @@ class MaskScore:
     def load_or_train(self, data_dir, train, steps, log) -> SegNet:
         from plumbing.files import save_atomic
         key = fingerprint(train.images, train.masks.flatten().long())
-        path = os.path.join(data_dir, "classifiers", f"segmenter-{train.images.shape[-1]}px-{steps}-{key}.pt")
+        path = cache_path(data_dir, f"segmenter-{train.images.shape[-1]}px-{steps}-{key}.pt", log)
         if os.path.isfile(path):
             try:
                 net = SegNet(train.images.shape[1])
@@ -341,7 +364,7 @@ class MaskScore:
             log(f"training the segmenter for mask_dice and fid (once, about {steps} steps; cached as {path})")
         net = train_segmenter(train.images, train.masks, steps, log=log)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        save_atomic(lambda p: torch.save(net.state_dict(), p), path)
+        save_atomic(lambda p: save_tensors(net.state_dict(), p), path)
         return net
 
     @torch.no_grad()
@@ -411,14 +434,9 @@ class EpochSamples:
         if not torch.isfinite(x).all():
             raise DataError("the samples of this epoch are not finite (NaN/inf): the network or the settings "
                             "diverged")
-        k, rows, cols = self.n_grid, None, None
-        if config["cond"] == "mask":
-            grid = mask_triplets(x[:min(k, 16)], self.cond["mask"][:min(k, 16)])
-            nrow = 6 if x.dim() == 4 else 9  # two samples per row; volumes: one, its three mid-slices
-            cols = ["mask", "sample", "outline"] * 2 if x.dim() == 4 else None
-        else:
-            grid, nrow = x[:k], 8 if x.dim() == 4 else 4  # volumes: 4 per row, each by its 3 mid-slices
-            rows = [f"y={c}" for c in range(config["num_classes"])] if config["cond"] == "class" else None
+        k = min(self.n_grid, 16) if config["cond"] == "mask" else self.n_grid  # masks: 16 triplets at most
+        shown = {"masks": self.cond["mask"][:k]} if config["cond"] == "mask" else \
+            {"labels": self.cond["y"][:k]} if config["cond"] == "class" else {}
         scores = {}
         if score and self.score is not None and config["eval_samples"]:
             n = config["eval_samples"]
@@ -429,7 +447,7 @@ class EpochSamples:
         guided = f", guidance w={model.guidance_scale:g}" if config["cond"] == "class" else ""
         head = ", ".join(t for t in (config["model"], title) if t) + ": " + sampler_text(
             config["sampler"], config["sample_steps"], config["sample_eta"], config["n_T"]) + guided
-        return (lambda path: save_grid(grid, path, nrow=nrow, col_labels=cols, row_labels=rows, title=head)), scores
+        return (lambda path: save_sample_grid(x[:k], path, **shown, title=head)), scores
 
 
 def read_samples(path: str) -> tuple:
@@ -444,6 +462,9 @@ def read_samples(path: str) -> tuple:
     if images.ndim not in (4, 5) or not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all():
         raise DataError(f"{path}: 'images' must be finite floats (N, C, H, W) or volumes (N, C, D, H, W), got "
                         f"{images.dtype} {images.shape}")
+    if len(images) == 0 or not all(4 <= side <= 512 for side in images.shape[2:]) or not 1 <= images.shape[1] <= 3:
+        raise DataError(f"{path}: 'images' {images.shape} must hold at least one image of 1 to 3 channels and sides "
+                        "in 4..512, as sample.py draws them")
     if labels is not None and (labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer)):
         raise DataError(f"{path}: 'labels' must be N integers, got {labels.dtype} {labels.shape}")
     masks = arrays.get("masks")
@@ -478,7 +499,10 @@ def main(argv=None) -> None:
     p.add_argument("--data-dir", help="where the dataset is read from (default: the model's, as recorded, else ./data)")
     p.add_argument("--image-size", type=int, help="folder: the side the real images are resized to (default: the "
                    "samples')")
-    run_script(p, score_file, p.parse_args(argv))
+    args = p.parse_args(argv)
+    if args.image_size is not None and not 4 <= args.image_size <= 512:  # main.py's bounds
+        p.error(f"--image-size must lie in 4..512, got {args.image_size}")
+    run_script(p, score_file, args, memory="score fewer samples (a smaller .npz) or pass a smaller --image-size")
 
 
 def score_file(args) -> None:

@@ -6,6 +6,8 @@ mask | sample | outline) and FILE.npz (images float32 (N, C, H, W) in [-1, 1], p
 masks). --reverse also writes FILE_reverse.png: x_t and the network's x0_hat along the way.
 Volumes also get FILE_slices.png, and with --nifti a folder FILE_nifti/ of .nii.gz files for a viewer.
 """
+import plumbing.preflight  # noqa: F401  (first, before torch: a bad OMP_NUM_THREADS ends here)
+
 import argparse
 import math
 import os
@@ -16,12 +18,12 @@ import torch
 
 from data import DataError, load_dataset
 from datatypes import normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
-from figures import class_grid_labels, mask_triplets, sampler_text, save_grid, save_reverse_process, save_slice_strip
+from figures import class_grid_labels, sampler_text, save_grid, save_reverse_process, save_sample_grid, save_slice_strip
 from models import check_sampler, default_sampler, draw, model_from_checkpoint, sample_shape
 from plumbing.catalog import known
 from plumbing.checkpoints import load_checkpoint
 from plumbing.errors import Parser, run_script
-from plumbing.files import check_outputs, png_out, save_atomic, save_folder_atomic
+from plumbing.files import MARK, check_outputs, png_out, save_atomic, save_folder_atomic
 from plumbing.formats import list_images, need_nibabel, nifti_bytes, read_resized
 from plumbing.settings import SEED_MAX
 from plumbing.speed import PRECISIONS, autocast, choose_precision, pick_device, sampling_check
@@ -115,11 +117,13 @@ def main(argv=None) -> None:
         p.error("--jump-length must lie in 1..1000 and --jump-count in 1..100")
     if args.cond_mask is not None and args.inpaint is None:
         p.error("--cond-mask applies to --inpaint (sampling takes --mask-dir)")
-    run_script(p, run, args)
+    run_script(p, run, args, memory="lower --num-samples (drawn in one batch), or use --device cpu")
 
 
 def outputs(args) -> dict:
     """{option: path} of every file this run writes, checked before any sample is drawn."""
+    if not os.path.isfile(args.checkpoint):  # first: the default --out lies beside it
+        raise DataError(f"no checkpoint at {args.checkpoint}: train one with main.py first, or check the path")
     out = png_out("--out", args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "samples.png"))
     files = {"--out": out, "--out (its .npz)": os.path.splitext(out)[0] + ".npz"}
     if args.reverse:
@@ -128,7 +132,7 @@ def outputs(args) -> dict:
     if args.nifti:
         need_nibabel()
         folder = os.path.splitext(out)[0] + "_nifti"
-        if os.path.exists(folder):  # a folder of volumes is never merged into or replaced
+        if os.path.lexists(folder):  # a folder of volumes (or a link) is never merged into or replaced
             raise DataError(f"--nifti would write into {folder}, which exists: move it or choose another --out")
         files["--out (its _nifti folder)"] = folder
     inputs = [args.checkpoint, *(list_images(args.mask_dir).values() if args.mask_dir and
@@ -233,8 +237,11 @@ def inpaint(args, model, config: dict, device, out: str) -> None:
         if args.cond_mask is None:
             raise DataError("this model is mask-conditioned: pass --cond-mask MASK (the lesion the result should "
                             "have) or --cond-mask none (no lesion)")
-        cond_mask = torch.zeros_like(region) if args.cond_mask == "none" else \
-            read_one(args.cond_mask, size, "mask", "--cond-mask")[0]
+        cond_mask, mask_hw = (torch.zeros_like(region), image_hw) if args.cond_mask == "none" else \
+            read_one(args.cond_mask, size, "mask", "--cond-mask")
+        if mask_hw != image_hw:  # as for --region: a mask of another image is never resized to fit
+            raise DataError(f"--cond-mask is {mask_hw[0]}x{mask_hw[1]} but --inpaint is {image_hw[0]}x{image_hw[1]}: "
+                            "the condition mask must have its image's size")
         cond["mask"], shown = cond_mask, [*shown, normalize_to_neg_one_to_one(cond_mask).expand_as(image)]
     elif args.cond_mask is not None:
         raise DataError("--cond-mask needs a mask-conditioned (--cond mask) checkpoint")
@@ -251,7 +258,8 @@ def inpaint(args, model, config: dict, device, out: str) -> None:
                       **{k: v.repeat(n, *[1] * (v.dim() - 1)).to(device) for k, v in cond.items()}).cpu()
     if not torch.isfinite(x).all():
         raise DataError("the inpainted images are not finite (NaN/inf): this checkpoint's network diverged")
-    save_grid(torch.cat([*shown, x]), out, nrow=len(shown) + n)
+    heads = ["image", "region", *(["cond. mask"] if "mask" in cond else []), *["inpainted"] * n]
+    save_grid(torch.cat([*shown, x]), out, nrow=len(shown) + n, col_labels=heads if x.dim() == 4 else None)
     write_images_npz(x, {}, os.path.splitext(out)[0] + ".npz")
     print(f"wrote {out} ({' | '.join(['image', 'region', *(['condition mask'] if 'mask' in cond else [])])} | "
           f"{n} results) and {os.path.splitext(out)[0]}.npz", flush=True)
@@ -260,7 +268,7 @@ def inpaint(args, model, config: dict, device, out: str) -> None:
 def write_images_npz(x: torch.Tensor, cond: dict, npz: str, source: dict | None = None) -> None:
     """images float32 (N, C, H, W) in [-1, 1], plus labels or masks, atomically; source (the run's config): also
     the dataset and data_dir it trained on, as strings, so that metrics.py scores them against the same data."""
-    arrays = {"images": x.float().clamp(-1, 1).numpy()}
+    arrays = {"images": x.float().clamp(-1, 1).numpy(), "written_by": np.array(MARK)}  # plumbing/files.py
     if source is not None:
         arrays.update({k: np.array(str(source[k])) for k in ("dataset", "data_dir") if source.get(k) is not None})
     if "y" in cond:
@@ -280,13 +288,7 @@ def save_samples(x: torch.Tensor, cond: dict, out: str, nifti: bool = False, sou
     plus labels or masks. Non-finite samples are refused, not saved as black cells."""
     if not torch.isfinite(x).all():
         raise DataError("the samples are not finite (NaN/inf): this checkpoint's network diverged")
-    if "mask" in cond:  # two triplets a row, headed; volumes: one a row, its 3 mid-slices each
-        save_grid(mask_triplets(x, cond["mask"]), out, nrow=6 if x.dim() == 4 else 9, title=title,
-                  col_labels=["mask", "sample", "outline"] * 2 if x.dim() == 4 else None)
-    elif "y" in cond and len(x) % 8 == 0 and (cond["y"].view(-1, 8) == cond["y"].view(-1, 8)[:, :1]).all():
-        save_grid(x, out, nrow=8, row_labels=[f"y={int(c)}" for c in cond["y"][::8]], title=title)  # a class a row
-    else:  # 8 a row, or about square for many (256: 16 x 16); volumes: 4 a row, each by its 3 mid-slices
-        save_grid(x, out, nrow=(max(8, math.ceil(math.sqrt(len(x)))) if x.dim() == 4 else 4), title=title)
+    save_sample_grid(x, out, masks=cond.get("mask"), labels=cond.get("y"), title=title)
     npz = os.path.splitext(out)[0] + ".npz"
     write_images_npz(x, cond, npz, source)
     print(f"wrote {out} and {npz}", flush=True)

@@ -6,6 +6,8 @@ the same order, from the same seed, scored every --every images by the fid of 25
 Prints a table of fid against images and against training seconds, and writes --out (JSON). A measurement,
 not a test; docs/quality.md reports what it printed, with the machine.
 """
+import plumbing.preflight  # noqa: F401  (first, before torch: a bad OMP_NUM_THREADS ends here)
+
 import argparse
 import sys
 

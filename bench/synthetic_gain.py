@@ -7,6 +7,8 @@ and on the same K pairs plus the M synthetic ones (half of every batch), and sco
 held-out real slices, which neither the generator nor any segmenter saw. Per K (0: all), the mean and
 spread over --seeds seeds, printed as a table and drawn as FILE.png. Nothing here is a test.
 """
+import plumbing.preflight  # noqa: F401  (first, before torch: a bad OMP_NUM_THREADS ends here)
+
 import statistics
 import sys
 
@@ -107,7 +109,7 @@ def main(argv=None) -> None:
     if not (all(0 <= k <= 100_000 for k in args.k) and 1 <= args.m <= 10_000 and 1 <= args.seeds <= 20
             and 1 <= args.steps <= 100_000 and 1 <= args.sample_steps <= 1000):
         p.error("--k 0..100000, --m 1..10000, --seeds 1..20, --steps 1..100000, --sample-steps 1..1000")
-    run_script(p, run, args)
+    run_script(p, run, args, memory="lower --m or --k")
 
 
 if __name__ == "__main__":

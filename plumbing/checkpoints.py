@@ -1,11 +1,23 @@
 """Checkpoints that load safely: tensors and plain containers only (weights_only=True), never code,
 and everything in them checked like the command line (settings.py) before anything is built."""
+import io
+import math
 import os
 
 import torch
 
 from plumbing.errors import DataError, cause
 from plumbing.settings import checkpoint_problem
+
+
+def save_tensors(obj, path: str) -> None:
+    """torch.save into memory, then one plain write: a full disk is an OSError of the write (ENOSPC), never
+    a failure inside torch's zip writer ("unexpected pos N vs M", a traceback). Used through save_atomic
+    or stage (plumbing/files.py), so a failed write leaves no half file."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def load_checkpoint(path: str) -> dict:
@@ -26,25 +38,41 @@ def load_checkpoint(path: str) -> dict:
     epoch, ema = ckpt.get("epoch", 0), ckpt.get("ema")
     if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= 100_000:
         raise DataError(f"{path}: its epoch {epoch!r} is not a whole number in 0..100000: the checkpoint was edited")
-    if ema is not None and not (isinstance(ema, dict) and isinstance(ema.get("n"), int) and "weights" in ema):
-        raise DataError(f"{path}: its EMA entry has no weights and update count: the checkpoint was edited or "
-                        "damaged; sample with --no-ema, or retrain")
+    if ema is not None and not (isinstance(ema, dict) and whole(ema.get("n")) and ema["n"] >= 0 and "weights" in ema):
+        raise DataError(f"{path}: its EMA entry has no weights and update count (a whole number, at least 0): the "
+                        "checkpoint was edited or damaged; sample with --no-ema, or retrain")
     losses, metrics = ckpt.get("losses", []), ckpt.get("metrics", [])
-    if not (isinstance(losses, list) and all(isinstance(r, (list, tuple)) and len(r) == 3 for r in losses)
-            and isinstance(metrics, list) and all(isinstance(m, dict) for m in metrics)):
-        raise DataError(f"{path}: its losses or metrics are not the lists main.py writes: the checkpoint was edited")
+    if not (isinstance(losses, list) and all(isinstance(r, (list, tuple)) and len(r) == 3 and whole(r[0])
+                                             and whole(r[1]) and number(r[2]) for r in losses)
+            and isinstance(metrics, list) and all(isinstance(m, dict) and whole(m.get("epoch"))
+                                                  and all(isinstance(k, str) and (v is None or number(v))
+                                                          for k, v in m.items()) for m in metrics)):
+        raise DataError(f"{path}: its losses or metrics are not the lists of numbers main.py writes: the checkpoint "
+                        "was edited")
     check_weights(ckpt["model"], path, "weights")
     if ema is not None:
         check_weights(ema["weights"], path, "EMA weights")
     return ckpt
 
 
+def whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def check_weights(weights, path: str, what: str) -> None:
-    """A state dict of finite tensors, or DataError."""
+    """A state dict of finite, real floating-point tensors, or DataError."""
     if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                 for k, v in weights.items()):
         raise DataError(f"{path}: its {what} are not a dict of named tensors: the checkpoint was edited or damaged")
-    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    kind = next((k for k, v in weights.items() if not v.is_floating_point()), None)
+    if kind is not None:  # the networks hold real floating-point weights only
+        raise DataError(f"{path}: its {what} hold {weights[kind].dtype} values (e.g. {kind}), where the networks have "
+                        "real floating-point weights: the checkpoint was edited or damaged; retrain")
+    bad = next((k for k, v in weights.items() if not torch.isfinite(v).all()), None)
     if bad is not None:
         raise DataError(f"{path}: its {what} hold NaN or inf (e.g. {bad}): that run diverged; use an earlier "
                         "checkpoint or retrain with a lower --lr")

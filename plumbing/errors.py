@@ -43,6 +43,17 @@ def world() -> tuple:
     return int(rank) if rank.isdigit() else 0, int(size) if size.isdigit() else 1
 
 
+def world_problem() -> str | None:
+    """One line when RANK and WORLD_SIZE describe no torchrun process (set alone, not whole numbers, or a rank
+    outside 0..WORLD_SIZE - 1), else None: such a process would train unseen or wait for ranks that never come."""
+    rank, size = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is None and size is None:
+        return None
+    ok = rank is not None and size is not None and rank.isdigit() and size.isdigit() and int(rank) < int(size)
+    return None if ok else (f"RANK={rank} with WORLD_SIZE={size} is no torchrun process (WORLD_SIZE at least 1, "
+                            "RANK in 0..WORLD_SIZE-1): start main.py with torchrun, or unset RANK and WORLD_SIZE")
+
+
 def rank_prefix() -> str:
     """"rank N: " under torchrun, whose processes all report (the first to fail ends the others)."""
     rank, size = world()
@@ -69,9 +80,14 @@ def is_out_of_memory(e: BaseException) -> bool:
         "can't allocate memory" in str(e) or "out of memory" in str(e).lower()))
 
 
-def run_script(parser: argparse.ArgumentParser, work, args, interrupted=lambda: "interrupted") -> None:
+MEMORY = "lower --batch-size, --image-size, --num-samples or the network's widths"  # main.py's options
+
+
+def run_script(parser: argparse.ArgumentParser, work, args, interrupted=lambda: "interrupted",
+               memory: str = MEMORY) -> None:
     """work(args), with bad input, failed I/O and out of memory turned into one line and exit code 2 (130 on
     Ctrl-C, with the KeyboardInterrupt's text or interrupted()); any other exception is raised as it is.
+    memory: what to lower when memory runs out, in the script's own options.
     Warnings raised meanwhile are collected: on success each is shown once as a one-line note; on failure the
     error line alone is printed."""
     prog = parser.prog
@@ -89,7 +105,7 @@ def run_script(parser: argparse.ArgumentParser, work, args, interrupted=lambda: 
         except (RuntimeError, MemoryError) as e:
             if not is_out_of_memory(e):
                 raise  # a bug (a student's or ours): its traceback says where
-            failure = "out of memory: lower --batch-size, --image-size, --num-samples or the network's widths"
+            failure = f"out of memory: {memory}"
         except KeyboardInterrupt as e:
             parser.exit(130, f"\n{e.args[0] if e.args else interrupted()}\n")
     if failure is not None:

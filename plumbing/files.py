@@ -94,9 +94,29 @@ def write_metrics_csv(rows: list, path: str) -> None:
     save_atomic(write, path)
 
 
+# Every PNG and .npz the scripts write carries this mark (a PNG text chunk "Software", an .npz entry "written_by"),
+# so that a later command may replace its own earlier output and nothing else (a dataset, a user's image).
+MARK = "diffusion course repo (main.py, sample.py, anomaly.py)"
+
+
+def written_here(path: str) -> bool:
+    """Whether the existing file at path carries MARK: a file of this project's, which an output may replace."""
+    import zipfile
+    try:
+        if path.lower().endswith(".npz"):
+            with zipfile.ZipFile(path) as z:
+                return "written_by.npy" in z.namelist()
+        from PIL import Image
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == MARK
+    except Exception:  # unreadable, not an image or archive: not ours
+        return False
+
+
 def check_outputs(outputs: dict, inputs: list) -> None:
     """Refuse, before any work, outputs that would replace one of the inputs (a checkpoint, images,
-    masks), that are folders, or whose folder is missing or not writable; a missing folder whose parent
+    masks) or any existing file this project did not write (written_here: a dataset's .npz, a mask, a user's
+    image), that are folders, or whose folder is missing or not writable; a missing folder whose parent
     exists and is writable is made (as mkdir would, one level: samples/x.png). outputs: {option: path}."""
     for what, path in outputs.items():
         path = os.path.abspath(path)
@@ -106,6 +126,9 @@ def check_outputs(outputs: dict, inputs: list) -> None:
                                 "choose another --out")
         if os.path.isdir(path):
             raise DataError(f"{what} {path} is a folder: give a file name ending in .png")
+        if os.path.lexists(path) and not written_here(path):
+            raise DataError(f"{what} {path} exists and was not written by this project's scripts (it may be your "
+                            "data): it is never written over; move it away or choose another --out")
         folder = os.path.dirname(path)
         parent = os.path.dirname(folder)
         if not os.path.exists(folder) and os.path.isdir(parent) and os.access(parent, os.W_OK):

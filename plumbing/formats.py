@@ -249,11 +249,26 @@ def need_nibabel():
     return nibabel
 
 
+def check_gzip(path: str) -> None:
+    """A .gz read through once: gzip checks its CRC and length only at the end of the stream, which nibabel,
+    reading just the bytes it needs, never reaches (a flipped bit would be a wrong voxel, silently)."""
+    if not path.lower().endswith(".gz"):
+        return
+    try:
+        with gzip.open(path) as f:
+            while f.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: its voxels cannot be read ({one_line(str(e), 150) or type(e).__name__}): the "
+                        "file is damaged") from e
+
+
 def open_nifti(path: str):
     """The nibabel image of a NIfTI file (header read, no voxels yet), reoriented to RAS+ (the closest
     canonical orientation), so that every volume of a folder lies the same way round. One 3D volume per
     file (trailing axes of length 1 are dropped); its size is checked before any voxel is read."""
     nibabel = need_nibabel()
+    check_gzip(path)
     try:
         image = nibabel.load(path)
         if not isinstance(image, (nibabel.Nifti1Image, nibabel.Nifti2Image)):

@@ -16,7 +16,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from plumbing.errors import DataError, cause, world
+
 TIMEOUT = datetime.timedelta(hours=1)  # the other ranks wait this long while rank 0 samples and saves an epoch
+RENDEZVOUS = datetime.timedelta(minutes=2)  # and this long for each other at the start
 
 
 def start(device: torch.device) -> torch.device:
@@ -24,7 +27,25 @@ def start(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    rank, size = world()
+    host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", "29500")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise DataError(f"MASTER_PORT={port} is not a port number (1..65535): start main.py with torchrun")
+    hosting = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"  # torchrun hosts its own
+    again = (f"start all {size} processes together (torchrun --nproc_per_node {size} main.py ...), or unset RANK "
+             "and WORLD_SIZE to train in one process")
+    store = None
+    try:  # each rank says it has come; all wait for all, RENDEZVOUS at most
+        store = dist.TCPStore(host, int(port), size, hosting, timeout=RENDEZVOUS, wait_for_workers=False)
+        store.set(f"came/{rank}", "1")
+        store.wait([f"came/{r}" for r in range(size)], RENDEZVOUS)
+    except (RuntimeError, ValueError) as e:  # DistStoreError (a RuntimeError): a rank never came
+        missing = [r for r in range(size) if not store.check([f"came/{r}"])] if store is not None else [0]
+        raise DataError(f"rank {rank} of {size} waited {RENDEZVOUS.seconds} s at {host}:{port}, and rank"
+                        f"{'s' * (len(missing) > 1)} {', '.join(map(str, missing))} never came ({cause(e)}): "
+                        f"{again}") from e
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=size,
+                            timeout=TIMEOUT)
     return device
 
 

@@ -7,7 +7,6 @@ The loop calls it by plain names: run.batches(epoch) yields (x0, cond) for `mode
 run.backward(loss), run.log(loss), run.save_epoch(...). Only the lead process (rank 0) writes.
 """
 import contextlib
-import io
 import math
 import os
 import signal
@@ -20,7 +19,7 @@ from figures import sampler_text, save_loss_curve
 from models import PROCESSES, build_process
 from plumbing import parallel
 from plumbing.catalog import VOLUME_BATCH, unet_version_for, unet_widths_for
-from plumbing.checkpoints import load_checkpoint, load_weights
+from plumbing.checkpoints import load_checkpoint, load_weights, save_tensors
 from plumbing.errors import DataError, cause, world
 from plumbing.files import commit, discard, stage, write_json, write_loss_csv, write_metrics_csv
 from plumbing.progress import Progress
@@ -112,13 +111,13 @@ class Run:
               f" on {args.dataset} ({len(self.images)} {'volumes' if config['dims'] == 3 else 'images'} "
               f"{tuple(self.images.shape[1:])}), T={model.T}, device {self.device}, samples by {steps}"
               f"{', clipped x0' if args.clip_x0 else ''}, writing {self.out}/", flush=True)
-        self.threads, why = thread_policy(args.threads)
+        self.threads, why = thread_policy(args.threads, state.get("config", {}).get("threads_used"))
         before = state.get("config", {}).get("precision_used")
         first = {k: v[:args.batch_size] for k, v in self.cond.items()}
         precision, because = choose_precision(args.precision, self.device, training_check(
             model, self.images[:args.batch_size], **first), before=before) if self.lead else ("fp32", "rank 0 decides")
         config.update(precision_used=parallel.from_rank0(precision, PRECISIONS, self.device, self.size),
-                      precision_why=because)
+                      precision_why=because, threads_used=torch.get_num_threads())
         print(f"precision {config['precision_used']} ({because}); {why}"
               + (f"; {self.size} processes (torchrun) share each batch" if self.size > 1 else ""), flush=True)
         if self.lead:
@@ -214,7 +213,7 @@ class Run:
                  "epoch": epoch, "ema": ema.state_dict() if ema is not None else None, "config": self.config,
                  "losses": self.losses, "metrics": self.metrics}
         name = getattr(self.model, "loss_name", "loss")
-        writers = {"model.pth": lambda p: save_checkpoint(state, p), f"image_ep{epoch:03d}.png": write_grid,
+        writers = {"model.pth": lambda p: save_tensors(state, p), f"image_ep{epoch:03d}.png": write_grid,
                    "loss.csv": lambda p: write_loss_csv(self.losses, p),
                    "metrics.csv": lambda p: write_metrics_csv(self.metrics, p),
                    "loss_curve.png": lambda p: save_loss_curve(self.losses, self.metrics, p, name)}
@@ -256,15 +255,6 @@ def uninterrupted():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def save_checkpoint(state: dict, path: str) -> None:
-    """torch.save into memory, then one plain write: a full disk is an OSError of the write (ENOSPC), never
-    a failure inside torch's zip writer."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    with open(path, "wb") as f:
-        f.write(buffer.getbuffer())
 
 
 def finished(out: str, epoch: int) -> str:

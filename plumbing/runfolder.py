@@ -18,6 +18,8 @@ MANIFEST, LOCK = "run.json", ".main.lock"
 # Every file main.py writes into a run folder, by name; --overwrite removes only names that match.
 RUN_FILES = re.compile(r"(model\.pth|loss\.csv|metrics\.csv|loss_curve\.png|config\.json|forward_diffusion\.png"
                        r"|schedules\.png|image_ep\d{3,}\.png|guidance_w[0-9.e+-]+\.png)")
+# The staging files of those (plumbing/files.reserve: ".NAME.XXXXXXXX.tmp.EXT"), which a killed run leaves.
+STAGED = re.compile(r"\.(" + RUN_FILES.pattern + r"|run\.json)\.[A-Za-z0-9_]{8}\.tmp(\.[a-z]+)?")
 LEGACY_FILES = ("model.pth", "loss.csv", "metrics.csv", "loss_curve.png", "config.json", "forward_diffusion.png",
                 "schedules.png")
 
@@ -32,7 +34,7 @@ def read_manifest(out: str) -> list | None:
             files = json.load(f)["files"]
         if isinstance(files, list) and all(isinstance(n, str) and RUN_FILES.fullmatch(n) for n in files):
             return files
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested too deep
         pass
     raise DataError(f"{path} is not a main.py manifest (a list of the run's own file names): this folder is not "
                     "a run of this project; choose another --out")
@@ -80,6 +82,10 @@ class RunFolder:
             raise DataError(f"--out {out} holds files that main.py did not write ({', '.join(others[:3])}"
                             f"{', ...' if len(others) > 3 else ''}): it is not a run folder; choose a new or empty "
                             "--out")
+        clash = [n for n in others if RUN_FILES.fullmatch(n)]
+        if own is not None and clash:
+            raise DataError(f"{out}/{clash[0]} looks like a file of this run but is not in its manifest (run.json): "
+                            "main.py did not write it and will not write over it; move it away or choose another --out")
         if own is not None and not self.resume and not self.overwrite and "model.pth" in own \
                 and os.path.exists(os.path.join(out, "model.pth")):
             raise DataError(f"{out}/ already holds a trained run (model.pth): continue it with --resume, "
@@ -118,9 +124,26 @@ class RunFolder:
             pid = lock_holder(path)
             if pid is not None and pid != os.getpid() and not alive(pid):
                 print(f"note: {path} was left by process {pid}, which is no longer running (killed?): taken over")
+        links = os.fstat(self.fd).st_nlink
+        if links != 1:  # a hard link to another file: writing the PID would write into that file
+            os.close(self.fd)
+            self.fd = None
+            raise DataError(f"{path} is a hard link ({links} names for one file), not a lock of main.py: writing to "
+                            f"it would change the other file; delete {path} (the other name keeps its file) and "
+                            "run again")
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
         self.check()  # again, now that no other process can change the folder
+        self.remove_staged()
+
+    def remove_staged(self) -> None:
+        """Remove the staging files (STAGED) a killed run of this folder left: nothing else is named so."""
+        stale = sorted(n for n in os.listdir(self.out) if STAGED.fullmatch(n))
+        for name in stale:
+            os.remove(os.path.join(self.out, name))
+        if stale:
+            print(f"note: removed {len(stale)} staging file{'s' * (len(stale) > 1)} left in {self.out}/ by a run that "
+                  f"was stopped while saving ({', '.join(stale[:2])}{', ...' if len(stale) > 2 else ''})")
 
     def clear(self) -> None:
         """--overwrite: remove exactly the old run's files (those that are plain files or links)."""
@@ -133,9 +156,13 @@ class RunFolder:
         self.save_manifest()
 
     def path(self, name: str) -> str:
-        """The path of a file this run writes; the name goes into the manifest before the file is written."""
+        """The path of a file this run writes; the name goes into the manifest before the file is written. A file
+        of that name that the run did not write (a user's, put there during the run) is never written over."""
         if not RUN_FILES.fullmatch(name):
             raise ValueError(f"{name} is not one of runfolder.RUN_FILES: add its pattern there")
+        if name not in self.files and os.path.lexists(os.path.join(self.out, name)):
+            raise DataError(f"{self.out}/{name} appeared during the run and is not its own (not in run.json): "
+                            "main.py will not write over it; move it away, then continue with --resume")
         if name not in self.files:
             self.files.append(name)
             self.save_manifest()

@@ -5,13 +5,12 @@ sampling needs. The shipped file keeps the run's config, its last scores and the
 drawn with (the EMA's, else the raw ones), in the checkpoint layout, so that sample.py, anomaly.py and
 metrics.py load it as any checkpoint (safely: tensors and plain containers only). It is not a run:
 --resume cannot continue it. An existing file at the destination is never replaced."""
-import io
+import plumbing.preflight  # noqa: F401  (first, before torch: a bad OMP_NUM_THREADS ends here)
+
 import os
 import sys
 
-import torch
-
-from plumbing.checkpoints import load_checkpoint
+from plumbing.checkpoints import load_checkpoint, save_tensors
 from plumbing.errors import DataError, Parser, run_script
 from plumbing.files import save_atomic
 
@@ -28,13 +27,8 @@ def run(args) -> None:
         raise DataError(f"{args.out} exists: choose another name (shipped weights are never replaced)")
     out = shipped(load_checkpoint(args.checkpoint), args.note)
 
-    def write(tmp):
-        buffer = io.BytesIO()
-        torch.save(out, buffer)
-        with open(tmp, "wb") as f:
-            f.write(buffer.getvalue())
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    save_atomic(write, args.out)
+    save_atomic(lambda tmp: save_tensors(out, tmp), args.out)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB: epoch {out['epoch']}, "
           f"{sum(v.numel() for v in out['model'].values()):,} weights)")
 

@@ -79,6 +79,29 @@ def test_damaged_weights_are_refused(checkpoint, tmp_path, capsys, script):
     assert not (tmp_path / "s.png").exists() and not (tmp_path / "a.png").exists()
 
 
+def first_weight(ckpt: dict, make) -> dict:
+    """The checkpoint with its first weight tensor replaced by make(tensor)."""
+    name = next(iter(ckpt["model"]))
+    return {**ckpt, "ema": None, "model": {**ckpt["model"], name: make(ckpt["model"][name])}}
+
+
+@pytest.mark.parametrize("script", ["sample", "anomaly"])
+def test_edited_entries_of_a_checkpoint_are_refused(checkpoint, tmp_path, capsys, script):
+    """Issue 28: integer or complex weights loaded; an EMA update count of -5 made the EMA overshoot (a step
+    weight of 1.8) and -10 divided by zero; losses saved as strings failed with "too many dimensions 'str'"."""
+    run, argv = (sample.main, sample_argv) if script == "sample" else (anomaly.main, anomaly_argv)
+    ema = checkpoint["ema"]
+    cases = {"torch.int64 values": first_weight(checkpoint, lambda v: v.round().long()),
+             "torch.complex64 values": first_weight(checkpoint, lambda v: v.to(torch.complex64)),
+             "update count (a whole number, at least 0)": {**checkpoint, "ema": {**ema, "n": -5}},
+             "lists of numbers main.py writes": {**checkpoint, "losses": [("1", "1", "0.5")]},
+             "lists of numbers main.py writes ": {**checkpoint, "metrics": [{"epoch": 1, "fid": "good"}]}}
+    for fragment, ckpt in cases.items():
+        torch.save(ckpt, tmp_path / "bad.pth")
+        one_line_exit_2(capsys, run, argv(str(tmp_path / "bad.pth"), tmp_path), fragment.strip())
+    assert not (tmp_path / "s.png").exists() and not (tmp_path / "a.png").exists()
+
+
 def test_resume_with_other_widths_names_one_tensor_in_one_line(tmp_path, capsys):
     """A shape mismatch is told as "N tensors differ, e.g. `name` (a) vs (b)", not an 85-line diff."""
     args = ["--dataset", "phantom", "--image-size", "8", "--limit", "16", "--batch-size", "16", "--n-T", "10",

@@ -173,3 +173,66 @@ def test_a_good_samples_file_is_scored(tmp_path, capsys):
     metrics.main([str(tmp_path / "s.npz"), "--dataset", "shapes", "--data-dir", str(tmp_path / "data")])
     out = capsys.readouterr().out
     assert out.startswith("n=64 fid=") and "class_accuracy=" in out and torch.isfinite(torch.tensor(0.0))
+
+
+# --- issue 28: what still got through ---------------------------------------------------------------
+
+def test_one_held_out_image_gives_a_zero_covariance_the_distance_can_use():
+    """A folder whose held-out split has one image: its covariance was a float32 zero beside float64 ones,
+    and frechet_distance failed on the mixed dtypes."""
+    many, one = torch.randn(20, 4), torch.randn(1, 4)
+    mu, cov = metrics.feature_stats(one)
+    assert cov.dtype == torch.float64 and not cov.any()
+    d = metrics.frechet_distance(*metrics.feature_stats(many), mu, cov)
+    m1 = many.double().mean(0)
+    expected = (m1 - one.double()[0]).square().sum() + torch.cov(many.double().T).trace()  # the S2 = 0 closed form
+    assert abs(d - expected.item()) < 1e-9
+
+
+@pytest.mark.parametrize("images, fragment", [
+    (np.zeros((0, 1, 28, 28), np.float32), "at least one image"),
+    (np.zeros((2, 1, 2, 2), np.float32), "sides in 4..512"),
+])
+def test_samples_files_with_no_image_or_impossible_sides_are_one_line(tmp_path, capsys, images, fragment):
+    assert fragment in score_cli(capsys, tmp_path, images)
+
+
+def test_metrics_image_size_is_bounded_like_main(tmp_path, capsys):
+    np.savez(tmp_path / "s.npz", images=np.zeros((2, 1, 28, 28), np.float32))
+    with pytest.raises(SystemExit) as e:
+        metrics.main([str(tmp_path / "s.npz"), "--dataset", "folder", "--image-size", "100000"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "--image-size must lie in 4..512" in err
+
+
+def test_a_read_only_data_dir_caches_the_judge_in_the_users_cache_and_says_where(tmp_path, monkeypatch):
+    """metrics.py with a read-only --data-dir trained its classifier, then failed to cache it in three lines
+    that suggested an --out it does not have. The cache goes to XDG_CACHE_HOME (or ~/.cache) instead."""
+    real = os.makedirs
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "data")):
+            raise OSError(30, "Read-only file system", str(path))
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(metrics.os, "makedirs", read_only)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    said = []
+    path = metrics.cache_path(str(tmp_path / "data"), "shapes-abc.pt", said.append)
+    assert path == str(tmp_path / "cache" / "ddpm-course" / "classifiers" / "shapes-abc.pt")
+    assert len(said) == 1 and "cannot be written" in said[0] and str(tmp_path / "cache") in said[0]
+    monkeypatch.setattr(metrics.os, "makedirs", real)
+    assert metrics.cache_path(str(tmp_path / "data"), "shapes-abc.pt", said.append) == \
+        str(tmp_path / "data" / "classifiers" / "shapes-abc.pt")  # writable: the data's own folder
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", ""])
+@pytest.mark.parametrize("script", ["main.py", "sample.py", "metrics.py"])
+def test_a_bad_omp_num_threads_is_one_line_before_torch_starts(value, script):
+    """libgomp printed its own "Invalid value" line and went on with its default count."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, script, "whatever"], cwd=root, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "OMP_NUM_THREADS": value})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "libgomp" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"{script}: error: OMP_NUM_THREADS={value!r} is not a number of threads")

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,7 +147,7 @@ def test_a_run_that_fails_to_start_leaves_no_folder(tmp_path, capsys):
 
 def fail_on_save(monkeypatch, epoch: int, error: Exception):
     """The checkpoint of `epoch` fails half way through its write with `error`."""
-    real = run.save_checkpoint
+    real = run.save_tensors
 
     def save(state, path):
         if state["epoch"] == epoch:
@@ -154,7 +155,7 @@ def fail_on_save(monkeypatch, epoch: int, error: Exception):
                 f.write(b"half a checkpoint")
             raise error
         return real(state, path)
-    monkeypatch.setattr(run, "save_checkpoint", save)
+    monkeypatch.setattr(run, "save_tensors", save)
 
 
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"), OSError(122, "Disk quota exceeded")])
@@ -199,12 +200,14 @@ def test_a_bug_while_saving_keeps_its_traceback_and_leaves_no_staged_file(tmp_pa
 
 
 @pytest.fixture
-def full_disk(tmp_path):
-    """A 4 MB tmpfs, mounted where this machine lets the tests mount one (Linux, as root)."""
+def full_disk(tmp_path, request):
+    """A small tmpfs (4 MB, or the size the test passes), mounted where this machine lets the tests mount one
+    (Linux, as root)."""
     folder = tmp_path / "FULL"
     folder.mkdir()
+    size = getattr(request, "param", "4m")
     if not sys.platform.startswith("linux") or os.geteuid() != 0 or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True).returncode:
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True).returncode:
         pytest.skip("mounting a small tmpfs needs Linux and root")
     yield folder
     subprocess.run(["umount", str(folder)], check=True)
@@ -220,6 +223,17 @@ def test_a_really_full_disk_is_one_line_and_keeps_the_last_epoch(full_disk):
     assert "No space left on device" in r.stderr and "as it was after epoch 1" in r.stderr
     assert not [n for n in os.listdir(full_disk / "run") if ".tmp" in n]
     assert torch.load(full_disk / "run" / "model.pth", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("full_disk", ["150k", "300k", "1m", "2200k", "2400k"], indirect=True)
+def test_a_disk_full_at_any_point_of_a_run_is_one_line_and_leaves_no_staged_file(full_disk):
+    """Issue 28's probe: disks of 150k to 2400k fill at the run's start, in its first or in a later save."""
+    r = subprocess.run([sys.executable, "main.py", "DDPM", "--dataset", "shapes", "--limit", "128", "--epochs", "3",
+                        "--n-T", "20", "--num-samples", "16", "--eval-samples", "0", "--precision", "fp32",
+                        "--out", str(full_disk / "run")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "No space left on device" in r.stderr
+    assert not [n for n in os.listdir(full_disk / "run") if ".tmp" in n] if (full_disk / "run").exists() else True
 
 
 def test_divergence_in_the_first_epoch_says_no_epoch_has_finished(tmp_path, capsys):
@@ -288,3 +302,172 @@ def test_ctrl_c_says_which_epoch_the_checkpoint_holds(tmp_path):
     epoch = torch.load(tmp_path / "model.pth", weights_only=True)["epoch"]
     assert p.returncode == 130 and err.strip().splitlines() == [
         f"interrupted. The last finished epoch, {epoch}, is in {tmp_path}/model.pth; continue with --resume"]
+
+
+# --- issue 28: torchrun's environment, as a user may leave it ---------------------------------------
+
+@pytest.mark.parametrize("rank, size", [("1", "1"), ("5", "2"), ("0", "0"), ("0", "x"), ("2", None), (None, "2")])
+def test_rank_and_world_size_of_no_torchrun_process_are_refused_at_once(tmp_path, capsys, monkeypatch, rank, size):
+    """RANK=1 WORLD_SIZE=1 trained unseen and wrote nothing (exit 0); RANK=5 WORLD_SIZE=2 waited for ranks that
+    never come; WORLD_SIZE=0 failed with "Default process group has not been initialized"."""
+    for name, value in (("RANK", rank), ("WORLD_SIZE", size)):
+        monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
+    refused(capsys, ["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path / "r")], "is no torchrun process")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gloo's rendezvous, tested on Linux")
+def test_a_rank_that_never_comes_ends_the_wait_in_one_line(tmp_path, capsys, monkeypatch):
+    """RANK=0 WORLD_SIZE=2 alone waited an hour for rank 1; the wait is bounded (here 3 s) and said."""
+    import datetime
+    import socket
+
+    from plumbing import parallel
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(parallel, "RENDEZVOUS", datetime.timedelta(seconds=3))
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
+        monkeypatch.setenv(name, value)
+    start = time.monotonic()
+    refused(capsys, ["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path / "r")], "rank 1 never came")
+    assert time.monotonic() - start < 60 and not (tmp_path / "r" / "model.pth").exists()
+
+
+# --- issue 28: a run folder's files, as a user or a killed run may leave them ----------------------
+
+def test_resume_never_writes_over_a_users_file_named_like_the_runs(tmp_path, capsys):
+    """cp mine.png RUN/image_ep002.png, then --resume --epochs 2: the user's file was overwritten. A name that
+    is not in the manifest is not the run's, however it looks: refused before training, the file kept."""
+    main.main(["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path)])
+    (tmp_path / "image_ep002.png").write_bytes(b"my own picture")
+    refused(capsys, ["DDPM", *TINY, "--epochs", "2", "--resume", "--out", str(tmp_path)],
+            "is not in its manifest (run.json)")
+    assert (tmp_path / "image_ep002.png").read_bytes() == b"my own picture"
+    assert torch.load(tmp_path / "model.pth", weights_only=True)["epoch"] == 1
+
+
+def test_a_file_that_appears_during_the_run_is_not_written_over(tmp_path, capsys, monkeypatch):
+    """The same name put into the folder while the run trains: the epoch's save refuses, the file stays."""
+    real = runfolder.RunFolder.path
+
+    def planting(self, name):
+        if name == "image_ep001.png" and name not in self.files:
+            (tmp_path / name).write_bytes(b"mine")
+        return real(self, name)
+    monkeypatch.setattr(runfolder.RunFolder, "path", planting)
+    refused(capsys, ["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path)], "appeared during the run")
+    assert (tmp_path / "image_ep001.png").read_bytes() == b"mine"
+    assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+
+
+def test_a_hard_linked_lock_is_refused_and_the_other_file_kept(tmp_path, capsys):
+    """ln victim.txt RUN/.main.lock: the PID was written into victim.txt."""
+    main.main(["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path / "run")])
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's notes\n")
+    os.link(victim, tmp_path / "run" / ".main.lock")
+    refused(capsys, ["DDPM", *TINY, "--epochs", "2", "--resume", "--out", str(tmp_path / "run")], "is a hard link")
+    assert victim.read_text() == "the user's notes\n"
+
+
+def test_a_deeply_nested_manifest_is_one_line(tmp_path, capsys):
+    (tmp_path / "run.json").write_text("[" * 100_000 + "]" * 100_000)
+    refused(capsys, ["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path)], "is not a main.py manifest")
+
+
+def test_staging_files_left_by_a_killed_save_are_removed_when_the_run_starts(tmp_path, capsys):
+    """SIGKILL during a save left .model.pth.XXXXXXXX.tmp.pth (1.9 MB) that nothing removed; a user's hidden
+    file of another name stays."""
+    main.main(["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path)])
+    stale = [".model.pth.ab12cd34.tmp.pth", ".image_ep002.png.x_y_z_01.tmp.png", ".run.json.q1w2e3r4.tmp.json"]
+    for name in stale:
+        (tmp_path / name).write_bytes(b"half a file")
+    (tmp_path / ".my_notes.tmp").write_bytes(b"mine")
+    capsys.readouterr()
+    main.main(["DDPM", *TINY, "--epochs", "2", "--resume", "--out", str(tmp_path)])
+    assert "removed 3 staging files" in capsys.readouterr().out
+    assert not any((tmp_path / n).exists() for n in stale) and (tmp_path / ".my_notes.tmp").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda c: c["ema"].update(n=-10), "update count (a whole number, at least 0)"),
+    (lambda c: c["metrics"][0].update(fid=12.5), None),  # a fid without fid_real: the curve leaves a gap
+])
+def test_resume_from_edited_checkpoints_is_one_line_or_works_and_leaves_no_staged_file(tmp_path, capsys, edit,
+                                                                                        fragment):
+    main.main(["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path)])
+    ckpt = torch.load(tmp_path / "model.pth", weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, tmp_path / "model.pth")
+    argv = ["DDPM", *TINY, "--epochs", "2", "--resume", "--out", str(tmp_path)]
+    if fragment:
+        refused(capsys, argv, fragment)
+    else:
+        main.main(argv)
+        assert torch.load(tmp_path / "model.pth", weights_only=True)["epoch"] == 2
+    assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+
+
+# --- issue 28: sample.py writes beside --out only what it may replace -------------------------------
+
+def hashes(folder: Path) -> dict:
+    import hashlib
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_sample_never_replaces_a_users_file_beside_out(run_dir, tmp_path, capsys):
+    """--out DIR/pneumoniamnist.png replaced DIR/pneumoniamnist.npz, the dataset: a file beside --out that this
+    project did not write (.npz, _reverse.png, the PNG itself) is refused; its own earlier output is replaced."""
+    import sample
+    (tmp_path / "pneumoniamnist.npz").write_bytes(b"the dataset")
+    (tmp_path / "mine_reverse.png").write_bytes(b"a figure of mine")
+    (tmp_path / "photo.png").write_bytes(b"my photo")
+    before = hashes(tmp_path)
+    base = [str(run_dir / "model.pth"), "--num-samples", "2", "--steps", "2"]
+    for out, extra in (("pneumoniamnist.png", []), ("mine.png", ["--reverse"]), ("photo.png", [])):
+        refused(capsys, [*base, *extra, "--out", str(tmp_path / out)], "was not written by this project's scripts",
+                script=sample.main)
+    assert hashes(tmp_path) == before
+    for _ in range(2):  # its own output, twice: the second run replaces the first
+        sample.main([*base, "--out", str(tmp_path / "s.png")])
+    assert {"s.png", "s.npz"} <= set(os.listdir(tmp_path))
+
+
+def test_sample_never_writes_into_the_masks_it_draws_for(tmp_path, capsys):
+    """sample.py COND_RUN/model.pth --out DATA/masks/997.png replaced a held-out mask that the same command
+    reads (and dropped 997.npz beside it)."""
+    from PIL import Image
+
+    import sample
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        for sub, a in (("images", rng.integers(0, 255, (16, 16))), ("masks", (rng.random((16, 16)) > 0.7) * 255)):
+            (tmp_path / "data" / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(a.astype(np.uint8)).save(tmp_path / "data" / sub / f"{990 + i}.png")
+    main.main(["COND", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--image-size", "16", "--net",
+               "cnn", "--n-T", "20", "--epochs", "1", "--num-samples", "2", "--sample-steps", "2", "--eval-samples",
+               "0", "--out", str(tmp_path / "run")])
+    before = hashes(tmp_path / "data")
+    refused(capsys, [str(tmp_path / "run" / "model.pth"), "--num-samples", "2", "--steps", "2", "--out",
+                     str(tmp_path / "data" / "masks" / "1001.png")], "it may be your data", script=sample.main)
+    assert hashes(tmp_path / "data") == before
+
+
+def test_sample_names_the_missing_checkpoint_not_the_out_folder(tmp_path, capsys):
+    import sample
+    refused(capsys, [str(tmp_path / "nonexistent" / "model.pth")], "no checkpoint at", script=sample.main)
+
+
+def test_nifti_onto_a_dangling_link_is_refused_before_anything_is_written(tmp_path, capsys):
+    """--nifti onto a dangling symlink named a temporary folder, after writing the .png, .npz and _slices.png."""
+    import sample
+    main.main(["DDPM", "--dataset", "phantom3d", "--image-size", "8", "--unet-widths", "4", "8", "--limit", "16",
+               "--batch-size", "8", "--n-T", "10", "--epochs", "1", "--num-samples", "2", "--sample-steps", "2",
+               "--eval-samples", "0", "--out", str(tmp_path / "run")])
+    os.symlink(tmp_path / "nowhere", tmp_path / "v_nifti")
+    pytest.importorskip("nibabel")
+    refused(capsys, [str(tmp_path / "run" / "model.pth"), "--num-samples", "2", "--steps", "2", "--nifti", "--out",
+                     str(tmp_path / "v.png")], "v_nifti, which exists", script=sample.main)
+    assert sorted(os.listdir(tmp_path)) == ["run", "v_nifti"]

@@ -74,18 +74,20 @@ def test_inpaint_keeps_the_rest_of_the_image(mask_model, tmp_path):
     assert x.shape == (3, 1, 16, 16)
     outside = region == 0
     assert np.allclose(x[:, 0][:, outside], (image[outside] / 255.0 * 2 - 1)[None], atol=1e-6)
-    assert Image.open(tmp_path / "in.png").size == (6 * 18 + 2, 18 + 2)
+    assert Image.open(tmp_path / "in.png").size == (4 * (6 * 18 + 2), 14 + 4 * (18 + 2))  # 16 px shown 4x, headed
 
 
 @pytest.mark.parametrize("region_shape, extra, fragment", [
     ((8, 8), ["--cond-mask", "none"], "the region must have its image's size"),
     ((16, 16), [], "pass --cond-mask MASK"),
     (None, ["--cond-mask", "none"], "marks nothing to regenerate"),
+    ((16, 16), ["--cond-mask", "MASK8"], "the condition mask must have its image's size"),  # was resized (issue 28)
 ])
 def test_inpaint_refusals_are_one_line(mask_model, tmp_path, capsys, region_shape, extra, fragment):
     image = png(tmp_path / "im.png", np.zeros((16, 16), np.uint8))
     region = np.zeros(region_shape or (16, 16), np.uint8)
     region[:4, :4] = 255 if region_shape else 0
+    extra = [png(tmp_path / "m8.png", np.full((8, 8), 255, np.uint8)) if a == "MASK8" else a for a in extra]
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         sample.main([str(mask_model), "--inpaint", image, "--region", png(tmp_path / "r.png", region), *extra,

@@ -40,7 +40,7 @@ def test_volumes_are_reoriented_to_ras_scaled_by_their_range_and_resized(tmp_pat
     assert x[:4].max() < 1 and x[:, 4:].max() < 1 and x[:, :, :4].max() < 1
 
 
-def test_label_maps_mark_every_label_and_fraction_masks_their_upper_half(tmp_path):
+def test_label_maps_mark_every_label_and_probability_maps_their_likely_voxels(tmp_path):
     a = head()
     labels = np.zeros_like(a, np.uint8)
     labels[0:8, 0:8, 0:8], labels[8:, 8:, 8:], labels[0:8, 8:, 8:] = 1, 2, 4  # BraTS-like labels
@@ -94,6 +94,17 @@ def with_nan(folder, _):
     write(folder / "a.nii", a)
 
 
+def crc_mismatch(folder, _):
+    """A .nii.gz whose stream inflates without error to a volume one voxel off, with the original's CRC."""
+    good, changed = head(8), head(8)
+    changed[3, 3, 3] += 2.0
+    write(folder / "good.nii.gz", good)
+    write(folder / "a.nii.gz", changed)
+    raw = (folder / "a.nii.gz").read_bytes()
+    (folder / "a.nii.gz").write_bytes(raw[:-8] + (folder / "good.nii.gz").read_bytes()[-8:-4] + raw[-4:])
+    (folder / "good.nii.gz").unlink()
+
+
 def mask_on_another_grid(folder, masks):
     write(folder / "a.nii", head(8))
     write(masks / "a.nii", np.ones((8, 8, 6), np.uint8))
@@ -113,7 +124,22 @@ BAD = {
                        "two files with one name"),
     "mask grid": (mask_on_another_grid, "not on its volume's voxel grid"),
     "mask names": (lambda f, m: (write(f / "a.nii", head(8)), write(m / "b.nii", head(8))), "do not match"),
+    "gzip crc": (crc_mismatch, "CRC check failed"),
+    "mask fractions": (lambda f, m: (write(f / "a.nii", head(8)), write(m / "a.nii", head(8) / 120)),
+                       "neither a label map (whole numbers) nor a probability map"),
 }
+
+
+def test_a_soft_mask_is_a_probability_map_not_half_its_maximum(tmp_path, capsys):
+    """Issue 28: a probability map with values in 0..0.01 became 49 % lesion (cut at half its maximum); as
+    probabilities, nothing in it reaches 0.5, so no voxel is lesion, and a note says how it was read."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        write(tmp_path / "images" / f"{name}.nii.gz", head())
+        write(tmp_path / "masks" / f"{name}.nii.gz", (rng.random((16, 16, 16)) * 0.01).astype(np.float32))
+    d = load_dataset("nifti", str(tmp_path), image_size=8)
+    assert d.masks.sum() == 0
+    assert "read as probability maps" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("case", BAD)
