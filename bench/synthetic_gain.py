@@ -91,13 +91,14 @@ def save_gain_figure(rows: dict, ks: list, m: int, n_held: int, path: str) -> No
     from figures import pyplot, save_figure
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for with_synthetic, style in ((False, "o-"), (True, "s--")):
+    for with_synthetic, style, color in ((False, "o-", "C0"), (True, "s--", "C1")):
         means = [statistics.mean(rows[(k, with_synthetic)]) for k in ks]
-        ax.plot(ks, means, style, label=f"+ {m} synthetic pairs" if with_synthetic else "real pairs only")
-        for k in ks:
-            ax.scatter([k] * len(rows[(k, with_synthetic)]), rows[(k, with_synthetic)], s=10, color="grey")
-    ax.set(xlabel="real training pairs K", ylabel=f"Dice on {n_held} held-out real slices",
-           title="segmenter trained with and without synthetic pairs")
+        ax.plot(ks, means, style, color=color, label=f"+ {m} synthetic pairs" if with_synthetic else "real pairs only")
+        for k in ks:  # each seed, in its series' colour
+            ax.scatter([k] * len(rows[(k, with_synthetic)]), rows[(k, with_synthetic)], s=12, color=color, alpha=0.4)
+    ax.set(xlabel="real training pairs K (log scale)", ylabel=f"Dice on {n_held} held-out real slices",
+           title="segmenter trained with and without synthetic pairs", xscale="log")
+    ax.set_xticks(ks, [str(k) for k in ks])
     ax.legend()
     fig.tight_layout()
     save_figure(fig, path)
