@@ -49,8 +49,12 @@ def start(device: torch.device) -> torch.device:
     return device
 
 
-def stop() -> None:
+def stop(finished: bool = False) -> None:
+    """Leave the process group. finished: the run ended normally on every rank, so all meet first, and no rank
+    closes its connections while another still talks over them (gloo aborts a process whose peer left)."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -61,7 +61,7 @@ class Run:
         return self
 
     def __exit__(self, kind, *_) -> None:
-        parallel.stop()
+        parallel.stop(finished=kind is None)
         if self.lead:
             self.folder.release()
         if kind is KeyboardInterrupt:  # Ctrl-C: say where the run stands
