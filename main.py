@@ -71,8 +71,6 @@ def add_training_options(g) -> None:
     g.add_argument("--lr", type=float, help=recipe_help("Adam learning rate", "lr"))
     g.add_argument("--warmup", type=int, help=recipe_help("steps of linear learning-rate warm-up from 0 to --lr",
                                                           "warmup"))
-    g.add_argument("--grad-clip", type=float, metavar="NORM",
-                   help=recipe_help("scale the gradient down to this norm when it is larger (0: never)", "grad_clip"))
     g.add_argument("--ema-decay", type=float,
                    help=recipe_help("EMA of the weights used for sampling, with warm-up (0 disables)", "ema_decay"))
     g.add_argument("--min-snr", type=float, metavar="GAMMA",
@@ -237,8 +235,6 @@ def train(args) -> None:
                     group["lr"] = warmup_lr(args.lr, args.warmup, run.step)
                 optimizer.zero_grad(set_to_none=True)
                 run.backward(loss)                                       # loss.backward()
-                if args.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.eps_model.parameters(), args.grad_clip)
                 optimizer.step()                                         # line 5: the gradient step
                 if ema is not None:
                     ema.update(model)

@@ -45,7 +45,7 @@ def known(key: str) -> tuple:
 # The defaults, chosen by measurement on a 2-core CPU (README, "How the defaults were chosen"): digits
 # after one MNIST epoch of about 4 minutes. An option given on the command line always wins.
 RECIPE = {"net": "unet", "lr": 2e-3, "batch_size": 32, "warmup": 100,
-          "ema_decay": 0.999, "min_snr": 5.0, "sampler": "ddim", "grad_clip": 0.0}
+          "ema_decay": 0.999, "min_snr": 5.0, "sampler": "ddim"}
 # The U-Net grows with the image (unet.UNet: n widths, n - 1 levels): --unet-widths, when not given, is
 # the entry for the smallest listed side at or above the image side (measured in docs/medical.md).
 UNET_WIDTHS_BY_SIZE = {32: (16, 32, 32), 64: (16, 32, 64, 64), 512: (16, 32, 64, 128, 128)}
@@ -74,5 +74,5 @@ def unet_widths_for(image_size: int, dims: int = 2) -> tuple:
 # --paper-settings: Ho et al. 2020 Sec. 4 and App. B (Adam 2e-4, batch 128, 5000 warm-up steps, EMA 0.9999,
 # Algorithm 2 with T = 1000 steps). Their 35.7M-parameter network is out of reach on a CPU: the net stays ours.
 PAPER = {"lr": 2e-4, "min_snr": 0.0, "batch_size": 128, "warmup": 5000,
-         "ema_decay": 0.9999, "sampler": "ddpm", "grad_clip": 1.0}  # grad_clip: their released code's
+         "ema_decay": 0.9999, "sampler": "ddpm"}
 

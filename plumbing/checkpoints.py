@@ -1,11 +1,11 @@
 """Checkpoints that load safely: tensors and plain containers only (weights_only=True), never code,
 and everything in them checked like the command line (settings.py) before anything is built."""
 import io
-import math
 import os
 
 import torch
 
+from plumbing import settings
 from plumbing.errors import DataError, cause
 from plumbing.settings import checkpoint_problem
 
@@ -38,7 +38,7 @@ def load_checkpoint(path: str) -> dict:
     epoch, ema = ckpt.get("epoch", 0), ckpt.get("ema")
     if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= 100_000:
         raise DataError(f"{path}: its epoch {epoch!r} is not a whole number in 0..100000: the checkpoint was edited")
-    if ema is not None and not (isinstance(ema, dict) and whole(ema.get("n")) and ema["n"] >= 0 and "weights" in ema):
+    if ema is not None and not (isinstance(ema, dict) and whole(ema.get("n")) and "weights" in ema):
         raise DataError(f"{path}: its EMA entry has no weights and update count (a whole number, at least 0): the "
                         "checkpoint was edited or damaged; sample with --no-ema, or retrain")
     losses, metrics = ckpt.get("losses", []), ckpt.get("metrics", [])
@@ -56,11 +56,13 @@ def load_checkpoint(path: str) -> dict:
 
 
 def whole(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """A whole number of at least 0 (settings.whole: not a bool, not a float)."""
+    return settings.whole(0, 2 ** 62)(v) is None
 
 
 def number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite int or float (settings.real)."""
+    return settings.real(lambda _: True, "any finite number")(v) is None
 
 
 def check_weights(weights, path: str, what: str) -> None:

@@ -15,17 +15,19 @@ from plumbing.errors import DataError, Parser, run_script
 from plumbing.files import save_atomic
 
 
-def shipped(ckpt: dict, note: str) -> dict:
-    """The checkpoint a user samples from: config, last scores and the sampling weights, nothing else."""
+def shipped(ckpt: dict, note: str, half: bool = False) -> dict:
+    """The checkpoint a user samples from: config, last scores and the sampling weights, nothing else. half:
+    the weights stored as float16 (half the bytes; loading copies them into the float32 network)."""
     weights = ckpt["ema"]["weights"] if ckpt.get("ema") else ckpt["model"]
-    return {"model": {k: v.clone() for k, v in weights.items()}, "ema": None, "epoch": ckpt.get("epoch", 0),
+    weights = {k: v.half() if half else v.clone() for k, v in weights.items()}
+    return {"model": weights, "ema": None, "epoch": ckpt.get("epoch", 0),
             "config": {**ckpt["config"], "shipped": note}, "metrics": ckpt.get("metrics", [])[-1:], "losses": []}
 
 
 def run(args) -> None:
     if os.path.exists(args.out):
         raise DataError(f"{args.out} exists: choose another name (shipped weights are never replaced)")
-    out = shipped(load_checkpoint(args.checkpoint), args.note)
+    out = shipped(load_checkpoint(args.checkpoint), args.note, args.half)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     save_atomic(lambda tmp: save_tensors(out, tmp), args.out)
@@ -38,6 +40,7 @@ def main(argv=None) -> None:
     p.add_argument("checkpoint", help="a model.pth written by main.py")
     p.add_argument("out", help="the file to write, e.g. weights/mnist_ddpm.pth (never replaced)")
     p.add_argument("--note", default="", help="how the run was made (kept in the config as 'shipped')")
+    p.add_argument("--half", action="store_true", help="store the weights as float16: half the size")
     run_script(p, run, p.parse_args(argv))
 
 

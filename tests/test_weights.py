@@ -50,3 +50,17 @@ def test_ship_keeps_the_ema_weights_and_the_config_and_never_replaces(tmp_path, 
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "never replaced" in err
     assert (tmp_path / "w.pth").read_bytes() == before
+
+
+def test_ship_half_stores_float16_that_samples_like_the_float32_weights(tmp_path):
+    main.main(["DDPM", "--dataset", "shapes", "--net", "cnn", "--limit", "32", "--batch-size", "16", "--n-T", "10",
+               "--num-samples", "2", "--sample-steps", "2", "--eval-samples", "0", "--epochs", "1",
+               "--out", str(tmp_path / "run")])
+    for name, extra in (("full", []), ("half", ["--half"])):
+        ship.main([str(tmp_path / "run" / "model.pth"), str(tmp_path / f"{name}.pth"), *extra])
+        sample.main([str(tmp_path / f"{name}.pth"), "--num-samples", "2", "--steps", "2", "--device", "cpu",
+                     "--out", str(tmp_path / f"{name}.png")])
+    assert all(v.dtype == torch.float16 for v in load_checkpoint(str(tmp_path / "half.pth"))["model"].values())
+    assert os.path.getsize(tmp_path / "half.pth") < 0.6 * os.path.getsize(tmp_path / "full.pth")
+    full, half = (np.load(tmp_path / f"{n}.npz")["images"] for n in ("full", "half"))
+    assert np.abs(full - half).mean() < 0.01
