@@ -6,8 +6,11 @@ memory. Every other exception is a bug, a student's or ours, and keeps its trace
 found. A library's error about our input is caught where we read the input and raised as a DataError.
 No torch here, so that `--help` and argument errors answer at once."""
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
 
 CAUSE_LENGTH = 200  # characters of a library's message kept in ours
@@ -83,6 +86,47 @@ def is_out_of_memory(e: BaseException) -> bool:
 MEMORY = "lower --batch-size, --image-size, --num-samples or the network's widths"  # main.py's options
 
 
+_pressed = []  # a Ctrl-C that arrived while ctrl_c() was in force
+
+
+def _on_sigint(signum, frame):
+    _pressed.append(signum)
+    raise KeyboardInterrupt
+
+
+def _quiet_interrupt(hook):
+    """sys.unraisablehook that keeps quiet about a Ctrl-C swallowed where Python cannot raise it."""
+    def handle(unraisable):
+        if not (isinstance(unraisable.exc_type, type) and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+            hook(unraisable)
+    return handle
+
+
+@contextlib.contextmanager
+def ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt, as by default, and is also remembered. Python cannot raise it when it
+    lands in a garbage-collection callback (a weakref's): it would print "Exception ignored in ..." and carry on
+    training. Here that is silent, and raise_pending_interrupt() (called by every Progress step) raises it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _pressed.clear()
+    old_handler, old_hook = signal.signal(signal.SIGINT, _on_sigint), sys.unraisablehook
+    sys.unraisablehook = _quiet_interrupt(old_hook)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+        sys.unraisablehook = old_hook
+        _pressed.clear()
+
+
+def raise_pending_interrupt() -> None:
+    """Raise the KeyboardInterrupt of a Ctrl-C that Python had to swallow (see ctrl_c)."""
+    if _pressed:
+        raise KeyboardInterrupt
+
+
 def run_script(parser: argparse.ArgumentParser, work, args, interrupted=lambda: "interrupted",
                memory: str = MEMORY) -> None:
     """work(args), with bad input, failed I/O and out of memory turned into one line and exit code 2 (130 on
@@ -91,7 +135,7 @@ def run_script(parser: argparse.ArgumentParser, work, args, interrupted=lambda: 
     Warnings raised meanwhile are collected: on success each is shown once as a one-line note; on failure the
     error line alone is printed."""
     prog = parser.prog
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, ctrl_c():
         warnings.simplefilter("default")
         try:
             work(args)

@@ -5,6 +5,8 @@ import time
 
 from tqdm import tqdm
 
+from plumbing.errors import raise_pending_interrupt
+
 
 class Progress:
     """Wraps an iterable of known length. note(key=value) shows running values (e.g. the loss)."""
@@ -36,6 +38,7 @@ class Progress:
 
     def at(self, done: int) -> None:
         """done of total units are finished (for work that calls back instead of looping, e.g. a sampler)."""
+        raise_pending_interrupt()  # a Ctrl-C swallowed during garbage collection ends the work here
         now = time.time()
         if self.forecast is not None and (now - self.start >= 3 or done >= 50) and done < self.total:
             line = f"  {self.desc}: about {(now - self.start) / done * self.total:.0f} s in all{self.forecast}"
