@@ -85,8 +85,10 @@ def add_process_options(g) -> None:
     g.add_argument("--n-T", type=int, default=1000, help="number of diffusion steps T")
     g.add_argument("--betas", type=float, nargs=2, default=(1e-4, 0.02), metavar=("BETA_1", "BETA_T"),
                    help="ends of the linear beta schedule (Ho et al. Sec. 4)")
-    g.add_argument("--schedule", default="linear", metavar="NAME",
-                   help=f"beta schedule, one of ddpm.SCHEDULES: {', '.join(known('schedule'))}")
+    g.add_argument("--schedule", metavar="NAME",
+                   help=f"beta schedule, one of ddpm.SCHEDULES: {', '.join(known('schedule'))} (default: cosine for "
+                        "DDPM and COND on images up to 32 px, else linear, and linear with --betas; paper: "
+                        "linear)")
     g.add_argument("--net", metavar="NAME", help=recipe_help(f"noise network, one of unet.NETWORKS: "
                                                              f"{', '.join(known('net'))}", "net"))
     g.add_argument("--unet-widths", type=int, nargs="+", metavar="C",
@@ -153,6 +155,7 @@ def check_args(args, p: Parser) -> None:
     """Impossible or memory-eating settings end here, with one line naming the fix: first the bounds of every
     setting (no torch), then what the process supports (models.PROCESSES), then the output folder."""
     args.defaulted = [k for k in RECIPE if getattr(args, k) is None]  # volumes take their own batch (plumbing/run.py)
+    schedule_given = args.schedule is not None  # before --paper-settings names one
     for key, value in ({**RECIPE, **PAPER} if args.paper_settings else RECIPE).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -167,9 +170,12 @@ def check_args(args, p: Parser) -> None:
         args.sampler = default_sampler(args.model, args.sampler)
     if "min_snr" in args.defaulted and "min_snr" not in process.options:
         args.min_snr = 0.0
-    for key in ("schedule", "betas"):  # tuple(): a name or the two ends, as given or as defaulted
-        if not process.schedule and tuple(getattr(args, key)) != tuple(p.get_default(key)):
+    betas_given = tuple(args.betas) != tuple(p.get_default("betas"))
+    for key, given in (("schedule", schedule_given), ("betas", betas_given)):
+        if not process.schedule and given:
             p.error(f"{option(key)} does not apply to {args.model}: it has no beta schedule (--n-T sets its time grid)")
+    if args.schedule is None and betas_given:  # the ends of a schedule: the linear one, the only one that uses them
+        args.schedule = "linear"
     if args.eval_samples is None:
         args.eval_samples = 64 if args.sampler == "ddpm" else 256  # Algorithm 2 takes all T steps
     for key, message in process_problems(vars(args)):
@@ -224,7 +230,7 @@ def train(args) -> None:
             save_forward_diffusion(model, run.images[:8], run.path("forward_diffusion.png"),
                                    torch.Generator(run.device).manual_seed(args.seed))
             if model.schedule:  # the flow has none
-                save_schedules(args.n_T, args.schedule, args.betas, run.path("schedules.png"))
+                save_schedules(args.n_T, config["schedule"], args.betas, run.path("schedules.png"))
             epoch_samples = EpochSamples(config, held_out, judge_for(args, config, train_set), run.device)
         for epoch in run.epochs():
             model.train()

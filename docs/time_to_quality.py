@@ -34,11 +34,12 @@ def main() -> None:
     args = p.parse_args()
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for run, label in zip(args.runs, args.labels):
+    for i, (run, label) in enumerate(zip(args.runs, args.labels)):
         seconds, fid, fid_real = curve(run)
         ax.plot([s / 60 for s in seconds], fid, marker="o", label=label)
         for s, f in zip(seconds, fid):
-            ax.annotate(f"{f:.1f}", (s / 60, f), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(f"{f:.1f}", (s / 60, f), textcoords="offset points", fontsize=8,
+                        xytext=((5, -12), (-28, 4), (4, 4))[i % 3])  # neighbouring curves' labels apart
     ax.axhline(fid_real, color="gray", linestyle=":", label=f"real digits (fid_real {fid_real:.1f})")
     ax.set_xlabel("training minutes (one per point: an epoch of 60,000 images)")
     ax.set_ylabel("fid (256 samples, metrics.py)")

@@ -18,7 +18,7 @@ from data import augment, dataset_info, load_dataset
 from figures import sampler_text, save_loss_curve
 from models import PROCESSES, build_process
 from plumbing import parallel
-from plumbing.catalog import VOLUME_BATCH, unet_version_for, unet_widths_for
+from plumbing.catalog import VOLUME_BATCH, schedule_for, unet_version_for, unet_widths_for
 from plumbing.checkpoints import load_checkpoint, load_weights, save_tensors
 from plumbing.errors import DataError, cause, world
 from plumbing.files import commit, discard, stage, write_json, write_loss_csv, write_metrics_csv
@@ -83,11 +83,15 @@ class Run:
 
     def configure(self, train_set) -> dict:
         """The run's config: the arguments plus what the data decided (make_config); saved in every checkpoint.
-        --resume keeps the U-Net design the run began with (unet_version; 1 where its checkpoint has none)."""
+        --resume keeps the U-Net design (unet_version; 1 where its checkpoint has none) and the beta schedule the
+        run began with, where the command line does not name them."""
         self.config = make_config(self.args, train_set)
-        if self.args.resume and self.args.unet_version is None:
-            self.config["unet_version"] = load_checkpoint(os.path.join(self.out, "model.pth"))["config"].get(
-                "unet_version", 1)
+        if self.args.resume:
+            before = load_checkpoint(os.path.join(self.out, "model.pth"))["config"]
+            if self.args.unet_version is None:
+                self.config["unet_version"] = before.get("unet_version", 1)
+            if self.args.schedule is None:
+                self.config["schedule"] = before.get("schedule", self.config["schedule"])
         return self.config
 
     def begin(self, model, optimizer, ema) -> bool:
@@ -267,7 +271,7 @@ def finished(out: str, epoch: int) -> str:
 def check_process(args) -> None:
     """Build the diffusion process alone (an identity network, no data) so that settings it cannot
     represent, e.g. DDGM's Gamma noise for some theta_0 and T, are refused before loading data."""
-    build_process(torch.nn.Identity(), {**vars(args), "num_classes": 0})
+    build_process(torch.nn.Identity(), {**vars(args), "schedule": args.schedule or "linear", "num_classes": 0})
 
 
 def make_config(args, train_set) -> dict:
@@ -295,6 +299,7 @@ def make_config(args, train_set) -> dict:
                         f"{'x'.join(map(str, sides))}: set --image-size or give fewer --unet-widths")
     config.update(cond=cond, in_channels=C, image_size=H, dims=len(sides), betas=list(args.betas),
                   unet_version=args.unet_version or unet_version_for(H, len(sides)),
+                  schedule=args.schedule or schedule_for(args.model, H, len(sides)),
                   unet_widths=list(args.unet_widths), attention_res=list(args.attention_res),
                   num_classes=int(train_set.labels.max()) + 1 if cond == "class" else 0,
                   cond_channels=1 if cond == "mask" else 0)

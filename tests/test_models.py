@@ -115,3 +115,26 @@ def test_unet_version_1_trains_and_resume_keeps_the_runs_own_design(tmp_path):
     with pytest.raises(SystemExit) as e:
         main.main([*tiny, "--epochs", "3", "--resume", "--unet-version", "2"])
     assert e.value.code == 2
+
+
+def test_new_runs_on_small_images_take_the_cosine_schedule_and_resume_keeps_the_runs_own(tmp_path):
+    """catalog.schedule_for: cosine for DDPM and COND on 2D images up to 32 px (measured on MNIST), linear
+    above, on volumes, for VPRED and DDGM and when --betas names the linear schedule's ends. A run begun on the linear
+    schedule (as every run before this default) continues on it with --resume, as config.json says."""
+    import json
+
+    import main
+    from plumbing.catalog import schedule_for
+    assert schedule_for("DDPM", 28) == schedule_for("COND", 32) == "cosine"
+    assert schedule_for("DDPM", 64) == schedule_for("DDPM", 32, 3) == "linear"
+    assert schedule_for("VPRED", 28) == schedule_for("DDGM", 28) == "linear"
+    tiny = ["DDPM", "--dataset", "shapes", "--limit", "32", "--batch-size", "16", "--n-T", "10", "--num-samples",
+            "2", "--sample-steps", "2", "--eval-samples", "0", "--unet-widths", "8", "8", "8", "--epochs", "1"]
+
+    def schedule(name, *extra):
+        main.main([*tiny, "--out", str(tmp_path / name), *extra])
+        return json.loads((tmp_path / name / "config.json").read_text())["schedule"]
+    assert schedule("new") == "cosine" and schedule("betas", "--betas", "1e-4", "0.03") == "linear"
+    assert schedule("old", "--schedule", "linear") == "linear"
+    assert schedule("old", "--epochs", "2", "--resume") == "linear"
+    assert torch.load(tmp_path / "old" / "model.pth", weights_only=True)["epoch"] == 2
