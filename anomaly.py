@@ -26,16 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from data import DATASETS, DataError, load_dataset
-from datatypes import Dataset
-from models import check_sampler, default_sampler, draw, model_from_checkpoint
-from plumbing.catalog import known
+from data import DATASETS, load_dataset
+from datatypes import DataError, Dataset
+from models import SAMPLERS, check_sampler, draw, model_from_checkpoint
 from plumbing.checkpoints import load_checkpoint
 from plumbing.errors import Parser, run_script
-from plumbing.files import check_outputs, png_out
+from plumbing.files import check_outputs, is_regular, png_out
 from plumbing.progress import Progress
+from plumbing.run import pick_device
 from plumbing.settings import SEED_MAX
-from plumbing.speed import pick_device
 
 SWEEP = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6)  # t_lambda / T for --sweep
 VALIDATION_SEED = 2  # the phantom-anomaly scans used to choose thresholds (test scans: seed 1)
@@ -46,7 +45,7 @@ FOLDERS = {"folder": 2, "nifti": 3}  # the user's own scans: images or volumes
 # --- the detector -------------------------------------------------------------------------------
 
 @torch.no_grad()
-def reconstruct(model, x0: Tensor, t_lambda: int, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+def reconstruct(model, x0: Tensor, t_lambda: int, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
                 generator=None, **cond) -> Tensor:
     """Noise x0 to paper time t_lambda with eq. (4), then denoise back to t = 0 with Algorithm 2
     (t_lambda steps) or DDIM (`steps` steps): the healthy anatomy the model believes in. cond goes to
@@ -73,21 +72,20 @@ def gaussian_blur(m: Tensor, sigma: float) -> Tensor:
     return m
 
 
-def anomaly_maps(model, x0: Tensor, t_lambda: int, sampler: str, steps: int, eta: float, repeats: int,
+def anomaly_maps(model, x0: Tensor, t_lambda: int, *, sampler: str, steps: int, eta: float, repeats: int,
                  smooth: float, generator=None, batch: int = 256, label: str = "scans",
                  counterfactual: bool = False) -> tuple:
     """(maps (N, H, W), one reconstruction per scan (N, C, H, W)): |x_0 - x0_rec| averaged over channels
     and `repeats` noise draws, then smoothed by a Gaussian of std `smooth` pixels. counterfactual: the
     model is mask-conditioned and reconstructs with an empty mask, "no tumour" (Sanchez et al. 2022)."""
-    device = model.beta.device
+    device = model.device
     maps, recs = [], []
-    bar = Progress(range(0, len(x0), batch), -(-len(x0) // batch), f"reconstructing {label}", "batches")
-    for s in bar:
+    for s in Progress(-(-len(x0) // batch), f"reconstructing {label}", "batches").wrap(range(0, len(x0), batch)):
         x = x0[s:s + batch].to(device)
         total = torch.zeros(x.shape[0], *x.shape[2:], device=device)
         for k in range(repeats):
             cond = {"mask": torch.zeros_like(x[:, :1])} if counterfactual else {}
-            rec = reconstruct(model, x, t_lambda, sampler, steps, eta, generator, **cond)
+            rec = reconstruct(model, x, t_lambda, sampler=sampler, steps=steps, eta=eta, generator=generator, **cond)
             total += (x - rec).abs().mean(1)
             if k == 0:
                 recs.append(rec.cpu())
@@ -165,9 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="./data", help="--dataset folder or nifti: images/ (and masks/ for the "
                    "outline)")
     p.add_argument("--t-lambda", type=int, help="paper time to noise to, 1..T (default: T/4)")
-    p.add_argument("--sampler", metavar="NAME", help=f"reverse process, one of ddpm.SAMPLERS: "
-                   f"{', '.join(known('sampler'))} (ddim: --steps, --eta; ddpm: Algorithm 2, t_lambda steps; "
-                   "default: ddim where the process has it)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), help="reverse process, one of models.SAMPLERS (ddim: --steps, "
+                   "--eta; ddpm: Algorithm 2, t_lambda steps; default: ddim where the process has it, else its own)")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps from t_lambda to 0")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic given x_t)")
     p.add_argument("--repeats", type=int, default=4, help="noise draws K averaged per map")
@@ -251,8 +248,9 @@ def run(args) -> None:
     """Load the model, choose t_lambda (counterfactual maps: by the validation scans), map the test scans,
     score them beside the baselines, and with --sweep score every t_lambda of SWEEP."""
     from figures import save_anomaly_figure
-    if not os.path.isfile(args.checkpoint):  # first: the default --out lies beside it
-        raise DataError(f"no checkpoint at {args.checkpoint}: train one with main.py first, or check the path")
+    if not is_regular(args.checkpoint):  # first: the default --out lies beside it
+        raise DataError(f"no checkpoint at {args.checkpoint} (no such file, or not a regular file): train one with "
+                        "main.py first, or check the path")
     out = png_out("--out", args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "anomaly.png"))
     check_outputs({"--out": out, **({"--out (its _sweep.png)": os.path.splitext(out)[0] + "_sweep.png"}
                                     if args.sweep else {})}, [args.checkpoint])
@@ -261,8 +259,9 @@ def run(args) -> None:
     if val is None:  # nothing to score: map only the scans the figure shows
         test = Dataset(*(None if a is None else a[:FIGURE_ROWS] for a in test))
     t_lambda = args.t_lambda or (choose_t_lambda(maps, val) if maps.counterfactual else max(1, round(maps.T / 4)))
-    how = {"ddim": f"DDIM {min(args.steps, t_lambda)} steps, eta {args.eta:g}",
-           "ddpm": f"Algorithm 2, {t_lambda} steps"}.get(args.sampler, f"sampler {args.sampler}")
+    steps = min(args.steps, t_lambda)
+    how = {"ddim": f"DDIM {steps} steps, eta {args.eta:g}", "ddpm": f"Algorithm 2, {t_lambda} steps"}.get(
+        maps.sampler, f"{maps.sampler}, {steps} steps")
     told = " with an empty condition mask (counterfactual: no tumour)" if maps.counterfactual else ""
     print(f"{len(test.images)} {args.dataset} scans: noise to t_lambda={t_lambda} of T={maps.T}, denoise by {how}"
           f"{told}, {args.repeats} draws per map, Gaussian smoothing sigma {args.smooth:g} px", flush=True)
@@ -287,9 +286,9 @@ def run(args) -> None:
 class Maps:
     """The anomaly maps of one model with the script's settings: at(t_lambda, scans, label) -> (maps, recs)."""
 
-    def __init__(self, model, args, counterfactual: bool):
-        self.model, self.args, self.counterfactual, self.T = model, args, counterfactual, model.T
-        self.generator = torch.Generator(model.beta.device).manual_seed(args.seed)
+    def __init__(self, model, args, sampler: str, counterfactual: bool):
+        self.model, self.args, self.sampler, self.counterfactual, self.T = model, args, sampler, counterfactual, model.T
+        self.generator = torch.Generator(model.device).manual_seed(args.seed)
 
     @classmethod
     def load(cls, args) -> tuple:
@@ -306,14 +305,14 @@ class Maps:
         model = model_from_checkpoint(ckpt, pick_device(args.device), use_ema=not args.no_ema, path=args.checkpoint)
         if args.t_lambda is not None and args.t_lambda > model.T:
             raise DataError(f"--t-lambda must lie in 1..{model.T} (T of this model)")
-        args.sampler = args.sampler or default_sampler(config["model"], "ddim")
-        check_sampler(model, args.sampler)
-        return cls(model, args, counterfactual), config
+        sampler = args.sampler or ("ddim" if "ddim" in model.samplers else model.samplers[0])
+        check_sampler(model, sampler)
+        return cls(model, args, sampler, counterfactual), config
 
     def at(self, t_lambda: int, x: Tensor, label: str) -> tuple:
         a = self.args
-        return anomaly_maps(self.model, x, t_lambda, a.sampler, a.steps, a.eta, a.repeats, a.smooth, self.generator,
-                            label=label, counterfactual=self.counterfactual)
+        return anomaly_maps(self.model, x, t_lambda, sampler=self.sampler, steps=a.steps, eta=a.eta, repeats=a.repeats,
+                            smooth=a.smooth, generator=self.generator, label=label, counterfactual=self.counterfactual)
 
 
 def head(d: Dataset) -> Tensor:

@@ -11,7 +11,7 @@ never noised, and passed unchanged to every call.
 import torch
 from torch import Tensor, nn
 
-from ddpm import DDPM
+from ddpm import DDPM, SCHEDULES
 
 
 def guided_eps(eps_cond: Tensor, eps_uncond: Tensor, w: float) -> Tensor:
@@ -27,14 +27,15 @@ class ConditionalDDPM(DDPM):
     options = ("min_snr", "p_uncond", "guidance")
 
     @classmethod
-    def from_config(cls, eps_model: nn.Module, beta: Tensor, config: dict) -> "ConditionalDDPM":
-        return cls(eps_model, beta, config["num_classes"], config["p_uncond"], config["guidance"],
-                   clip_x0=config.get("clip_x0", False), min_snr_gamma=config.get("min_snr", 0.0))
+    def from_config(cls, net: nn.Module, config: dict) -> "ConditionalDDPM":
+        beta = SCHEDULES[config["schedule"]](config["n_T"], tuple(config["betas"]))
+        return cls(net, beta, num_classes=config["num_classes"], p_uncond=config["p_uncond"],
+                   guidance_scale=config["guidance"], clip_x0=config.get("clip_x0", False),
+                   min_snr_gamma=config.get("min_snr") or 0.0)
 
-    def __init__(self, eps_model: nn.Module, beta: Tensor, num_classes: int = 0,
-                 p_uncond: float = 0.1, guidance_scale: float = 2.0, sigma2: str = "beta", clip_x0: bool = False,
-                 min_snr_gamma: float = 0.0):
-        super().__init__(eps_model, beta, sigma2, clip_x0, min_snr_gamma)
+    def __init__(self, net: nn.Module, beta: Tensor, num_classes: int = 0, p_uncond: float = 0.1,
+                 guidance_scale: float = 2.0, sigma2: str = "beta", clip_x0: bool = False, min_snr_gamma: float = 0.0):
+        super().__init__(net, beta, sigma2, clip_x0, min_snr_gamma)
         if not 0 <= p_uncond <= 1:
             raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}")
         if guidance_scale < 0:
@@ -59,8 +60,8 @@ class ConditionalDDPM(DDPM):
     def predict_eps(self, x_t: Tensor, t: Tensor, y: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """Guided eps (eq. 6) when labels are given; the two predictions share one batched call."""
         if y is None or self.guidance_scale == 0:
-            return self.eps_model(x_t, t, y=y, mask=mask)
+            return self.net(x_t, t, y=y, mask=mask)
         null = torch.full_like(y, self.num_classes)
         two = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
-        eps_cond, eps_uncond = self.eps_model(two(x_t), two(t), y=torch.cat([y, null]), mask=two(mask)).chunk(2)
+        eps_cond, eps_uncond = self.net(two(x_t), two(t), y=torch.cat([y, null]), mask=two(mask)).chunk(2)
         return guided_eps(eps_cond, eps_uncond, self.guidance_scale)

@@ -5,11 +5,12 @@ Batches are drawn by random index; --augment (augment) flips, shifts and rotates
 DATASETS, at the end, is the registry of the names a user can type: mnist, MedMNIST 2D and 3D subsets
 by name (pathmnist, organmnist3d, ...), csv, folder (images/ and optional masks/), nifti (the same with
 .nii.gz volumes, read by the optional nibabel), and the synthetic shapes and phantoms of synthetic.py.
-The file formats are read in plumbing/formats.py.
+The file formats are read in formats.py.
 Every loader checks what it reads (dtype, range, shape, finiteness, label values) and either
 converts it correctly or raises DataError with a one-line message naming the file; sizes are
 checked before anything large is allocated.
 """
+import hashlib
 import math
 import os
 import re
@@ -21,10 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from datatypes import Dataset, normalize_to_neg_one_to_one
-from plumbing.catalog import MEDMNIST_2D, MEDMNIST_3D
-from plumbing.errors import DataError, one_line
-from plumbing.formats import (
+from datatypes import DataError, Dataset, cause, normalize_to_neg_one_to_one
+from formats import (
     IMAGE_EXTENSIONS,
     MAX_VALUES,
     NIFTI_EXTENSIONS,
@@ -37,8 +36,11 @@ from plumbing.formats import (
     read_npz,
     read_resized,
 )
-from plumbing.progress import Progress
 
+MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
+               "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
+MEDMNIST_3D = ("organmnist3d", "nodulemnist3d", "adrenalmnist3d", "fracturemnist3d", "vesselmnist3d",
+               "synapsemnist3d")  # volumes (N, 28, 28, 28)
 MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 MEDMNIST_URL = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
@@ -72,6 +74,14 @@ def check_labels(labels: np.ndarray, where: str, item: str = "item") -> Tensor:
     return torch.from_numpy(labels.astype(np.int64))
 
 
+def fingerprint(data: Dataset) -> str:
+    """12 hex digits that change when the images, labels or masks change (what a run records as data_id)."""
+    h = hashlib.sha1()
+    for a in data:
+        h.update(b"-" if a is None else a.contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
 def find_file(folder: str, name: str) -> str | None:
     for candidate in (name, name + ".gz"):
         if os.path.isfile(os.path.join(folder, candidate)):
@@ -90,7 +100,7 @@ def try_download(fetch, made: str) -> str | None:
         for d in (os.path.join(made, "MNIST", "raw"), os.path.join(made, "MNIST"), made):
             if d not in existed and os.path.isdir(d) and not os.listdir(d):
                 os.rmdir(d)
-        return one_line(str(e), 200) or type(e).__name__
+        return cause(e)
 
 
 def download_mnist(data_dir: str) -> None:
@@ -289,7 +299,7 @@ def load_nifti_folder(data_dir: str, image_size: int, channels: int | None, trai
         raise DataError("NIfTI volumes are read as one channel: drop --channels 3")
     images, masks, names = folder_split(data_dir, list_volumes, "volume", NIFTI_EXTENSIONS, train, limit)
     x, m, soft = [], [], []
-    for name in Progress(names, len(names), f"reading {'training' if train else 'held-out'} volumes", "volume"):
+    for name in names:
         image = open_nifti(images[name])
         a = nifti_voxels(image, images[name])
         lo, hi = float(a.min()), float(a.max())

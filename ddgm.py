@@ -21,7 +21,7 @@ Choices made here, where sources differ or are silent:
   normalised centred draw of that step, z = (g_t - k_t theta_t) / sqrt(beta_t), with
   sigma_t^2 = beta_t and no noise at the last step.
 - DDIM (Song et al. 2021) is derived for Gaussian q(x_t | x_0); no Gamma analogue is implemented
-  here, so ddim_sample refuses with one line and DDGM samples with Algorithm 2.
+  here, so DDGM samples with Algorithm 2 only (samplers).
 - Precision: k, theta, kbar and the Gamma draws are float64 (kbar_T theta_T is about 1.6e5 for
   theta_0 = 1e-3, T = 1000; centring it in float32 would quantise the noise); cast only at the end.
 """
@@ -30,26 +30,27 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ddpm import DDPM, extract
+from ddpm import DDPM, SCHEDULES
+from process import extract
 
 
 class DDGM(DDPM):
-    """DDPM with Gamma noise. theta_0 > 0 (default 0.001); loss_type "l2" (default) or "l1"."""
+    """DDPM with Gamma noise. theta_0 > 0 (default 0.001); loss_type "l2" (default) or "l1" (the paper's)."""
     samplers = ("ddpm",)          # Algorithm 2 only: DDIM's eq. (12) is derived for Gaussian noise
     options = ("theta0", "loss")  # no min-SNR weighting: its loss is the paper's
 
     @classmethod
-    def from_config(cls, eps_model: nn.Module, beta: Tensor, config: dict) -> "DDGM":
-        return cls(eps_model, beta, theta_0=config["theta0"], loss_type=config["loss"],
-                   clip_x0=config.get("clip_x0", False))
+    def from_config(cls, net: nn.Module, config: dict) -> "DDGM":
+        beta = SCHEDULES[config["schedule"]](config["n_T"], tuple(config["betas"]))
+        return cls(net, beta, theta_0=config["theta0"], loss_type=config["loss"], clip_x0=config.get("clip_x0", False))
 
     @property
     def loss_name(self) -> str:
         return "L1 loss" if self.loss_type == "l1" else "MSE loss"
 
-    def __init__(self, eps_model: nn.Module, beta: Tensor, theta_0: float = 0.001,
+    def __init__(self, net: nn.Module, beta: Tensor, theta_0: float = 0.001,
                  loss_type: str = "l2", sigma2: str = "beta", clip_x0: bool = False):
-        super().__init__(eps_model, beta, sigma2, clip_x0)
+        super().__init__(net, beta, sigma2, clip_x0)
         if not theta_0 > 0:
             raise ValueError(f"theta_0 must be > 0, got {theta_0}")
         if loss_type not in ("l1", "l2"):
@@ -88,12 +89,7 @@ class DDGM(DDPM):
         t = torch.full((x.shape[0],), self.T - 1, device=x.device, dtype=torch.long)
         return (1 - self.alpha_bar[-1]).sqrt() * self.noise_like(x, t, generator)
 
-    def eps_loss(self, eps_hat: Tensor, eps: Tensor) -> Tensor:
+    def per_image_loss(self, eps_hat: Tensor, eps: Tensor) -> Tensor:
         """DDGM Alg. 1: || eps - eps_theta(x_t, t) || per image (B,), with L2 (default) or the paper's L1."""
         diff = (eps - eps_hat).flatten(1)
         return diff.abs().mean(1) if self.loss_type == "l1" else diff.square().mean(1)
-
-    def ddim_sample(self, *args, **kwargs):
-        """Refused: DDIM's eq. (12) assumes Gaussian noise; DDGM samples with Algorithm 2 (sample)."""
-        raise ValueError("DDIM sampling is derived for Gaussian noise and not for DDGM's Gamma noise: "
-                         "use the ancestral sampler (--sampler ddpm)")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from datatypes import unnormalize_to_zero_to_one
-from plumbing.files import MARK, save_atomic
+from plumbing.files import mark, save_atomic
 
 
 def make_grid(x: Tensor, nrow: int = 8, pad: int = 2) -> Tensor:
@@ -74,9 +74,12 @@ def save_grid(x: Tensor, path: str, nrow: int = 8, col_labels=None, row_labels=N
         image = with_labels(image, s * (x.shape[-1] + 2), s * (x.shape[-2] + 2), col_labels or [], row_labels or [],
                             title, 2 * s)
     from PIL import PngImagePlugin
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", MARK)  # plumbing/files.py: an output that may be replaced by a later one
-    save_atomic(lambda p: image.save(p, format="PNG", pnginfo=info), path)
+
+    def write(p):
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", mark())  # plumbing/files.py: this project's output at this path
+        image.save(p, format="PNG", pnginfo=info)
+    save_atomic(write, path, ours_only=True)
 
 
 def save_sample_grid(x: Tensor, path: str, masks: Tensor | None = None, labels: Tensor | None = None,
@@ -176,7 +179,7 @@ def pyplot():
 
 
 def save_figure(fig, path: str) -> None:
-    save_atomic(lambda p: fig.savefig(p, dpi=100, metadata={"Software": MARK}), path)
+    save_atomic(lambda p: fig.savefig(p, dpi=100, metadata={"Software": mark()}), path, ours_only=True)
     pyplot().close(fig)
 
 

@@ -13,29 +13,26 @@ equations are the same with t -> 1 - t). Symbols:
   estimates     x0_hat = x_t - t v_hat,  eps_hat = x_t + (1 - t) v_hat   (both from x_t = (1 - t) x_0 + t eps)
 
 No beta schedule: x_t is a straight line between the image and its noise. Times are the T points
-t = i / T, i = 1..T, stored as indices i - 1 = 0..T-1 as everywhere here, and the network receives that
-index, as DDPM's does. (For this path one Euler step is also DDIM's eq. 12 with eta = 0: x_{t-h} =
-(1 - t + h) x0_hat + (t - h) eps_hat, the same line.)
+t = i / T, i = 1..T, stored as indices i - 1 = 0..T-1 as everywhere here (process.py), and the network
+receives that index, as DDPM's does. RePaint (process.py) walks the path with reverse_step and q_step.
+(For this path one Euler step is also DDIM's eq. 12 with eta = 0: x_{t-h} = (1 - t + h) x0_hat +
+(t - h) eps_hat, the same line.)
 """
 import torch
 from torch import Tensor, nn
 
-from ddpm import DDPM, per_sample, repaint_times
-from plumbing.progress import Progress
+from process import Process, per_sample
 
 
-class FlowMatching(DDPM):
-    """The straight-path flow around a velocity network eps_model(x_t, t) -> v (eps_model: DDPM's network slot).
-    Only len(beta) is used: the number T of times on the grid."""
-    samplers = ("euler",)      # Euler's method on dx/dt = v; Algorithm 2 and DDIM are DDPM's Gaussian steps
+class FlowMatching(Process):
+    """The straight-path flow around a velocity network net(x_t, t) -> v, on the grid t = i / T, i = 1..T."""
+    samplers = ("euler",)      # Euler's method on dx/dt = v
     conditions = ("mask",)     # --cond mask: the mask concatenated to x_t, as for COND (no guidance)
-    options = ()               # no min-SNR: the loss is the papers' plain regression of u
-    schedule = False           # no beta schedule: --schedule and --betas do not apply
     loss_name = "MSE loss (velocity)"
 
     @classmethod
-    def from_config(cls, eps_model: nn.Module, beta: Tensor, config: dict) -> "FlowMatching":
-        return cls(eps_model, beta, clip_x0=config.get("clip_x0", False))
+    def from_config(cls, net: nn.Module, config: dict) -> "FlowMatching":
+        return cls(net, config["n_T"], clip_x0=config.get("clip_x0", False))
 
     def time(self, t: Tensor, x: Tensor) -> Tensor:
         """The path's time in (0, 1] of index t (B,): (t + 1) / T, shaped to broadcast on x."""
@@ -58,8 +55,8 @@ class FlowMatching(DDPM):
         return eps - x0
 
     def predict_eps(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
-        """eps_hat = x_t + (1 - t) v_hat: the noise the network's velocity implies (anomaly maps, figures)."""
-        return x_t + (1 - self.time(t, x_t)) * self.eps_model(x_t, t, **cond)
+        """eps_hat = x_t + (1 - t) v_hat: the noise the network's velocity implies."""
+        return x_t + (1 - self.time(t, x_t)) * self.net(x_t, t, **cond)
 
     def predict_x0(self, x_t: Tensor, t: Tensor, eps_hat: Tensor) -> Tensor:
         """x0_hat = (x_t - t eps_hat) / (1 - t), from the path; undefined at t = 1 (the Euler sampler uses
@@ -67,24 +64,23 @@ class FlowMatching(DDPM):
         s = self.time(t, x_t)
         return (x_t - s * eps_hat) / (1 - s)
 
-    def min_snr_weight(self, t: Tensor) -> Tensor:
-        raise ValueError("flow matching takes no min-SNR weighting: its loss is the plain regression of u")
+    def reverse_step(self, x_t: Tensor, t: Tensor, generator=None, **cond) -> Tensor:
+        """One Euler step down the grid, h = 1 / T: x_{t-h} = x_t - h v_theta(x_t, t) (RePaint walks with it)."""
+        return x_t - self.net(x_t, t, **cond) / self.T
 
     @torch.no_grad()
-    def euler_sample(self, n: int, shape: tuple, steps: int, generator=None, x_start: Tensor | None = None,
+    def euler_sample(self, n: int, shape: tuple, *, steps: int, generator=None, x_start: Tensor | None = None,
                      t_start: int | None = None, on_step=None, **cond) -> Tensor:
         """Euler's method on dx/dt = v_theta(x, t) from x_1 = eps (or x_start at index t_start) to t = 0, in
-        `steps` steps between times evenly spaced (DDPM.ddim_timesteps, then t = 0). With clip_x0 (as DDPM's
+        `steps` steps between times evenly spaced (process.timesteps, then t = 0). With clip_x0 (as DDPM's
         sampler clips), the step is taken from x0_hat clipped to [-1, 1]: x_{t-h} = (1 - t + h) x0_hat + (t - h)
         eps_hat, which is Euler's step itself wherever nothing is clipped, and ends in [-1, 1].
         on_step(i, x_t, x0_hat) sees every step, with x0_hat = x_t - t v_hat."""
         x_t, top = self.start(n, shape, generator, x_start, t_start)
-        if not 1 <= steps <= top + 1:
-            raise ValueError(f"Euler needs 1 <= steps <= {top + 1} (the times to go), got {steps}")
-        grid = self.ddim_timesteps(steps, top)
+        grid = self.timesteps(steps, top)
         for j, i in enumerate(grid):
             t = torch.full((x_t.shape[0],), i, device=x_t.device, dtype=torch.long)
-            v_hat = self.eps_model(x_t, t, **cond)
+            v_hat = self.net(x_t, t, **cond)
             s = (i + 1) / self.T
             s_next = (grid[j + 1] + 1) / self.T if j + 1 < len(grid) else 0.0
             x0_hat = x_t - s * v_hat
@@ -96,33 +92,3 @@ class FlowMatching(DDPM):
             else:
                 x_t = x_t + (s_next - s) * v_hat                              # Euler: x_{t-h} = x_t - h v
         return x_t
-
-    @torch.no_grad()
-    def inpaint(self, x0: Tensor, keep: Tensor, jump_length: int = 10, jump_count: int = 10, generator=None,
-                progress: bool = False, **cond) -> Tensor:
-        """RePaint's scheme (Lugmayr et al. 2022, Alg. 1 and repaint_times) on the straight path: each step down
-        joins the known pixels put on the path at the next time (q_sample) with an Euler step for the rest;
-        each step back up is q_step. One network call per step, on the grid t = i / T."""
-        x_t = self.x_T_like(x0, generator)                                          # x_1 = eps
-        times = repaint_times(self.T, jump_length, jump_count)
-        B, device = x0.shape[0], x0.device
-        for t_now, t_next in Progress(zip(times, times[1:]), len(times) - 1, "inpainting (RePaint, Euler)", "steps",
-                                      show=progress):
-            if t_next > t_now:                                                       # back up the path
-                t = torch.full((B,), t_next - 1, device=device, dtype=torch.long)
-                x_t = self.q_step(x_t, t, self.noise_like(x_t, t, generator, step=True))
-                continue
-            t = torch.full((B,), t_now - 1, device=device, dtype=torch.long)
-            known = self.q_sample(x0, t - 1, self.noise_like(x0, t, generator)) if t_now > 1 else x0
-            unknown = x_t - self.eps_model(x_t, t, **cond) / self.T                  # Euler, h = 1 / T
-            x_t = keep * known + (1 - keep) * unknown
-        return x_t
-
-    def sample(self, *args, **kwargs):
-        """Refused: Algorithm 2 is the Gaussian reverse step of DDPM; the flow samples with Euler's method."""
-        raise ValueError("Algorithm 2 is DDPM's Gaussian reverse step, not the flow's: use --sampler euler")
-
-    def ddim_sample(self, *args, **kwargs):
-        """Refused as a name: on the straight path DDIM (eta = 0) is Euler's method; use that."""
-        raise ValueError("the flow samples with Euler's method (which is DDIM's eta = 0 step on this path): "
-                         "use --sampler euler")

@@ -18,7 +18,6 @@ trained: lesion_dice scores mask-conditioned samples against their masks, beside
 """
 import plumbing.preflight  # noqa: F401  (first, before torch: a bad OMP_NUM_THREADS ends here)
 
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -28,14 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data import DataError, dataset_info, load_dataset
-from datatypes import unnormalize_to_zero_to_one
-from figures import class_grid_labels, sampler_text, save_sample_grid
-from models import draw, sample_shape
+from data import augment, dataset_info, fingerprint, load_dataset
+from datatypes import DataError, unnormalize_to_zero_to_one
+from formats import read_npz
 from plumbing.checkpoints import save_tensors
 from plumbing.errors import Parser, run_script
-from plumbing.formats import read_npz
-from plumbing.speed import autocast
+from plumbing.files import is_regular, save_atomic
+from plumbing.progress import Progress
 
 FEATURES = 128
 SEGMENTER_STEPS = 1500  # batches of 16 for the segmenter judge: about 2.5 minutes at 64 px on 2 cores
@@ -84,29 +82,23 @@ def feature_stats(features: Tensor) -> tuple:
 
 def cache_path(data_dir: str, name: str, log) -> str:
     """Where a judge is cached: DATA_DIR/classifiers/name; where that folder cannot be written (read-only data),
-    the user's cache folder (XDG_CACHE_HOME or ~/.cache, then ddpm-course/classifiers), said once in log."""
-    path = os.path.join(data_dir, "classifiers", name)
-    if os.path.isfile(path):
-        return path
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if os.access(os.path.dirname(path), os.W_OK):
-            return path
-    except OSError:
-        pass
+    the user's cache folder (XDG_CACHE_HOME or ~/.cache, then ddpm-course/classifiers), said once in log. Neither
+    writable: one line now, before any judge is trained."""
     home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    other = os.path.join(home, "ddpm-course", "classifiers", name)
-    if log is not None and not os.path.isfile(other):
-        log(f"note: {os.path.dirname(path)} cannot be written (read-only data?): the judge is cached in "
-            f"{os.path.dirname(other)} instead")
-    return other
-
-
-def fingerprint(images: Tensor, labels: Tensor) -> str:
-    """12 hex digits that change when the training images or labels change (the cache key)."""
-    h = hashlib.sha1(unnormalize_to_zero_to_one(images).mul(255).round().to(torch.uint8).numpy().tobytes())
-    h.update(labels.numpy().astype(np.int64).tobytes())
-    return h.hexdigest()[:12]
+    for folder in (os.path.join(data_dir, "classifiers"), os.path.join(home, "ddpm-course", "classifiers")):
+        if is_regular(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            if folder != os.path.join(data_dir, "classifiers") and log is not None:
+                log(f"note: {data_dir}/classifiers cannot be written (read-only data?): the judge is cached in "
+                    f"{folder} instead")
+            return os.path.join(folder, name)
+    raise DataError(f"no folder to cache the judge in: neither {data_dir}/classifiers nor the user's cache folder "
+                    "(XDG_CACHE_HOME or ~/.cache) can be written: set XDG_CACHE_HOME to a writable folder")
 
 
 @torch.no_grad()
@@ -115,8 +107,8 @@ def accuracy(net: FeatureNet, images: Tensor, labels: Tensor) -> float:
     return hits / len(labels)
 
 
-# What the first run of a dataset pays once, said with the forecast of its judge's training (plumbing/progress.py).
-SKIP = " on this machine, once for this data (then cached); main.py --eval-samples 0 trains without scores and skips it"
+# What the first run of a dataset pays once, said before its judge is trained.
+SKIP = "once for this data, then cached; main.py --eval-samples 0 trains without scores and skips it"
 
 
 def train_classifier(train, test, epochs: int = 2, batch_size: int = 128, min_steps: int = 200, seed: int = 0,
@@ -128,8 +120,7 @@ def train_classifier(train, test, epochs: int = 2, batch_size: int = 128, min_st
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     N = len(train.images)
     steps = max(epochs * -(-N // batch_size), min_steps)
-    from plumbing.progress import Progress
-    for _ in Progress(range(steps), steps, "training the fid classifier", "steps", say=log, forecast=SKIP):
+    for _ in Progress(steps, "training the fid classifier", "steps", say=log).wrap(range(steps)):
         idx = torch.randint(0, N, (batch_size,))
         loss = F.cross_entropy(net(train.images[idx]), train.labels[idx])
         opt.zero_grad(set_to_none=True)
@@ -161,8 +152,7 @@ class QualityScore:
         self.reference = feature_stats(self.test_features)
 
     def load_or_train(self, dataset, data_dir, train, test, log) -> tuple:
-        from plumbing.files import save_atomic
-        path = cache_path(data_dir, f"{dataset}-{fingerprint(train.images, train.labels)}.pt", log)
+        path = cache_path(data_dir, f"{dataset}-{fingerprint(train)}.pt", log)
         self.cache = Path(path)
         if os.path.isfile(path):
             try:
@@ -172,7 +162,7 @@ class QualityScore:
                 return net.eval(), state["test_accuracy"]
             except Exception as e:  # a damaged cache is rebuilt, never trusted
                 log(f"{path} is not a usable classifier ({type(e).__name__}): training it again")
-        log(f"training the {dataset} feature classifier for fid (once; cached as {path})")
+        log(f"training the {dataset} feature classifier for fid ({SKIP}; as {path})")
         net, acc = train_classifier(train, test, log=log)
         log(f"{dataset} classifier: test accuracy {acc:.4f}")
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -302,13 +292,10 @@ def train_segmenter(images: Tensor, masks: Tensor, steps: int = 1500, batch_size
                     log=print, extra: tuple | None = None) -> SegNet:
     """Adam 1e-3 for `steps` steps of soft_dice_bce on random batches, each augmented (data.augment).
     extra: (images, masks) of more pairs (e.g. synthetic ones); then half of every batch comes from them."""
-    from data import augment
-    from plumbing.progress import Progress
     torch.manual_seed(seed)
     net = SegNet(images.shape[1])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for _ in Progress(range(steps), steps, "training the segmenter", "steps", show=log is not None, say=log,
-                      forecast=SKIP if extra is None else ""):
+    for _ in Progress(steps, "training the segmenter", "steps", show=log is not None, say=log).wrap(range(steps)):
         idx = torch.randint(0, len(images), (batch_size if extra is None else batch_size // 2,))
         x, m = images[idx], masks[idx]
         if extra is not None:
@@ -350,8 +337,7 @@ class MaskScore:
         self.real_dice = dice(segment(self.net, held.images), held.masks).mean().item()
 
     def load_or_train(self, data_dir, train, steps, log) -> SegNet:
-        from plumbing.files import save_atomic
-        key = fingerprint(train.images, train.masks.flatten().long())
+        key = fingerprint(train)
         path = cache_path(data_dir, f"segmenter-{train.images.shape[-1]}px-{steps}-{key}.pt", log)
         if os.path.isfile(path):
             try:
@@ -361,7 +347,7 @@ class MaskScore:
             except Exception as e:  # a damaged cache is rebuilt, never trusted
                 log(f"{path} is not a usable segmenter ({type(e).__name__}): training it again")
         if log is not None:
-            log(f"training the segmenter for mask_dice and fid (once, about {steps} steps; cached as {path})")
+            log(f"training the segmenter for mask_dice and fid ({steps} steps, {SKIP}; as {path})")
         net = train_segmenter(train.images, train.masks, steps, log=log)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         save_atomic(lambda p: save_tensors(net.state_dict(), p), path)
@@ -391,70 +377,25 @@ class MaskScore:
         return result
 
 
-def judge_for(args, config: dict, train_set):
-    """The per-epoch score of the samples (metrics.py): fid by a classifier for labelled data, by a
-    segmenter for data with masks; None (and eval_samples 0: the grid only) for data without a judge."""
-    kind = dataset_info(args.dataset).judge
-    if args.eval_samples and kind == "classifier" and train_set.labels is not None:
-        return QualityScore(args.dataset, args.data_dir, image_size=args.image_size)
-    if args.eval_samples and kind == "segmenter" and train_set.masks is not None:
-        return MaskScore(args.data_dir, config["image_size"], channels=args.channels)
-    if args.eval_samples:
-        print(f"no fid for {args.dataset}: metrics.py scores datasets with a judge in data.DATASETS (labelled ones "
-              "with a test split, folders with masks)")
-        config["eval_samples"] = 0
+def judge_for(config: dict, with_masks: bool):
+    """The per-epoch score of a run's samples: fid by a classifier for labelled data, by a segmenter for data with
+    masks (with_masks); None (the grid only) for data without a judge, said in one line."""
+    kind = dataset_info(config["dataset"]).judge
+    if kind == "classifier":
+        size = config["image_size"] if dataset_info(config["dataset"]).size is not None else None  # resizable data
+        return QualityScore(config["dataset"], config["data_dir"], image_size=size)
+    if kind == "segmenter" and with_masks:
+        return MaskScore(config["data_dir"], config["image_size"], channels=config.get("channels"))
+    print(f"no fid for {config['dataset']}: metrics.py scores datasets with a judge in data.DATASETS (labelled ones "
+          "with a test split, folders with masks)")
     return None
-
-
-class EpochSamples:
-    """main.py's per-epoch draw, from fixed noise and fixed conditions so that epochs compare: n samples, the
-    first n_grid shown in the grid, the first eval_samples scored by the dataset's judge (score: judge_for's)."""
-
-    def __init__(self, config: dict, held_out, score, device):
-        self.config, self.score, self.device = config, score, device
-        self.n_grid = 8 * config["num_classes"] if config["cond"] == "class" else config["num_samples"]
-        self.n = max(self.n_grid, config["eval_samples"])
-        self.cond, self.masks = {}, None
-        if config["cond"] == "class":
-            self.cond["y"] = class_grid_labels(config["num_classes"]).repeat(-(-self.n // self.n_grid))[:self.n]
-        if held_out is not None and held_out.masks is not None:
-            masks = held_out.masks[torch.arange(self.n) % len(held_out.masks)]
-            self.cond.update({"mask": masks} if config["cond"] == "mask" else {})
-            self.masks = masks if dataset_info(config["dataset"]).lesion == "bright" else None  # phantoms
-
-    def draw(self, model, score: bool = True, title: str = "") -> tuple:
-        """(write_grid, scores): write_grid(path) saves the grid, titled by the process, `title` (e.g. the epoch)
-        and the sampler; scores: fid, class_accuracy, Dice ..."""
-        config, device = self.config, self.device
-        g = torch.Generator(device).manual_seed(config["seed"] + 1)
-        cond = {k: v.to(device) for k, v in self.cond.items()}
-        with autocast(config["precision_used"], device):
-            x = draw(model, self.n, sample_shape(config), sampler=config["sampler"], steps=config["sample_steps"],
-                     eta=config["sample_eta"], generator=g, progress=True, **cond).float().cpu()
-        if not torch.isfinite(x).all():
-            raise DataError("the samples of this epoch are not finite (NaN/inf): the network or the settings "
-                            "diverged")
-        k = min(self.n_grid, 16) if config["cond"] == "mask" else self.n_grid  # masks: 16 triplets at most
-        shown = {"masks": self.cond["mask"][:k]} if config["cond"] == "mask" else \
-            {"labels": self.cond["y"][:k]} if config["cond"] == "class" else {}
-        scores = {}
-        if score and self.score is not None and config["eval_samples"]:
-            n = config["eval_samples"]
-            given = {k: self.cond[c][:n] for k, c in (("labels", "y"), ("masks", "mask")) if c in self.cond}
-            scores.update(self.score(x[:n].clamp(-1, 1), **given))
-        if score and self.masks is not None:  # phantom: the lesion is the only bright region
-            scores.update(lesion_scores(x, self.masks))
-        guided = f", guidance w={model.guidance_scale:g}" if config["cond"] == "class" else ""
-        head = ", ".join(t for t in (config["model"], title) if t) + ": " + sampler_text(
-            config["sampler"], config["sample_steps"], config["sample_eta"], config["n_T"]) + guided
-        return (lambda path: save_sample_grid(x[:k], path, **shown, title=head)), scores
 
 
 def read_samples(path: str) -> tuple:
     """images (N, C, H, W) float in [-1, 1], labels (N,) or None and masks (N, 1, H, W) in {0, 1} or
     None, from sample.py's .npz."""
-    if not os.path.isfile(path):
-        raise DataError(f"no samples file at {path}: write one with sample.py")
+    if not is_regular(path):
+        raise DataError(f"no samples file at {path} (no such file, or not a regular file): write one with sample.py")
     arrays = read_npz(path)
     if "images" not in arrays:
         raise DataError(f"{path} has no 'images' array: write it with sample.py")

@@ -1,10 +1,10 @@
-"""What every script needs to rebuild a trained model: the registry of diffusion processes, the
-model from a config, the EMA of the weights, and drawing samples by a sampler's name.
+"""What every script needs to rebuild a trained model: the registries of processes and samplers, the model
+from a config, the EMA of the weights, and drawing samples by a sampler's name.
 
-A checkpoint (model.pth) is a dict: model (the network's state dict), ema (the averaged
-weights and their update count, or None), optimizer, epoch, config (everything needed to
-rebuild the model, see build_model), losses and metrics. main.py writes it; main.py --resume,
-sample.py and anomaly.py read it safely with plumbing.checkpoints.load_checkpoint.
+A checkpoint (model.pth) is a dict: model (the network's state dict), ema (the averaged weights and their
+update count, or None), optimizer, epoch, config (everything needed to rebuild the model, see build_model),
+losses and metrics. main.py writes it; main.py --resume, sample.py, anomaly.py and metrics.py read it safely
+with plumbing.checkpoints.load_checkpoint.
 """
 import copy
 
@@ -12,96 +12,125 @@ import torch
 
 from cond import ConditionalDDPM
 from ddgm import DDGM
-from ddpm import DDPM, SAMPLERS, SCHEDULES
+from ddpm import DDPM, SCHEDULES
+from edm import EDM
 from flow import FlowMatching
 from plumbing.checkpoints import load_weights
 from plumbing.errors import DataError
 from plumbing.progress import Progress
+from process import Process
 from unet import NETWORKS
 from vpred import VPredictionDDPM
 
-# Processes by name (the MODEL of `python main.py MODEL`): a subclass of DDPM whose class attributes
-# say what it supports (samplers, conditions, options; see DDPM). A new one is a file and a line here.
-PROCESSES = {"DDPM": DDPM, "DDGM": DDGM, "COND": ConditionalDDPM, "VPRED": VPredictionDDPM, "FLOW": FlowMatching}
+# Processes by name (the MODEL of `python main.py MODEL`): a subclass of process.Process whose class attributes
+# say what it supports (samplers, conditions, options). A new one is a file and a line here.
+PROCESSES = {"DDPM": DDPM, "DDGM": DDGM, "COND": ConditionalDDPM, "VPRED": VPredictionDDPM, "FLOW": FlowMatching,
+             "EDM": EDM}
 
 
-def process_problems(config: dict) -> list:
-    """[(setting, what is wrong)] where a run's settings ask of its process what it does not support."""
-    process = PROCESSES[config["model"]]
-    found = []
-    if "sampler" in config and not can_draw(process, config["sampler"]):
-        found.append(("sampler", f"must be {' or '.join(process.samplers)} for {config['model']} (its samplers)"))
-    if config.get("cond") is not None and config["cond"] not in process.conditions:
-        takers = [n for n, p in PROCESSES.items() if config["cond"] in p.conditions]
-        found.append(("cond", f"{config['cond']} applies to {listed(takers)} only, not {config['model']}"))
-    if config.get("min_snr") and "min_snr" not in process.options:
-        takers = [n for n, p in PROCESSES.items() if "min_snr" in p.options]
-        found.append(("min_snr", f"applies to {listed(takers)}, not {config['model']}"))
-    return found
+# Samplers share one contract, which every script honours (main.py, sample.py --reverse, anomaly.py):
+#   f(model, n, shape, *, steps, eta, generator, x_start=None, t_start=None, on_step=None, **cond) -> x_0
+# n samples (n, *shape) in about [-1, 1]; steps, eta: DDIM's (a sampler may ignore them); x_start, t_start: start
+# from a given x_t at index t_start instead of x_T (anomaly.py); on_step(i, x_t, x0_hat) at every timestep index i
+# visited; cond: the network's conditions (y, mask) only. A process names those it can use in its `samplers`.
+
+def ancestral(model, n: int, shape: tuple, *, steps: int = 50, eta: float = 0.0, **kwargs) -> torch.Tensor:
+    """Algorithm 2 (DDPM.sample), every step from T (or t_start); steps and eta are DDIM's, unused here."""
+    return model.sample(n, shape, **kwargs)
 
 
-def listed(names: list) -> str:
-    """"A", "A and B", "A, B and C"."""
-    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else "none"
+def ddim(model, n: int, shape: tuple, *, steps: int = 50, eta: float = 0.0, **kwargs) -> torch.Tensor:
+    """DDIM (DDPM.ddim_sample, Song et al. eq. 12 and 16) in `steps` steps (at most those left) with eta."""
+    return model.ddim_sample(n, shape, steps=steps, eta=eta, **kwargs)
 
 
-def can_draw(process, sampler: str) -> bool:
-    """The registry's fact: whether the process (a class or a model) can draw with this sampler."""
-    return process.samplers is None or sampler in process.samplers
+def euler(model, n: int, shape: tuple, *, steps: int = 50, eta: float = 0.0, **kwargs) -> torch.Tensor:
+    """Euler's method on the process's ODE (model.euler_sample): flow matching's sampler, DDIM with eta = 0 for
+    DDPM, Algorithm 1 of EDM without its correction; eta is unused."""
+    return model.euler_sample(n, shape, steps=steps, **kwargs)
 
 
-def default_sampler(model_name: str, wanted: str) -> str:
-    """wanted (the recipe's sampler) where the process supports it, else its first sampler."""
-    process = PROCESSES[model_name]
-    return wanted if can_draw(process, wanted) else process.samplers[0]
+def heun(model, n: int, shape: tuple, *, steps: int = 50, eta: float = 0.0, **kwargs) -> torch.Tensor:
+    """Heun's second-order method (EDM.heun_sample, Karras et al. Algorithm 1); eta is unused."""
+    return model.heun_sample(n, shape, steps=steps, **kwargs)
 
 
-def build_model(config: dict) -> DDPM:
-    """Network and diffusion process from a config (main.py's, or a checkpoint's)."""
-    return build_process(NETWORKS[config["net"]](config), config)
+SAMPLERS = {"ddim": ddim, "ddpm": ancestral, "euler": euler, "heun": heun}
 
 
-def build_process(eps_model: torch.nn.Module, config: dict) -> DDPM:
-    """The process of config["model"] around eps_model, on config's beta schedule. A process that cannot be
-    built from these settings (e.g. DDGM's Gamma noise for some theta_0 and T) is one line (DataError)."""
-    beta = SCHEDULES[config["schedule"]](config["n_T"], tuple(config["betas"]))
+# The recipe: the defaults, each chosen by the time it takes to reach a quality on a 2-core CPU (README, "The
+# defaults"). main.recipe applies them: an option given on the command line always wins, a resumed run keeps its own.
+RECIPE = {"dataset": "mnist", "data_dir": "./data", "epochs": 20, "seed": 0, "net": "unet", "n_T": 1000,
+          "betas": [1e-4, 0.02], "lr": 2e-3, "warmup": 100, "ema_decay": 0.999, "min_snr": 5.0, "sample_steps": 50,
+          "sample_eta": 1.0, "clip_x0": True, "sample_every": 1, "attention_res": [], "theta0": 1e-3, "loss": "l2",
+          "p_uncond": 0.1, "guidance": 2.0, "augment": False}
+# --paper-settings: Ho et al. 2020 Sec. 4 and App. B (Adam 2e-4, batch 128, 5000 warm-up steps, EMA 0.9999,
+# Algorithm 2 with T = 1000 steps, the linear schedule). Their 35.7M-parameter network is out of a CPU's reach.
+PAPER = {"lr": 2e-4, "min_snr": 0.0, "batch_size": 128, "warmup": 5000, "ema_decay": 0.9999, "sampler": "ddpm",
+         "schedule": "linear"}
+PROCESS_OPTIONS = ("min_snr", "theta0", "loss", "p_uncond", "guidance")  # each process names those it takes
+
+
+def by_size(model: str, side: int, dims: int = 2) -> dict:
+    """The defaults that depend on the data, as measured (docs/quality.md, medical.md, volumes.md): the U-Net's
+    widths (n widths, n - 1 levels) for the smallest listed side at or above the image's; its second design up to
+    64 px; the cosine schedule for DDPM and COND up to 32 px (fid 25.45 against 29.29 after one MNIST epoch); on
+    volumes a narrower, deeper U-Net, 8 volumes a batch and 8 in a grid."""
+    if dims == 3:
+        return {"unet_widths": [8, 16, 32, 32], "unet_version": 1, "schedule": "linear", "batch_size": 8,
+                "num_samples": 8}
+    widths = next(w for s, w in ((32, [16, 32, 32]), (64, [16, 32, 64, 64]), (512, [16, 32, 64, 128, 128]))
+                  if side <= s)
+    return {"unet_widths": widths, "unet_version": 2 if side <= 64 else 1,
+            "schedule": "cosine" if model in ("DDPM", "COND") and side <= 32 else "linear", "batch_size": 32,
+            "num_samples": 64}
+
+
+def build_model(config: dict) -> Process:
+    """Network and diffusion process from a config (main.py's, or a checkpoint's). Unknown names, and settings a
+    process or network cannot take (DDGM's Gamma noise for some theta_0 and T, sides the U-Net cannot halve),
+    are one line (DataError)."""
+    names = (("model", PROCESSES), ("net", NETWORKS),
+             *((("schedule", SCHEDULES),) if getattr(PROCESSES.get(config["model"]), "has_beta_schedule", 0) else ()))
+    for key, registry in names:
+        if config.get(key) not in registry:
+            raise DataError(f"its config has {key}={config.get(key)!r}, which is not one of {', '.join(registry)}: it "
+                            "needs a process, network or schedule not registered here, or it was edited or damaged")
     try:
-        return PROCESSES[config["model"]].from_config(eps_model, beta, config)
-    except ValueError as e:  # the process's own check of its settings: bad input, told in one line
-        raise DataError(str(e)) from e
+        return PROCESSES[config["model"]].from_config(NETWORKS[config["net"]](config), config)
+    except (ValueError, KeyError) as e:  # the process's or the network's own check of its settings: bad input
+        raise DataError(f"these settings cannot be built ({e})") from e
 
 
 class EMA:
     """Exponential moving average of the network weights, used for every sample drawn (Ho et al.
     App. B: decay 0.9999). Warm-up as in TensorFlow's tf.train.ExponentialMovingAverage with
     num_updates: decay_n = min(decay, (1 + n) / (10 + n)), so early in a run the average follows
-    the weights closely instead of remembering the random initialisation."""
+    the weights closely instead of remembering the random initialisation. decay 0: the weights themselves."""
 
-    def __init__(self, model: DDPM, decay: float):
+    def __init__(self, model: Process, decay: float):
         self.decay, self.n = decay, 0
         self.model = copy.deepcopy(model).requires_grad_(False).eval()  # the whole process, averaged network
 
     @torch.no_grad()
-    def update(self, model: DDPM) -> None:
+    def update(self, model: Process) -> None:
         """theta_ema <- decay_n theta_ema + (1 - decay_n) theta, after an optimiser step."""
         decay_n = min(self.decay, (1 + self.n) / (10 + self.n))
         self.n += 1
-        ema, raw = list(self.model.eps_model.parameters()), list(model.eps_model.parameters())
-        torch._foreach_lerp_(ema, raw, 1 - decay_n)
+        torch._foreach_lerp_(list(self.model.net.parameters()), list(model.net.parameters()), 1 - decay_n)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "n": self.n, "weights": self.model.eps_model.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.n = state["n"]
-        self.model.eps_model.load_state_dict(state["weights"])
+        return {"decay": self.decay, "n": self.n, "weights": self.model.net.state_dict()}
 
 
-def model_from_checkpoint(ckpt: dict, device: torch.device, use_ema: bool = True, path: str = "the checkpoint") -> DDPM:
+def model_from_checkpoint(ckpt: dict, device: torch.device, use_ema: bool = True, path: str = "the checkpoint"):
     """The model a checkpoint describes, in eval mode, with its EMA weights when present and use_ema."""
-    model = build_model(ckpt["config"])
+    try:
+        model = build_model(ckpt["config"])
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from e
     weights = ckpt["ema"]["weights"] if use_ema and ckpt.get("ema") else ckpt["model"]
-    load_weights(model.eps_model, weights, path)
+    load_weights(model.net, weights, path)
     return model.to(device).eval()
 
 
@@ -110,26 +139,33 @@ def sample_shape(config: dict) -> tuple:
     return (config["in_channels"], *[config["image_size"]] * config.get("dims", 2))
 
 
-def check_sampler(model: DDPM, sampler: str) -> None:
-    """One line if the process cannot draw with this sampler (DDGM: no DDIM), or the name is unknown."""
+def listed(names) -> str:
+    """"A", "A and B", "A, B and C"."""
+    names = list(names)
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else "none"
+
+
+def check_sampler(process, sampler: str) -> None:
+    """One line if the process (a class or a model) cannot draw with this sampler, or the name is unknown."""
     if sampler not in SAMPLERS:
-        raise DataError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)} (ddpm.SAMPLERS)")
-    if not can_draw(model, sampler):
-        raise DataError(f"{type(model).__name__} samples with {' or '.join(model.samplers)} only, not {sampler}: "
-                        f"use --sampler {model.samplers[0]}")
+        raise DataError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)} (models.SAMPLERS)")
+    if sampler not in process.samplers:
+        name = process.__name__ if isinstance(process, type) else type(process).__name__
+        raise DataError(f"{name} samples with {listed(process.samplers)} only, not {sampler}: "
+                        f"use --sampler {process.samplers[0]}")
 
 
 @torch.no_grad()
-def draw(model: DDPM, n: int, shape: tuple, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-         generator=None, x_start: torch.Tensor | None = None, t_start: int | None = None, on_step=None,
-         progress: bool = False, **cond) -> torch.Tensor:
-    """n samples (n, C, H, W) in about [-1, 1] by a sampler of ddpm.SAMPLERS, called by its contract
-    (ddpm.py). progress: a bar over the timesteps the sampler visits, driven by on_step."""
+def draw(model, n: int, shape: tuple, *, sampler: str, steps: int = 50, eta: float = 0.0, generator=None,
+         x_start: torch.Tensor | None = None, t_start: int | None = None, on_step=None, progress: bool = False,
+         **cond) -> torch.Tensor:
+    """n samples (n, C, H, W) in about [-1, 1] by a sampler of SAMPLERS, called by its contract. progress: a bar
+    over the timesteps the sampler visits, driven by on_step."""
     check_sampler(model, sampler)
     model.eval()
     if progress:
         top = model.T - 1 if t_start is None else t_start
-        bar, then = Progress(None, top + 1, f"sampling ({sampler})", "steps"), on_step
+        bar, then = Progress(top + 1, f"sampling ({sampler})", "steps"), on_step
 
         def on_step(i, x_t, x0_hat):
             bar.at(top + 1 - i)

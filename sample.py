@@ -9,33 +9,32 @@ Volumes also get FILE_slices.png, and with --nifti a folder FILE_nifti/ of .nii.
 import plumbing.preflight  # noqa: F401  (first, before torch: a bad OMP_NUM_THREADS ends here)
 
 import argparse
-import math
 import os
 import sys
 
 import numpy as np
 import torch
 
-from data import DataError, load_dataset
-from datatypes import normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
+from data import load_dataset
+from datatypes import DataError, normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
 from figures import class_grid_labels, sampler_text, save_grid, save_reverse_process, save_sample_grid, save_slice_strip
-from models import check_sampler, default_sampler, draw, model_from_checkpoint, sample_shape
-from plumbing.catalog import known
+from formats import list_images, need_nibabel, nifti_bytes, read_resized
+from models import SAMPLERS, check_sampler, draw, model_from_checkpoint, sample_shape
 from plumbing.checkpoints import load_checkpoint
 from plumbing.errors import Parser, run_script
-from plumbing.files import MARK, check_outputs, png_out, save_atomic, save_folder_atomic
-from plumbing.formats import list_images, need_nibabel, nifti_bytes, read_resized
+from plumbing.files import check_outputs, is_regular, mark, png_out, save_atomic, save_folder_atomic
+from plumbing.progress import Progress
+from plumbing.run import native_bf16, pick_device
 from plumbing.settings import SEED_MAX
-from plumbing.speed import PRECISIONS, autocast, choose_precision, pick_device, sampling_check
+from process import repaint_times
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="sample.py", description="Draw samples from a main.py checkpoint.")
     p.add_argument("checkpoint", help="a model.pth written by main.py")
     p.add_argument("--num-samples", type=int, help="default 64 (volumes 8); class-conditional: 8 per class")
-    p.add_argument("--sampler", metavar="NAME", help=f"one of ddpm.SAMPLERS: {', '.join(known('sampler'))} "
-                   "(default: the run's; ddim for DDPM, COND and VPRED, ddpm for DDGM, euler for FLOW)")
-    p.add_argument("--steps", type=int, help="DDIM or Euler steps (default: the run's --sample-steps)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), help="one of models.SAMPLERS (default: the run's)")
+    p.add_argument("--steps", type=int, help="DDIM, Euler or Heun steps (default: the run's --sample-steps)")
     p.add_argument("--eta", type=float, help="DDIM eta: 0 deterministic, 1 DDPM-like noise (default: the run's)")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction,
                    help="clip x0_hat to [-1, 1] (default: the run's)")
@@ -50,9 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(and its condition mask in masks/), the layout --dataset nifti reads, for a viewer (needs nibabel)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights are saved")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="bf16 autocast, fp32, or auto: bf16 where native and a short check shows it faster "
-                   "(plumbing/speed.py)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="bf16 autocast, fp32, or auto: bf16 where the hardware computes it natively")
     g = p.add_argument_group("inpainting (RePaint, Lugmayr et al. 2022)")
     g.add_argument("--inpaint", metavar="IMAGE", help="regenerate the --region of this image, keep the rest")
     g.add_argument("--region", metavar="MASK", help="an image of the region to regenerate (white) and keep (black)")
@@ -117,13 +115,22 @@ def main(argv=None) -> None:
         p.error("--jump-length must lie in 1..1000 and --jump-count in 1..100")
     if args.cond_mask is not None and args.inpaint is None:
         p.error("--cond-mask applies to --inpaint (sampling takes --mask-dir)")
+    if args.guidance is not None and not 0 <= args.guidance <= 100:  # main.py's bounds
+        p.error(f"--guidance must be a finite number in 0..100, got {args.guidance}")
+    if args.inpaint is not None:  # RePaint walks every step of its own schedule
+        unused = [o for o, v in (("--reverse", args.reverse), ("--sampler", args.sampler), ("--steps", args.steps),
+                                 ("--eta", args.eta), ("--nifti", args.nifti), ("--mask-dir", args.mask_dir)) if v]
+        if unused:
+            p.error(f"{', '.join(unused)} do{'es' * (len(unused) == 1)} not apply to --inpaint (RePaint walks every "
+                    "step of its own schedule: --jump-length, --jump-count): leave them out")
     run_script(p, run, args, memory="lower --num-samples (drawn in one batch), or use --device cpu")
 
 
 def outputs(args) -> dict:
     """{option: path} of every file this run writes, checked before any sample is drawn."""
-    if not os.path.isfile(args.checkpoint):  # first: the default --out lies beside it
-        raise DataError(f"no checkpoint at {args.checkpoint}: train one with main.py first, or check the path")
+    if not is_regular(args.checkpoint):  # first: the default --out lies beside it
+        raise DataError(f"no checkpoint at {args.checkpoint} (no such file, or not a regular file): train one with "
+                        "main.py first, or check the path")
     out = png_out("--out", args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "samples.png"))
     files = {"--out": out, "--out (its .npz)": os.path.splitext(out)[0] + ".npz"}
     if args.reverse:
@@ -147,7 +154,7 @@ def run(args) -> None:
     ckpt = load_checkpoint(args.checkpoint)
     config, device = ckpt["config"], pick_device(args.device)
     model = model_from_checkpoint(ckpt, device, use_ema=not args.no_ema, path=args.checkpoint)
-    sampler = args.sampler or config.get("sampler") or default_sampler(config["model"], "ddim")
+    sampler = args.sampler or (config["sampler"] if config.get("sampler") in model.samplers else model.samplers[0])
     check_sampler(model, sampler)
     steps = config.get("sample_steps", 50) if args.steps is None else args.steps
     eta = config.get("sample_eta", 0.0) if args.eta is None else args.eta
@@ -158,8 +165,8 @@ def run(args) -> None:
     if not 1 <= steps <= model.T:  # Algorithm 2 takes all T steps, but a wrong --steps is still told
         raise DataError(f"--steps must lie in 1..{model.T} (T of this model)")
     if args.guidance is not None:
-        if not (math.isfinite(args.guidance) and args.guidance >= 0) or "class" not in model.conditions:
-            raise DataError("--guidance needs a class-conditional (COND) checkpoint and a finite w >= 0")
+        if config.get("cond") != "class":
+            raise DataError("--guidance needs a class-conditional (COND) checkpoint")
         model.guidance_scale = args.guidance
     if args.nifti and config.get("dims", 2) != 3:
         raise DataError("--nifti writes volumes and this model draws 2D images: use the .npz or the .png")
@@ -179,10 +186,10 @@ def run(args) -> None:
     title = f"{config['model']}, epoch {ckpt.get('epoch')}: {how}{guided}"
     print(f"{n} samples from {args.checkpoint} (epoch {ckpt.get('epoch')}, {weights} weights) by {how}", flush=True)
     given = {k: v.to(device) for k, v in cond.items()}
-    check = sampling_check(model, torch.randn(n, *shape, device=device), **given)
-    precision, why = choose_precision(args.precision, device, check)
-    print(f"precision {precision} ({why})", flush=True)
-    with autocast(precision, device):
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(device))
+    print(f"precision {'bf16' if bf16 else 'fp32'} ({'asked for' if args.precision != 'auto' else 'by the hardware'})",
+          flush=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         x = draw(model, n, shape, sampler=sampler, steps=steps, eta=eta, generator=g, progress=True,
                  on_step=reverse, **given).float()
     save_samples(x.cpu(), cond, out, nifti=args.nifti, source=config, title=title)
@@ -254,8 +261,11 @@ def inpaint(args, model, config: dict, device, out: str) -> None:
     print(f"{n} inpaintings of {args.inpaint} by RePaint (T={model.T}, jump length {args.jump_length}, "
           f"{args.jump_count} walks per block)", flush=True)
     x0, keep = image.repeat(n, 1, 1, 1).to(device), (1 - region).repeat(n, 1, 1, 1).to(device)
-    x = model.inpaint(x0, keep, args.jump_length, args.jump_count, g, progress=True,
+    bar = Progress(len(repaint_times(model.T, args.jump_length, args.jump_count)) - 1, "inpainting (RePaint)", "steps")
+    x = model.inpaint(x0, keep, jump_length=args.jump_length, jump_count=args.jump_count, generator=g,
+                      on_step=lambda k, total: bar.at(k),
                       **{k: v.repeat(n, *[1] * (v.dim() - 1)).to(device) for k, v in cond.items()}).cpu()
+    bar.close()
     if not torch.isfinite(x).all():
         raise DataError("the inpainted images are not finite (NaN/inf): this checkpoint's network diverged")
     heads = ["image", "region", *(["cond. mask"] if "mask" in cond else []), *["inpainted"] * n]
@@ -268,7 +278,7 @@ def inpaint(args, model, config: dict, device, out: str) -> None:
 def write_images_npz(x: torch.Tensor, cond: dict, npz: str, source: dict | None = None) -> None:
     """images float32 (N, C, H, W) in [-1, 1], plus labels or masks, atomically; source (the run's config): also
     the dataset and data_dir it trained on, as strings, so that metrics.py scores them against the same data."""
-    arrays = {"images": x.float().clamp(-1, 1).numpy(), "written_by": np.array(MARK)}  # plumbing/files.py
+    arrays = {"images": x.float().clamp(-1, 1).numpy()}
     if source is not None:
         arrays.update({k: np.array(str(source[k])) for k in ("dataset", "data_dir") if source.get(k) is not None})
     if "y" in cond:
@@ -278,8 +288,8 @@ def write_images_npz(x: torch.Tensor, cond: dict, npz: str, source: dict | None 
 
     def write(path):
         with open(path, "wb") as f:
-            np.savez(f, **arrays)
-    save_atomic(write, npz)
+            np.savez(f, **arrays, written_by=np.array(mark()))  # plumbing/files.py: this project's output here
+    save_atomic(write, npz, ours_only=True)
 
 
 def save_samples(x: torch.Tensor, cond: dict, out: str, nifti: bool = False, source: dict | None = None,

@@ -173,6 +173,9 @@ class UNet(nn.Module):
         if dims not in (2, 3):
             raise ValueError(f"UNet works on images (dims 2) or volumes (dims 3), not dims {dims}")
         self.levels, emb_dim, self.dims = len(widths) - 1, emb_mult * widths[0], dims
+        if image_size is not None and image_size % 2 ** self.levels:
+            raise ValueError(f"this U-Net ({self.levels} levels) needs image sides divisible by {2 ** self.levels}, "
+                             f"got {image_size}: set --image-size or give fewer --unet-widths")
         self.cond_channels, self.skip_every = cond_channels, skip_every
         attend = lambda k: image_size is not None and image_size // 2 ** (k - 1) in attention_res  # noqa: E731
         block = lambda a, b: ResBlock(a, b, emb_dim, dims, act, scale_shift, zero_init)  # noqa: E731
@@ -262,7 +265,7 @@ def cnn_from_config(config: dict) -> CNN:
                dims=config.get("dims", 2))
 
 
-# Networks by name: f(config) -> eps_model. config holds in_channels, image_size, num_classes, cond_channels,
+# Networks by name: f(config) -> net. config holds in_channels, image_size, num_classes, cond_channels,
 # dims (2 images, 3 volumes) and the network's own options (unet_widths, attention_res). A new one is a class,
 # a function and a line here.
 NETWORKS = {"unet": unet_from_config, "cnn": cnn_from_config}

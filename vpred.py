@@ -14,19 +14,15 @@ t = T for the linear schedule, so a small error in eps_hat becomes a large one i
 strong; v stays well scaled at every t. The loss ||v - v_hat||^2 equals (1 + SNR_t) ||x_0 - x0_hat||^2 with
 SNR_t = a_t^2 / s_t^2, the "SNR+1" weighting of the paper's Sec. 4.
 """
-from torch import Tensor, nn
+from torch import Tensor
 
 from ddpm import DDPM, extract
 
 
 class VPredictionDDPM(DDPM):
-    """DDPM whose network eps_model(x_t, t) outputs v (the name eps_model is DDPM's: the network slot).
-    With --cond mask its network also sees the mask, concatenated to x_t as for COND (no guidance)."""
+    """DDPM whose network net(x_t, t) outputs v. With --cond mask its network also sees the mask, concatenated
+    to x_t as for COND (no guidance)."""
     conditions = ("mask",)
-
-    @classmethod
-    def from_config(cls, eps_model: nn.Module, beta: Tensor, config: dict) -> "VPredictionDDPM":
-        return cls(eps_model, beta, clip_x0=config.get("clip_x0", False), min_snr_gamma=config.get("min_snr", 0.0))
 
     def target(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """Salimans & Ho Sec. 4: v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0."""
@@ -36,7 +32,7 @@ class VPredictionDDPM(DDPM):
     def predict_eps(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         """eps_hat = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v_hat, so every DDPM sampler draws from v."""
         alpha_bar = extract(self.alpha_bar, t, x_t)
-        return (1 - alpha_bar).sqrt() * x_t + alpha_bar.sqrt() * self.eps_model(x_t, t, **cond)
+        return (1 - alpha_bar).sqrt() * x_t + alpha_bar.sqrt() * self.net(x_t, t, **cond)
 
     def min_snr_weight(self, t: Tensor) -> Tensor:
         """Min-SNR-gamma for a v loss (Hang et al. 2023, Sec. 3.4): w_t = min(SNR_t, gamma) / (SNR_t + 1), since

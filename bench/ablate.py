@@ -14,7 +14,7 @@ import sys
 import torch
 
 from bench.peers import race
-from plumbing.catalog import unet_widths_for
+from models import by_size
 from plumbing.errors import Parser, run_script
 from plumbing.files import write_json
 from unet import VERSIONS, UNet, count_parameters
@@ -46,14 +46,15 @@ ON_ZERO_INIT = {
     "zero-init, EMA 0.995": (ZERO, {"ema_decay": 0.995}),
 }
 # The process at equal images and seconds, on the default network (design 2): what the network predicts
-# (eps, v: vpred.py) and the process itself (flow matching: flow.py), each sampled in 50 steps.
+# (eps, v: vpred.py) and the process itself (flow matching: flow.py; EDM: edm.py), each sampled in 50 steps.
 V2 = VERSIONS[2]
 PROCESS = {
     "DDPM, eps, min-SNR 5, DDIM eta 1 (the default)": (V2, {}),
     "DDPM, eps, min-SNR 5, DDIM eta 0": (V2, {"eta": 0.0}),
-    "VPRED, v, min-SNR 5, DDIM eta 1": (V2, {"process": "VPRED"}),
-    "VPRED, v, min-SNR 5, DDIM eta 0": (V2, {"process": "VPRED", "eta": 0.0}),
-    "FLOW, velocity, Euler": (V2, {"process": "FLOW", "min_snr": 0.0, "sampler": "euler"}),
+    "VPRED, v, min-SNR 5, DDIM eta 1": (V2, {"model": "VPRED"}),
+    "VPRED, v, min-SNR 5, DDIM eta 0": (V2, {"model": "VPRED", "eta": 0.0}),
+    "FLOW, velocity, Euler": (V2, {"model": "FLOW"}),
+    "EDM, preconditioned, Heun": (V2, {"model": "EDM"}),
 }
 TABLES = {"one": ONE_AT_A_TIME, "zero": ON_ZERO_INIT, "process": PROCESS}
 
@@ -85,7 +86,7 @@ def run(args) -> None:
         if args.only and j not in args.only:
             continue
         torch.manual_seed(args.seed)
-        net = UNet(1, unet_widths_for(28), image_size=28, **options)
+        net = UNet(1, by_size("DDPM", 28)["unet_widths"], image_size=28, **options)
         print(f"{name}: {count_parameters(net):,} parameters", flush=True)
         rows[name] = race(name, net, train.images, order, score, stop_images=args.images, budget_s=float("inf"),
                           every=args.every, target=None, precision=args.precision, device=torch.device("cpu"),

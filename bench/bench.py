@@ -32,15 +32,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.peers import peers, time_to_fid
 from bench.step import train_step
 from ddpm import DDPM, linear_beta_schedule
-from plumbing.catalog import PRECISIONS, RECIPE, UNET_VERSION, unet_version_for, unet_widths_for
+from models import by_size
 from plumbing.errors import Parser, run_script
 from plumbing.files import write_json
+from plumbing.run import native_bf16, pick_device
 from plumbing.settings import SEED_MAX
-from plumbing.speed import autocast, native_bf16
 from unet import NETWORKS, count_parameters
 
-DEFAULT_WIDTHS = unet_widths_for(28)
-DEFAULT = f"UNet {DEFAULT_WIDTHS} (default)"
+MNIST = by_size("DDPM", 28)  # main.py's defaults for 28 px: widths, design, batch
+DEFAULT = f"UNet {tuple(MNIST['unet_widths'])} (default)"
 CPU = torch.device("cpu")
 
 
@@ -92,7 +92,7 @@ def ms_per_sampling_step(net, channels: int, device: torch.device, precision: st
                          repeats: int = 5) -> float:
     x, t = torch.randn(n, channels, 28, 28, device=device), torch.full((n,), 500, device=device)
     times = []
-    with autocast(precision, device):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         net(x, t)
         for _ in range(repeats):
             sync(device)
@@ -122,7 +122,7 @@ def networks(channels: int) -> dict:
     widths), the U-Net with the old (paper-like) widths 32 64 64, and the peers (peers.py)."""
     torch.manual_seed(0)
     config = {"in_channels": channels, "image_size": 28, "num_classes": 0, "cond_channels": 0,
-              "unet_widths": list(DEFAULT_WIDTHS), "unet_version": UNET_VERSION}
+              "unet_widths": MNIST["unet_widths"], "unet_version": MNIST["unet_version"]}
     names = {"unet": DEFAULT, "cnn": "CNN (coursework)"}
     nets = {names.get(name, name): build(config) for name, build in NETWORKS.items()}
     nets["UNet (32, 64, 64)"] = NETWORKS["unet"]({**config, "unet_widths": [32, 64, 64]})
@@ -133,7 +133,7 @@ def networks(channels: int) -> dict:
 def default_net(channels: int = 1):
     torch.manual_seed(0)
     return NETWORKS["unet"]({"in_channels": channels, "image_size": 28, "num_classes": 0, "cond_channels": 0,
-                             "unet_widths": list(DEFAULT_WIDTHS), "unet_version": UNET_VERSION})
+                             "unet_widths": MNIST["unet_widths"], "unet_version": MNIST["unet_version"]})
 
 
 def step_variants(batch: int, steps: int, warmup: int, device: torch.device, bf16: bool, compile_: bool) -> dict:
@@ -162,12 +162,11 @@ def step_variants(batch: int, steps: int, warmup: int, device: torch.device, bf1
 
 
 def volumes(device: torch.device, native: bool, steps: int, warmup: int, batch: int = 8, side: int = 32) -> dict:
-    """The 3D U-Net as main.py builds it for --dataset phantom3d (side^3 volumes, the widths of unet_widths_for):
+    """The 3D U-Net as main.py builds it for --dataset phantom3d (side^3 volumes, models.by_size's widths):
     training volumes/s at `batch` (fp32, and bf16 where native), FLOPs per volume, ms per sampling step for 8."""
     torch.manual_seed(0)
     net = NETWORKS["unet"]({"in_channels": 1, "image_size": side, "num_classes": 0, "cond_channels": 0, "dims": 3,
-                            "unet_widths": list(unet_widths_for(side, 3)),
-                            "unet_version": unet_version_for(side, 3)}).to(device)
+                            **{k: by_size("DDPM", side, 3)[k] for k in ("unet_widths", "unet_version")}}).to(device)
     model = DDPM(net, linear_beta_schedule(1000)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     x0 = torch.randn(batch, 1, side, side, side, device=device)
@@ -178,51 +177,50 @@ def volumes(device: torch.device, native: bool, steps: int, warmup: int, batch: 
         fns["fp32"]()
     best = max(speed, key=speed.get)
     x, t = torch.randn(8, 1, side, side, side, device=device), torch.full((8,), 500, device=device)
-    with torch.no_grad(), autocast(best, device):
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=best == "bf16"):
         net(x, t)
         sync(device)
         start = time.perf_counter()
         net(x, t)
         sync(device)
-    return {"widths": list(unet_widths_for(side, 3)), "side": side, "batch": batch, "params": count_parameters(net),
+    return {"widths": by_size("DDPM", side, 3)["unet_widths"], "side": side, "batch": batch,
+            "params": count_parameters(net),
             "flops_per_volume": counter.get_total_flops() / batch, "volumes_per_s": speed, "faster": best,
             "ms_per_sampling_step_8": 1000 * (time.perf_counter() - start)}
 
 
 def concurrent(n: int, data_dir: str, limit: int = 4096) -> dict:
-    """One epoch of main.py DDPM on `limit` MNIST images (fp32, no scores) alone and n side by side, with the
-    threads fixed at the core count (--threads auto) and with --threads follow: train seconds each."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    """One epoch of main.py DDPM on `limit` MNIST images (fp32, no scores) alone and n side by side, each with every
+    core (--threads auto), under OpenMP's two wait policies: train seconds each and the final losses (the same
+    weights: the policy changes when threads sleep, not what they sum)."""
     main_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        def runs(k: int, threads: str, tag: str) -> list:
+        def runs(k: int, policy: str, tag: str) -> list:
+            env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, "OMP_WAIT_POLICY": policy}
             procs = []
             for j in range(k):
                 out = os.path.join(tmp, f"{tag}{j}")
                 procs.append((subprocess.Popen([sys.executable, main_py, "DDPM", "--limit", str(limit), "--epochs", "1",
                                                 "--eval-samples", "0", "--num-samples", "8", "--precision", "fp32",
-                                                "--threads", threads, "--data-dir", data_dir, "--out", out],
+                                                "--data-dir", data_dir, "--out", out],
                                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env), out))
                 time.sleep(1.0)
-            seconds = []
+            rows = []
             for proc, out in procs:
                 _, err = proc.communicate()
                 if proc.returncode:
                     raise RuntimeError(f"main.py failed in --concurrent: {err.decode().strip()[-300:]}")
                 with open(os.path.join(out, "metrics.csv")) as f:
-                    header, row = f.read().splitlines()[:2]
-                seconds.append(float(dict(zip(header.split(","), row.split(",")))["train_seconds"]))
-            return seconds
-        for threads in (str(cores), "follow"):
-            solo = runs(1, threads, f"solo{threads}")[0]
-            side = runs(n, threads, f"side{threads}")
-            results[f"--threads {threads}"] = {"solo_seconds": solo, "side_by_side_seconds": side,
-                                               "share_of_solo": [solo / s for s in side]}
-            print(f"  --threads {threads:5s}: alone {solo:5.1f} s; {n} side by side "
-                  + ", ".join(f"{s:.1f} s" for s in side) + " = "
-                  + ", ".join(f"{100 * solo / s:.0f} %" for s in side) + " of solo speed each", flush=True)
+                    rows.append(dict(zip(*[line.split(",") for line in f.read().splitlines()[:2]])))
+            return [(float(r["train_seconds"]), float(r["loss"])) for r in rows]
+        for policy in ("ACTIVE", "PASSIVE"):
+            (solo, loss), side = runs(1, policy, f"solo{policy}")[0], runs(n, policy, f"side{policy}")
+            results[policy] = {"solo_seconds": solo, "side_by_side_seconds": [s for s, _ in side],
+                               "losses": [loss, *(v for _, v in side)]}
+            print(f"  OMP_WAIT_POLICY={policy:7s}: alone {solo:5.1f} s; {n} side by side "
+                  + ", ".join(f"{s:.1f} s" for s, _ in side) + f"; epoch losses {loss} (alone), "
+                  + ", ".join(str(v) for _, v in side), flush=True)
     return results
 
 
@@ -237,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="3 timed steps, 1 channel, 3 timed sampling steps")
     p.add_argument("--steps", type=int, help="timed training steps per network (default 20; --quick 3)")
-    p.add_argument("--batch", type=int, default=RECIPE["batch_size"], help="training batch (main.py's default)")
+    p.add_argument("--batch", type=int, default=MNIST["batch_size"], help="training batch (main.py's default)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile on the default U-Net")
     p.add_argument("--concurrent", type=int, metavar="N", help="also run N main.py epochs side by side (needs MNIST)")
     p.add_argument("--quality", action="store_true", help="also race every network to our default's fid after "
@@ -246,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=10000, help="--quality: images between scores")
     p.add_argument("--budget", type=float, default=3.0,
                    help="--quality: other networks stop after this many times our training time")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="--quality: precision of every network (auto: as main.py chooses, per network)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="--quality: precision of every network (auto: as main.py chooses, by the hardware)")
     p.add_argument("--data-dir", default="./data", help="--quality, --concurrent: where MNIST is")
     p.add_argument("--seed", type=int, default=0, help="--quality: seeds the initialisation, batches and samples")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -258,7 +256,6 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args, p: argparse.ArgumentParser) -> None:
     """The machine, the networks' table, the step's variants, the 3D U-Net, then --concurrent and --quality."""
     check(args, p)
-    from plumbing.speed import pick_device
     device = pick_device(args.device)
     if args.quality or args.concurrent:  # fail now, not after the speed part: they need MNIST on disk
         from data import load_dataset
@@ -281,11 +278,10 @@ def check(args, p: argparse.ArgumentParser) -> None:
     """Numbers out of range end here in one line, before anything is measured."""
     if args.steps is not None and not 1 <= args.steps <= 1000:
         p.error("--steps must lie in 1..1000")
-    for key, low, high in (("batch", 1, 4096), ("concurrent", 2, 16), ("every", RECIPE["batch_size"], 10_000_000)):
+    for key, low, high in (("batch", 1, 4096), ("concurrent", 2, 16), ("every", 32, 10_000_000),
+                           ("images", 32, 10_000_000)):
         if getattr(args, key) is not None and not low <= getattr(args, key) <= high:
             p.error(f"--{key} must lie in {low}..{high}")
-    if not RECIPE["batch_size"] <= args.images <= 10_000_000:
-        p.error(f"--images must lie in {RECIPE['batch_size']}..10000000")
     if not 1 <= args.budget <= 100:
         p.error("--budget must lie in 1..100")
     if not 0 <= args.seed <= SEED_MAX:
@@ -296,7 +292,9 @@ def check(args, p: argparse.ArgumentParser) -> None:
 
 def machine(device: torch.device, quick: bool) -> dict:
     """torch, threads, the CPU or GPU, native bf16 and the matmul peaks, printed and returned."""
-    native, why = native_bf16(device)
+    native = native_bf16(device)
+    why = "avx512_bf16 or amx_bf16" if native and device.type == "cpu" else "compute capability" if native else \
+        "bf16 is emulated"
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {platform.processor() or platform.machine()}"
     print(f"bench.py: torch {torch.__version__}, {torch.get_num_threads()} threads, {where}; native bf16: "
@@ -370,7 +368,7 @@ def print_volumes(device: torch.device, results: dict, steps: int) -> dict:
 def print_quality(args, device: torch.device) -> dict:
     """--quality: our default trains --images MNIST images; each peer trains until it reaches our fid."""
     print(f"time to fid (peers.py): our default U-Net trains {args.images} MNIST images with main.py's recipe "
-          f"(batch {RECIPE['batch_size']}); the others until they reach its fid (256 DDIM samples, metrics.py):")
+          f"(batch {MNIST['batch_size']}); the others until they reach its fid (256 DDIM samples, metrics.py):")
     racers = {name: net for name, net in networks(1).items() if name == DEFAULT or name in peers(1)}
     rows = time_to_fid(racers, DEFAULT, args.images, args.data_dir, device, seed=args.seed, every=args.every,
                        budget=args.budget, precision=args.precision)

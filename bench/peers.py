@@ -10,13 +10,12 @@ import time
 import torch
 
 from bench.step import train_step
-from ddpm import linear_beta_schedule
-from plumbing.catalog import RECIPE
-from plumbing.speed import autocast, choose_precision, training_check
+from models import RECIPE, by_size
+from plumbing.run import native_bf16
 
 
 class Peer(torch.nn.Module):
-    """A peer U-Net wrapped to our call eps_model(x_t, t) -> eps."""
+    """A peer U-Net wrapped to our call net(x_t, t) -> eps."""
 
     def __init__(self, net, kind: str):
         super().__init__()
@@ -58,17 +57,20 @@ def peers(channels: int) -> dict:
 def race(name: str, net, x_all, order, score, *, stop_images: int, budget_s: float, every: int, target: float | None,
          precision: str, device, seed: int, recipe: dict | None = None) -> dict:
     """Train net with main.py's default recipe (Algorithm 1 with min-SNR weights, Adam with warm-up, EMA, batch
-    32, DDIM samples with eta 1; recipe: changes to it, also "process" (models.PROCESSES) and "eta") on x_all
+    32, DDIM samples with eta 1, the cosine schedule of MNIST's default; recipe: changes to it, also "process"
+    (models.PROCESSES) and "eta") on x_all
     in `order`, scoring 256 samples (50 steps) of the EMA weights every `every`
     images, until its fid reaches target, stop_images are seen or budget_s of training pass. Returns the trace
     and the time to target."""
     from models import EMA, PROCESSES, draw
-    r = {"process": "DDPM", "eta": 1.0, **RECIPE, **(recipe or {})}  # main.py's recipe; --sample-eta's default 1
+    process = PROCESSES[(recipe or {}).get("model", "DDPM")]
+    r = {"model": "DDPM", "eta": 1.0, **RECIPE, **by_size((recipe or {}).get("model", "DDPM"), 28),
+         "sampler": process.samplers[0], **(recipe or {})}  # main.py's recipe for MNIST, with --sample-eta's 1
     torch.manual_seed(seed)
-    model = PROCESSES[r["process"]].from_config(net, linear_beta_schedule(1000),
-                                                {"clip_x0": True, "min_snr": r["min_snr"]}).to(device)
+    model = PROCESSES[r["model"]].from_config(net, r).to(device)
     opt, ema, B = torch.optim.Adam(net.parameters(), lr=r["lr"]), EMA(model, r["ema_decay"]), r["batch_size"]
-    used, why = choose_precision(precision, device, training_check(model, x_all[order[:B]]))
+    used = precision if precision != "auto" else "bf16" if native_bf16(device) else "fp32"
+    why = "asked for" if precision != "auto" else "by the hardware"
     trace, seconds, reached, step = [], 0.0, None, 0
     while reached is None and (step + every // B) * B <= stop_images and seconds < budget_s:
         start = time.perf_counter()
@@ -78,7 +80,7 @@ def race(name: str, net, x_all, order, score, *, stop_images: int, budget_s: flo
             loss = train_step(model, opt, ema, x_all[order[i:i + B]], step, r["lr"], r["warmup"], precision=used)
         loss = loss.item()  # waits for the queued steps, so that the timer measures them
         seconds += time.perf_counter() - start
-        with autocast(used, device):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=used == "bf16"):
             samples = draw(ema.model, 256, (1, 28, 28), sampler=r["sampler"], steps=50, eta=r["eta"],
                            generator=torch.Generator(device).manual_seed(seed + 1))
         fid = score(samples.float().cpu())["fid"]

@@ -14,13 +14,14 @@ import sys
 
 import torch
 
-from data import DataError, augment, load_dataset
+from data import augment, load_dataset
+from datatypes import DataError
 from metrics import dice, segment, train_segmenter
 from models import draw, model_from_checkpoint, sample_shape
 from plumbing.checkpoints import load_checkpoint
 from plumbing.errors import Parser, run_script
 from plumbing.files import check_outputs, png_out
-from plumbing.speed import pick_device
+from plumbing.run import pick_device
 
 
 def build_parser() -> Parser:

@@ -1,19 +1,17 @@
-"""Checkpoints that load safely: tensors and plain containers only (weights_only=True), never code,
-and everything in them checked like the command line (settings.py) before anything is built."""
+"""Checkpoints that load safely: tensors and plain containers only (weights_only=True), never code, and
+everything in them checked like the command line (settings.py) before anything is built."""
 import io
-import os
 
 import torch
 
-from plumbing import settings
-from plumbing.errors import DataError, cause
-from plumbing.settings import checkpoint_problem
+from datatypes import DataError, cause
+from plumbing.files import is_regular
+from plumbing.settings import checkpoint_problem, real, whole
 
 
 def save_tensors(obj, path: str) -> None:
-    """torch.save into memory, then one plain write: a full disk is an OSError of the write (ENOSPC), never
-    a failure inside torch's zip writer ("unexpected pos N vs M", a traceback). Used through save_atomic
-    or stage (plumbing/files.py), so a failed write leaves no half file."""
+    """torch.save into memory, then one plain write: a full disk is an OSError of the write (ENOSPC), never a
+    failure inside torch's zip writer. Used through stage or save_atomic (files.py): no half file is left."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     with open(path, "wb") as f:
@@ -21,11 +19,12 @@ def save_tensors(obj, path: str) -> None:
 
 
 def load_checkpoint(path: str) -> dict:
-    """A checkpoint written by main.py, loaded with weights_only=True and checked like the command
-    line (settings.py) before anything is built: a file that is not one, would run code when
-    unpickled, or holds an edited config or damaged weights raises DataError with one line."""
-    if not os.path.isfile(path):
-        raise DataError(f"no checkpoint at {path}: train one with main.py first, or check the path")
+    """A checkpoint written by main.py, loaded with weights_only=True and checked like the command line before
+    anything is built: a file that is not one, would run code when unpickled, or holds an edited config, epoch,
+    losses or damaged weights raises DataError with one line."""
+    if not is_regular(path):
+        raise DataError(f"no checkpoint at {path} (no such file, or not a regular file): train one with main.py "
+                        "first, or check the path")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -33,36 +32,29 @@ def load_checkpoint(path: str) -> dict:
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "config" not in ckpt:
         raise DataError(f"{path} is not a main.py checkpoint (no model weights or config in it)")
     problem = checkpoint_problem(ckpt["config"], path)
-    if problem:
+    is_count = lambda v: v is not None and whole(0, 2 ** 62)(v) is None  # noqa: E731
+    is_number = lambda v: v is not None and real(lambda _: True, "any")(v) is None  # noqa: E731
+    epoch, ema, losses, metrics = ckpt.get("epoch", 0), ckpt.get("ema"), ckpt.get("losses", []), ckpt.get("metrics", [])
+    if problem is None and not (is_count(epoch) and epoch <= 100_000):
+        problem = f"{path}: its epoch {epoch!r} is not a whole number in 0..100000: the checkpoint was edited"
+    ema_ok = ema is None or (isinstance(ema, dict) and "weights" in ema and is_count(ema.get("n")))
+    if problem is None and not ema_ok:
+        problem = f"{path}: its EMA entry has no weights and update count (a whole number, at least 0): the " \
+                  "checkpoint was edited or damaged; sample with --no-ema, or retrain"
+    rows_ok = isinstance(losses, list) and all(isinstance(r, (list, tuple)) and len(r) == 3 and is_count(r[0])
+                                               and is_count(r[1]) and is_number(r[2]) for r in losses)
+    metrics_ok = isinstance(metrics, list) and all(isinstance(m, dict) and is_count(m.get("epoch")) and all(
+        isinstance(k, str) and (v is None or is_number(v) or (k == "sampler" and isinstance(v, str)))
+        for k, v in m.items()) for m in metrics)
+    if problem is None and not (rows_ok and metrics_ok):
+        problem = f"{path}: its losses or metrics are not the lists of numbers main.py writes: the checkpoint was " \
+                  "edited"
+    if problem is not None:
         raise DataError(problem)
-    epoch, ema = ckpt.get("epoch", 0), ckpt.get("ema")
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= 100_000:
-        raise DataError(f"{path}: its epoch {epoch!r} is not a whole number in 0..100000: the checkpoint was edited")
-    if ema is not None and not (isinstance(ema, dict) and whole(ema.get("n")) and "weights" in ema):
-        raise DataError(f"{path}: its EMA entry has no weights and update count (a whole number, at least 0): the "
-                        "checkpoint was edited or damaged; sample with --no-ema, or retrain")
-    losses, metrics = ckpt.get("losses", []), ckpt.get("metrics", [])
-    if not (isinstance(losses, list) and all(isinstance(r, (list, tuple)) and len(r) == 3 and whole(r[0])
-                                             and whole(r[1]) and number(r[2]) for r in losses)
-            and isinstance(metrics, list) and all(isinstance(m, dict) and whole(m.get("epoch"))
-                                                  and all(isinstance(k, str) and (v is None or number(v))
-                                                          for k, v in m.items()) for m in metrics)):
-        raise DataError(f"{path}: its losses or metrics are not the lists of numbers main.py writes: the checkpoint "
-                        "was edited")
     check_weights(ckpt["model"], path, "weights")
     if ema is not None:
         check_weights(ema["weights"], path, "EMA weights")
     return ckpt
-
-
-def whole(v) -> bool:
-    """A whole number of at least 0 (settings.whole: not a bool, not a float)."""
-    return settings.whole(0, 2 ** 62)(v) is None
-
-
-def number(v) -> bool:
-    """A finite int or float (settings.real)."""
-    return settings.real(lambda _: True, "any finite number")(v) is None
 
 
 def check_weights(weights, path: str, what: str) -> None:
@@ -96,4 +88,3 @@ def load_weights(net: torch.nn.Module, weights: dict, where: str) -> None:
         raise DataError(f"{where}: {len(differ) + len(missing) + len(extra)} tensors differ from the network its "
                         f"config describes, e.g. {example}")
     net.load_state_dict(weights)
-

@@ -1,43 +1,89 @@
-"""Writing files safely: every file a script writes goes through save_atomic (a fresh temporary file,
-then a rename, so an interrupted run never leaves half a file), or through stage/commit when several
-files must change together (an epoch's checkpoint, logs and grid: all or nothing), or, for a new folder
-of files (sample.py --nifti), through save_folder_atomic. Also JSON and CSV
-writers, and the check that no script writes over one of its own inputs. No torch here."""
+"""Writing files safely: every file goes to a fresh temporary file first and is renamed onto its path only when
+whole (save_atomic), or with others all or nothing (stage, then commit), so an interrupted script never leaves
+half a file. A script writes over a path the user named only where the file there is its own (written_here);
+CSV and JSON writers. No torch here."""
 import csv
 import json
 import os
 import shutil
+import stat
 import tempfile
 
-from plumbing.errors import DataError
+from datatypes import DataError
+
+# Every PNG and .npz the scripts write carries a mark naming this project and the path the file was written
+# for (a PNG text chunk "Software", an .npz entry "written_by"). It proves that a script of this project wrote
+# the file at this very path: a later command may replace it there. A copy or a move of it (the same bytes at
+# another path) is the user's, never replaced; an edit in place that keeps the PNG's text chunks goes unnoticed.
+MARK = "diffusion course repo"
+_writing = []  # the paths being staged now, outermost first: the first is the file's own path, which its mark names
 
 
-def reserve(path: str) -> str:
-    """A fresh, empty temporary file beside path (O_EXCL: a planted link is never followed), with
-    path's extension so that writers that go by it (matplotlib) still know the format."""
+def mark() -> str:
+    """The mark of the file being written now (call it inside a writer given to stage or save_atomic)."""
+    return f"{MARK}: {os.path.realpath(_writing[0])}"
+
+
+def written_here(path: str) -> bool:
+    """Whether path is a regular file that carries the mark of a script's output written at this path."""
+    import zipfile
+    if not is_regular(path):
+        return False
+    try:
+        if path.lower().endswith(".npz"):
+            with zipfile.ZipFile(path) as z, z.open("written_by.npy") as f:
+                import numpy as np
+                found = str(np.lib.format.read_array(f, allow_pickle=False))
+        else:
+            from PIL import Image
+            with Image.open(path) as image:
+                found = image.info.get("Software") if image.format == "PNG" else None
+    except Exception:  # unreadable, not an image or archive, no mark: not ours
+        return False
+    return found == f"{MARK}: {os.path.realpath(path)}"
+
+
+def is_regular(path: str) -> bool:
+    """A regular file (not a folder, FIFO, socket or device: reading those may block or mean nothing)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def stage(write, path: str) -> tuple:
+    """write(tmp) into a fresh temporary file beside path (O_EXCL: a planted link is never followed), with path's
+    extension so that writers that go by it (matplotlib) still know the format; (tmp, path) for commit. If
+    writing fails, the temporary file is removed and the error raised."""
     folder, name = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{os.path.splitext(name)[1]}", dir=folder)
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the user's other accounts and tools
-    return tmp
-
-
-def stage(write, path: str) -> tuple:
-    """Run write(tmp) on a reserved temporary file and return (tmp, path) for commit; if writing
-    fails, the temporary file is removed and the error raised."""
-    tmp = reserve(path)
+    _writing.append(path)
     try:
         write(tmp)
     except BaseException:
         discard([(tmp, path)])
         raise
+    finally:
+        _writing.pop()
     return tmp, path
 
 
-def commit(staged: list) -> None:
-    """Rename each staged (tmp, path) onto its path, in order. Renames need no disk space."""
-    for tmp, path in staged:
-        os.replace(tmp, path)
+def commit(staged: list, ours_only: bool = False) -> None:
+    """Rename each staged (tmp, path) onto its path, in order (renames need no disk space). ours_only: a path
+    where something not written_here appeared since the script checked is kept, and nothing is renamed."""
+    for _, path in staged if ours_only and not _writing else ():  # inside another stage: its commit decides
+        if os.path.lexists(path) and not written_here(path):
+            discard(staged)
+            raise DataError(f"{path} appeared while this command ran and is not its own: it is never written "
+                            "over; move it away and run the command again")
+    try:
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        discard(staged)
+        raise
 
 
 def discard(staged: list) -> None:
@@ -46,19 +92,19 @@ def discard(staged: list) -> None:
             os.remove(tmp)
 
 
-def save_atomic(write, path: str) -> None:
-    """write(tmp), then rename onto path."""
-    commit([stage(write, path)])
+def save_atomic(write, path: str, ours_only: bool = False) -> None:
+    """write(tmp), then rename onto path (ours_only: see commit)."""
+    commit([stage(write, path)], ours_only)
 
 
 def save_folder_atomic(write, folder: str) -> None:
     """write(tmp) into a fresh temporary folder beside folder, then rename it to folder, which must not
     exist: a folder of several files appears whole or not at all (on failure the temporary one is removed)."""
-    parent = os.path.dirname(os.path.abspath(folder))
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".tmp", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".tmp",
+                           dir=os.path.dirname(os.path.abspath(folder)))
     try:
         write(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700, as for reserve's files
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700, as for stage's files
         os.rename(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -72,18 +118,8 @@ def write_json(obj, path: str) -> None:
     save_atomic(write, path)
 
 
-def write_loss_csv(losses: list, path: str) -> None:
-    """losses: [(step, epoch, loss)] as step,epoch,loss rows."""
-    def write(p):
-        with open(p, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["step", "epoch", "loss"])
-            w.writerows(losses)
-    save_atomic(write, path)
-
-
-def write_metrics_csv(rows: list, path: str) -> None:
-    """rows: list of dicts, one per epoch, written with the union of their keys as header."""
+def write_csv(rows: list, path: str) -> None:
+    """rows: dicts, written with the union of their keys as header."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
 
     def write(p):
@@ -94,30 +130,11 @@ def write_metrics_csv(rows: list, path: str) -> None:
     save_atomic(write, path)
 
 
-# Every PNG and .npz the scripts write carries this mark (a PNG text chunk "Software", an .npz entry "written_by"),
-# so that a later command may replace its own earlier output and nothing else (a dataset, a user's image).
-MARK = "diffusion course repo (main.py, sample.py, anomaly.py)"
-
-
-def written_here(path: str) -> bool:
-    """Whether the existing file at path carries MARK: a file of this project's, which an output may replace."""
-    import zipfile
-    try:
-        if path.lower().endswith(".npz"):
-            with zipfile.ZipFile(path) as z:
-                return "written_by.npy" in z.namelist()
-        from PIL import Image
-        with Image.open(path) as image:
-            return image.format == "PNG" and image.info.get("Software") == MARK
-    except Exception:  # unreadable, not an image or archive: not ours
-        return False
-
-
 def check_outputs(outputs: dict, inputs: list) -> None:
-    """Refuse, before any work, outputs that would replace one of the inputs (a checkpoint, images,
-    masks) or any existing file this project did not write (written_here: a dataset's .npz, a mask, a user's
-    image), that are folders, or whose folder is missing or not writable; a missing folder whose parent
-    exists and is writable is made (as mkdir would, one level: samples/x.png). outputs: {option: path}."""
+    """Refuse, before any work, outputs {option: path} that would replace one of the inputs or any existing file
+    that is not this project's output at that path (written_here: a dataset's .npz, a user's image, a copy of a
+    sample grid), that are folders or FIFOs, or whose folder is missing or not writable; a missing folder whose
+    parent exists and is writable is made (as mkdir would, one level: samples/x.png)."""
     for what, path in outputs.items():
         path = os.path.abspath(path)
         for given in inputs:
@@ -127,8 +144,8 @@ def check_outputs(outputs: dict, inputs: list) -> None:
         if os.path.isdir(path):
             raise DataError(f"{what} {path} is a folder: give a file name ending in .png")
         if os.path.lexists(path) and not written_here(path):
-            raise DataError(f"{what} {path} exists and was not written by this project's scripts (it may be your "
-                            "data): it is never written over; move it away or choose another --out")
+            raise DataError(f"{what} {path} exists and is not an output this project wrote there (it may be your "
+                            "data, or a copy you made): it is never written over; move it away or choose another --out")
         folder = os.path.dirname(path)
         parent = os.path.dirname(folder)
         if not os.path.exists(folder) and os.path.isdir(parent) and os.access(parent, os.W_OK):

@@ -1,329 +1,439 @@
-"""One training run as main.py's loop sees it: `with Run(args) as run:`. Everything here is plumbing that
-Algorithm 1 does not need: the run folder and its lock (runfolder.py), torchrun's processes (parallel.py),
-the device, precision and threads (speed.py), resuming from a checkpoint, batches with their progress
-line, reading the losses back, and the epoch's files saved all or nothing (files.py).
+"""One training run as main.py's loop sees it: `with Run(out, ...) as run:`. What Algorithm 1 does not need:
 
-The loop calls it by plain names: run.batches(epoch) yields (x0, cond) for `model.loss(x0, **cond)`,
-run.backward(loss), run.log(loss), run.save_epoch(...). Only the lead process (rank 0) writes.
+- the run folder: it belongs to its run. main.py writes only into a new or empty folder, or into its own run,
+  one whose manifest (run.json) lists the files main.py wrote there; --overwrite removes exactly those. A
+  lock (.main.lock, an fcntl lock the kernel drops when the process dies) stops a second process;
+- the device, bf16 or fp32 (by what the hardware computes natively) and one thread count for the whole run;
+- torchrun (`torchrun --nproc_per_node N main.py ...`): every process holds the same data and draws the same
+  random numbers; each runs the network on its own rows of the batch and DistributedDataParallel averages the
+  gradients, so the processes together train as one (Li et al. 2020, arXiv:2006.15704); rank 0 writes;
+- resuming from the checkpoint, and the epoch's files saved all or nothing.
 """
 import contextlib
+import datetime
+import json
 import math
 import os
-import signal
+import re
 import time
 
 import torch
+import torch.distributed as dist
 
-from data import augment, dataset_info, load_dataset
-from figures import sampler_text, save_loss_curve
-from models import PROCESSES, build_process
-from plumbing import parallel
-from plumbing.catalog import VOLUME_BATCH, schedule_for, unet_version_for, unet_widths_for
+from datatypes import DataError, cause
 from plumbing.checkpoints import load_checkpoint, load_weights, save_tensors
-from plumbing.errors import DataError, cause, world
-from plumbing.files import commit, discard, stage, write_json, write_loss_csv, write_metrics_csv
-from plumbing.progress import Progress
-from plumbing.runfolder import RunFolder
-from plumbing.settings import ARCHITECTURE, TRAINING
-from plumbing.speed import PRECISIONS, autocast, choose_precision, pick_device, thread_policy, training_check
-from unet import count_parameters
+from plumbing.errors import held, world
+from plumbing.files import commit, discard, stage, write_csv, write_json
+from plumbing.settings import RESUME_KEEPS
 
-EXPLODED = 1e3  # the eps-prediction loss starts near 1 (or 2 for an untrained net); far above it, training diverged
+MANIFEST, LOCK = "run.json", ".main.lock"
+# Every file main.py writes into a run folder, by name; --overwrite removes only names that match.
+RUN_FILES = re.compile(r"(model\.pth|loss\.csv|metrics\.csv|loss_curve\.png|config\.json|forward_diffusion\.png"
+                       r"|schedules\.png|image_ep\d{3,}\.png|guidance_w[0-9.e+-]+\.png)")
+STAGED = re.compile(r"\.(" + RUN_FILES.pattern + r"|run\.json)\.[A-Za-z0-9_]{8}\.tmp(\.[a-z]+)?")  # files.stage's
+EXPLODED = 1e3  # the losses start near 1; far above it, training diverged
 CHECK_EVERY = 50  # steps between reading the losses back (one host sync) and checking them
+RENDEZVOUS = datetime.timedelta(minutes=2)  # torchrun: how long the processes wait for each other at the start
 
 
 class Run:
-    """A run folder locked for this run, the processes of torchrun, and the state to continue from."""
+    """out/ locked for this run, the device, torchrun's processes, and the state to continue from."""
 
-    def __init__(self, args):
-        self.args, self.out = args, args.out or f"contents_{args.model}"
+    def __init__(self, out: str, resume: bool = False, overwrite: bool = False, device: str = "auto",
+                 precision: str = "auto", threads: str = "auto"):
+        self.out, self.resume, self.overwrite, self.asked = out, resume, overwrite, (device, precision, threads)
         self.rank, self.size = world()
-        self.lead = self.rank == 0
-        self.folder = RunFolder(self.out, args.resume, args.overwrite)
-        self.losses, self.metrics, self.done, self.pending = [], [], 0, []
+        self.lead, self.fd, self.made, self.files = self.rank == 0, None, False, []
+        self.done, self.losses, self.metrics, self.pending, self.share = 0, [], [], [], 1.0
 
     def __enter__(self) -> "Run":
-        args = self.args
-        check_process(args)
-        if self.size > 1 and args.batch_size < self.size:
-            raise DataError(f"--batch-size {args.batch_size} is smaller than the {self.size} processes that share "
-                            "each batch: use a larger --batch-size or fewer processes")
-        self.device = pick_device(args.device)
+        problem = torchrun_problem()
+        if problem:
+            raise DataError(problem)
+        self.device = pick_device(self.asked[0])
         if self.lead:
-            self.folder.check()
-            self.folder.lock()
+            self.check_folder()
+            self.lock()
         try:
             if self.size > 1:
-                self.device = parallel.start(self.device)
+                if self.device.type == "cuda":  # one GPU per process
+                    self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+                self.store = join(self.device, self.rank, self.size)
         except BaseException:
-            self.__exit__(None, None, None)
+            self.__exit__(None)
             raise
         return self
 
     def __exit__(self, kind, *_) -> None:
-        parallel.stop(finished=kind is None)
-        if self.lead:
-            self.folder.release()
-        if kind is KeyboardInterrupt:  # Ctrl-C: say where the run stands
-            raise KeyboardInterrupt(f"interrupted. {finished(self.out, self.done)}") from None
+        with held():  # a second Ctrl-C waits for the lock's release and the message
+            if dist.is_initialized():
+                if kind is None:
+                    dist.barrier()  # no process closes its connections while another still uses them
+                dist.destroy_process_group()
+            if self.fd is not None:
+                os.remove(os.path.join(self.out, LOCK))
+                os.close(self.fd)
+                self.fd = None
+                if self.made and not self.files and not os.listdir(self.out):  # a run that failed to start
+                    os.rmdir(self.out)
+        if kind is KeyboardInterrupt:
+            raise KeyboardInterrupt(f"interrupted. {self.where()}") from None
+
+    def where(self) -> str:
+        """Where the run stands, for messages that end it early."""
+        if not self.done:
+            return f"No epoch has finished yet, so {self.out}/ holds no checkpoint of this run"
+        return f"The last finished epoch, {self.done}, is in {self.out}/model.pth; continue with --resume"
+
+    # --- the folder: its manifest and its lock ----------------------------------------------------
+
+    def check_folder(self) -> None:
+        """Refuse a folder that is not this project's run, or a run that would be replaced unasked."""
+        out = self.out
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise DataError(f"--out {out} is a file, not a folder: choose another --out")
+        parent = os.path.dirname(os.path.abspath(out))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not (os.path.isdir(parent) and os.access(parent, os.W_OK)) or (os.path.isdir(out) and not os.access(
+                out, os.W_OK)):
+            raise DataError(f"--out {out} cannot be written here (a file in the path, or no permission): choose "
+                            "another --out")
+        if self.resume and not os.path.isfile(os.path.join(out, "model.pth")):
+            raise DataError(f"--resume: no checkpoint at {out}/model.pth: run once without --resume first")
+        if not os.path.isdir(out):
+            return
+        own = read_manifest(out)
+        others = sorted(n for n in os.listdir(out) if n not in own and n not in (MANIFEST, LOCK)
+                        and not n.startswith("."))
+        if not own and others and not os.path.lexists(os.path.join(out, MANIFEST)):
+            raise DataError(f"--out {out} holds files that main.py did not write ({', '.join(others[:3])}"
+                            f"{', ...' if len(others) > 3 else ''}): it is not a run folder; choose a new or empty "
+                            "--out")
+        clash = [n for n in others if RUN_FILES.fullmatch(n)]
+        if clash:
+            raise DataError(f"{out}/{clash[0]} looks like a file of this run but is not in its manifest (run.json): "
+                            "main.py did not write it and will not write over it; move it away or choose another --out")
+        if "model.pth" in own and os.path.exists(os.path.join(out, "model.pth")) and not (self.resume or
+                                                                                          self.overwrite):
+            raise DataError(f"{out}/ already holds a trained run (model.pth): continue it with --resume, "
+                            "choose another --out, or replace it with --overwrite")
+        self.files = own
+
+    def lock(self) -> None:
+        """Take out/.main.lock for this process, or refuse naming the process that holds it."""
+        if not os.path.isdir(self.out):
+            os.makedirs(self.out)
+            self.made = True
+        path = os.path.join(self.out, LOCK)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        pid, links = holder(path), os.fstat(self.fd).st_nlink
+        try:
+            if links != 1:  # a hard link to another file: writing the PID would write into that file
+                raise DataError(f"{path} is a hard link ({links} names for one file), not a lock of main.py: "
+                                f"writing to it would change the other file; delete {path} and run again")
+            try:
+                lock_file(self.fd)
+            except OSError:
+                raise DataError(f"another main.py (process {pid}) is writing {self.out}: wait for it to finish or "
+                                "choose another --out") from None
+        except DataError:
+            os.close(self.fd)
+            self.fd = None
+            raise
+        if pid is not None and pid != os.getpid():
+            print(f"note: {path} was left by process {pid}, which is no longer running (killed?): taken over")
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        self.check_folder()  # again, now that no other process can change the folder
+        stale = sorted(n for n in os.listdir(self.out) if STAGED.fullmatch(n))
+        for name in stale:  # the staging files a run stopped while saving left
+            os.remove(os.path.join(self.out, name))
+        if stale:
+            print(f"note: removed {len(stale)} staging file{'s' * (len(stale) > 1)} left in {self.out}/ by a run that "
+                  f"was stopped while saving ({', '.join(stale[:2])})")
 
     def path(self, name: str) -> str:
-        return self.folder.path(name)
+        """The path of a file this run writes; the name goes into the manifest before the file is written. A file
+        of that name that the run did not write (a user's, put there during the run) is never written over."""
+        if not RUN_FILES.fullmatch(name):
+            raise ValueError(f"{name} is not one of plumbing.run.RUN_FILES: add its pattern there")
+        if name not in self.files and os.path.lexists(os.path.join(self.out, name)):
+            raise DataError(f"{self.out}/{name} appeared during the run and is not its own (not in run.json): "
+                            "main.py will not write over it; move it away, then continue with --resume")
+        if name not in self.files:
+            self.files.append(name)
+            write_json({"written_by": "main.py", "files": self.files}, os.path.join(self.out, MANIFEST))
+        return os.path.join(self.out, name)
 
     # --- before the first epoch -------------------------------------------------------------------
 
-    def load_data(self) -> tuple:
-        """(training set, held-out set with masks or None), as --dataset names them (data.py)."""
-        a = self.args
-        kw = {"data_dir": a.data_dir, "image_size": a.image_size, "channels": a.channels, "data_path": a.data_path}
-        train_set = load_dataset(a.dataset, train=True, limit=a.limit, **kw)
-        held_out = load_dataset(a.dataset, train=False, **kw) if dataset_info(a.dataset).masks else None
-        self.train_set = train_set
-        return train_set, held_out
+    def saved_config(self) -> dict | None:
+        """--resume: the config the run was trained with (out/model.pth); None for a new run."""
+        return load_checkpoint(os.path.join(self.out, "model.pth"))["config"] if self.resume else None
 
-    def configure(self, train_set) -> dict:
-        """The run's config: the arguments plus what the data decided (make_config); saved in every checkpoint.
-        --resume keeps the U-Net design (unet_version; 1 where its checkpoint has none) and the beta schedule the
-        run began with, where the command line does not name them."""
-        self.config = make_config(self.args, train_set)
-        if self.args.resume:
-            before = load_checkpoint(os.path.join(self.out, "model.pth"))["config"]
-            if self.args.unet_version is None:
-                self.config["unet_version"] = before.get("unet_version", 1)
-            if self.args.schedule is None:
-                self.config["schedule"] = before.get("schedule", self.config["schedule"])
-        return self.config
-
-    def begin(self, model, optimizer, ema) -> bool:
-        """Continue from out/model.pth with --resume, choose the precision and threads, and wrap the network
-        for torchrun. False: the run has already done its epochs (said in one line)."""
-        args, config = self.args, self.config
-        state = resume(self.out, config, model, optimizer, ema) if args.resume else {}
-        self.losses, self.metrics = state.get("losses", []), state.get("metrics", [])
-        self.done = state.get("epoch", 0)
-        if self.lead:
-            self.folder.clear()
-        if self.done >= args.epochs and not args.guidance_sweep:
-            print(f"{self.out}/model.pth has finished {self.done} epochs already, so --epochs {args.epochs} leaves "
-                  "nothing to do: pass a larger --epochs to continue")
-            return False
-        self.images = self.train_set.images.to(self.device)
-        self.cond = {k: getattr(self.train_set, f).to(self.device) for k, f in (("y", "labels"), ("mask", "masks"))
-                     if config["cond"] == {"y": "class", "mask": "mask"}[k]}
-        steps = sampler_text(args.sampler, args.sample_steps, args.sample_eta, args.n_T)
-        print(f"{args.model} with {type(model.eps_model).__name__} ({count_parameters(model.eps_model):,} parameters)"
-              f" on {args.dataset} ({len(self.images)} {'volumes' if config['dims'] == 3 else 'images'} "
-              f"{tuple(self.images.shape[1:])}), T={model.T}, device {self.device}, samples by {steps}"
-              f"{', clipped x0' if args.clip_x0 else ''}, writing {self.out}/", flush=True)
-        self.threads, why = thread_policy(args.threads, state.get("config", {}).get("threads_used"))
-        before = state.get("config", {}).get("precision_used")
-        first = {k: v[:args.batch_size] for k, v in self.cond.items()}
-        precision, because = choose_precision(args.precision, self.device, training_check(
-            model, self.images[:args.batch_size], **first), before=before) if self.lead else ("fp32", "rank 0 decides")
-        config.update(precision_used=parallel.from_rank0(precision, PRECISIONS, self.device, self.size),
-                      precision_why=because, threads_used=torch.get_num_threads())
-        print(f"precision {config['precision_used']} ({because}); {why}"
+    def begin(self, config: dict, model, optimizer, ema) -> int:
+        """--resume: load out/model.pth into model, optimizer and ema, if it was trained with the same settings
+        (settings.RESUME_KEEPS). Choose the precision and threads, check that every torchrun process holds the
+        same data and settings, write config.json and wrap the network for torchrun. Returns the epochs done."""
+        if self.resume:
+            self.load_state(config, model, optimizer, ema)
+        device, precision, threads = self.asked
+        native = native_bf16(self.device)
+        config.update(precision_used=precision if precision != "auto" else "bf16" if native else "fp32",
+                      threads_used=int(threads) if threads != "auto" else config.get("threads_used") or cores())
+        torch.set_num_threads(config["threads_used"])
+        if self.size > 1:
+            self.agree(config)
+            model.net = torch.nn.parallel.DistributedDataParallel(  # rank 0 samples alone between epochs
+                model.net, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False)
+        why = "asked for" if precision != "auto" else "this hardware computes bf16 natively" if native else \
+            "no native bf16 here"
+        print(f"precision {config['precision_used']} ({why}); {config['threads_used']} threads for the whole run"
               + (f"; {self.size} processes (torchrun) share each batch" if self.size > 1 else ""), flush=True)
         if self.lead:
+            for name in self.files if self.overwrite else ():  # exactly the old run's files
+                if os.path.islink(os.path.join(self.out, name)) or os.path.isfile(os.path.join(self.out, name)):
+                    os.remove(os.path.join(self.out, name))
+            self.files = [] if self.overwrite else self.files
             write_json(config, self.path("config.json"))
-        self.model, self.optimizer, self.ema = model, optimizer, ema
-        model.eps_model = parallel.wrap(model.eps_model, self.device, self.size)  # DDP averages the gradients
-        return True
+        self.config = config
+        return self.done
+
+    def load_state(self, config: dict, model, optimizer, ema) -> None:
+        state = load_checkpoint(os.path.join(self.out, "model.pth"))
+        for key in RESUME_KEEPS:
+            if key in state["config"] and key in config and state["config"][key] != config[key]:
+                raise DataError(f"--resume: {self.out}/model.pth was trained with {key}={state['config'][key]!r}, not "
+                                f"{config[key]!r}: resume with the same setting, or start another --out")
+        if "shipped" in state["config"] or "optimizer" not in state:
+            raise DataError(f"--resume: {self.out}/model.pth holds shipped weights (for sampling), not a run: train "
+                            "a new run with main.py")
+        where = f"--resume: the weights in {self.out}/model.pth do not fit this network"
+        load_weights(model.net, state["model"], where)
+        load_weights(ema.model.net, state["ema"]["weights"] if state.get("ema") else state["model"], where)
+        ema.n = state["ema"]["n"] if state.get("ema") else 0
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise DataError(f"--resume: the optimiser state in {self.out}/model.pth does not fit this network "
+                            f"({cause(e)}): pass the options it was trained with, or another --out") from e
+        self.done, self.losses, self.metrics = state["epoch"], state.get("losses", []), state.get("metrics", [])
+        config["threads_used"] = state["config"].get("threads_used")  # the count it began with: the same weights
+
+    def agree(self, config: dict) -> None:
+        """torchrun: every process must hold the same data and settings, or the run is refused in one line."""
+        mine = json.dumps({k: config.get(k) for k in RESUME_KEEPS}, sort_keys=True)
+        every = [None] * self.size
+        dist.all_gather_object(every, mine)
+        other = next((r for r, theirs in enumerate(every) if theirs != every[0]), None)
+        if other is not None:
+            theirs = json.loads(every[other])
+            key = next(k for k in theirs if theirs[k] != json.loads(every[0]).get(k))
+            raise DataError(f"rank {other} holds other data or settings than rank 0 ({key}: {theirs[key]!r}): start "
+                            "every process of a torchrun with the same data and options")
 
     # --- the loop ---------------------------------------------------------------------------------
 
-    def epochs(self):
-        """The epochs still to train, each seeded so that a resumed run draws what an uninterrupted one would."""
-        for epoch in range(self.done + 1, self.args.epochs + 1):
-            torch.manual_seed(self.args.seed + epoch)
-            self.epoch_losses = []
-            self.t0 = time.time()
-            yield epoch
-        self.model.eps_model = parallel.unwrap(self.model.eps_model)
-
-    @property
-    def step(self) -> int:
-        """The number of this training step, 1, 2, ... over the whole run (for the warm-up)."""
-        return len(self.losses) + len(self.pending) + 1
-
     def autocast(self):
-        return autocast(self.config["precision_used"], self.device)
+        """The context a step runs in: bf16 autocast (Kalamkar et al. 2019, arXiv:1905.12322), or nothing."""
+        if self.config["precision_used"] == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
-    def batches(self, epoch: int):
-        """(x0, cond) per step: a random batch of --batch-size (augmented with --augment), with its conditions.
-        Under torchrun every process draws the whole batch alike and keeps its own rows, with their rows of
-        Algorithm 1's t and eps (model.draws), so that the processes together train as one."""
-        N, B = len(self.images), self.args.batch_size
-        perm = torch.randperm(N, device=self.device)
-        self.bar = Progress(range(0, N, B), -(-N // B), f"epoch {epoch}/{self.args.epochs}", "batches",
-                            show=self.lead)
-        for i in self.bar:
-            idx = perm[i:i + B]
-            x0, cond = self.images[idx], {k: v[idx] for k, v in self.cond.items()}
-            if self.args.augment:
-                x0, mask = augment(x0, cond.get("mask"))
-                cond.update({"mask": mask} if mask is not None else {})
-            self.last = i + B >= N
-            if self.size == 1:
-                yield x0, cond
-                continue
-            rows = parallel.rows(len(x0), self.rank, self.size)
-            cond.update(self.model.draws(x0, **cond))
-            self.share = (rows.stop - rows.start) * self.size / len(x0)  # this process's part of the batch mean
-            yield x0[rows], {k: v[rows] for k, v in cond.items()}
+    def split(self, model, x0: torch.Tensor, cond: dict) -> tuple:
+        """torchrun: this process's rows of the batch, with their rows of the whole batch's random draws
+        (model.draws: Algorithm 1's t and noise), so that the processes together train as one. One process: all."""
+        if self.size == 1:
+            return x0, cond
+        cond = {**cond, **model.draws(x0, **cond)}
+        rows = slice(self.rank * len(x0) // self.size, (self.rank + 1) * len(x0) // self.size)
+        self.share = (rows.stop - rows.start) * self.size / len(x0)  # this process's part of the batch mean
+        return x0[rows], {k: v[rows] for k, v in cond.items()}
 
     def backward(self, loss: torch.Tensor) -> None:
-        """loss.backward(). Under torchrun DDP averages the processes' gradients; each loss is weighted by
-        its share of the batch so that the average is the whole batch's gradient."""
-        (loss * self.share).backward() if self.size > 1 else loss.backward()
+        """loss.backward(). Under torchrun DDP averages the gradients; each process's loss is weighted by its
+        share of the batch, so that the average is the whole batch's gradient."""
+        with self.collective():
+            (loss * self.share).backward()
 
-    def log(self, loss: torch.Tensor) -> None:
-        """Keep the step's loss; every CHECK_EVERY steps (and at the epoch's end) read them back in one host
-        sync, log them and stop a diverged run in one line."""
-        self.pending.append(loss.detach() * (self.share / self.size if self.size > 1 else 1))
-        if self.threads.update():
-            self.bar.note(threads=torch.get_num_threads())
-        if len(self.pending) < CHECK_EVERY and not self.last:
-            return
-        for value in parallel.batch_losses(self.pending, self.size):  # the global batch's losses
+    def log(self, loss: torch.Tensor, epoch: int, bar) -> None:
+        """Keep the step's loss; every CHECK_EVERY steps read them back in one host sync (flush)."""
+        self.pending.append(loss.detach() * self.share / self.size)
+        if len(self.pending) >= CHECK_EVERY:
+            self.flush(epoch)
+            bar.note(loss=f"{sum(v for *_, v in self.losses[-50:]) / len(self.losses[-50:]):.4f}")
+
+    def flush(self, epoch: int) -> None:
+        """Log the kept losses (under torchrun, the whole batch's) and stop a diverged run in one line."""
+        values = torch.stack(self.pending).float() if self.pending else torch.zeros(0)
+        with self.collective():
+            if self.size > 1:
+                dist.all_reduce(values)
+        for value in values.tolist():
             if not math.isfinite(value) or value > EXPLODED:
                 raise DataError(f"the loss became {value:.3g} at step {len(self.losses) + 1}: training diverged; "
-                                f"lower --lr (now {self.args.lr:g}) or check the schedule and --theta0. "
-                                f"{finished(self.out, self.done)}")
-            self.epoch_losses.append(value)
-            self.losses.append((len(self.losses) + 1, self.done + 1, value))
+                                f"lower --lr (now {self.config['lr']:g}) or check the settings. {self.where()}")
+            self.losses.append((len(self.losses) + 1, epoch, value))
         self.pending = []
-        self.bar.note(loss=f"{sum(self.epoch_losses[-50:]) / len(self.epoch_losses[-50:]):.4f}")
+
+    @contextlib.contextmanager
+    def collective(self):
+        """torchrun: a process that stopped (killed, or failed) ends the others in one line naming it."""
+        try:
+            yield
+        except (RuntimeError, dist.DistError) as e:
+            if self.size == 1 or "out of memory" in str(e):
+                raise
+            self.store.set(f"alive/{self.rank}", "1")
+            time.sleep(3)  # the others that are alive say so too
+            lost = [r for r in range(self.size) if not self.store.check([f"alive/{r}"])]
+            raise DataError(f"rank {', '.join(map(str, lost)) or '?'} of this torchrun stopped ({cause(e)}): "
+                            f"{self.where()}") from e
 
     # --- once per epoch ---------------------------------------------------------------------------
 
-    def sample_due(self, epoch: int) -> bool:
-        """Whether this process draws and scores the samples of this epoch (--sample-every; always the last)."""
-        return self.lead and (epoch % self.args.sample_every == 0 or epoch == self.args.epochs)
-
-    def save_epoch(self, epoch: int, write_grid=None, scores: dict | None = None, sample_seconds: float = 0.0) -> None:
-        """Log the epoch and write its files, all or nothing: the self-describing checkpoint model.pth, the grid,
-        loss.csv, loss_curve.png and metrics.csv go to temporary files first and are renamed only when all were
-        written, the checkpoint first. A full disk leaves the run as it was after the last epoch."""
+    def save_epoch(self, epoch: int, model, optimizer, ema, figures: dict, scores: dict, seconds: dict) -> None:
+        """Log the epoch and write its files, all or nothing: the self-describing checkpoint model.pth, loss.csv,
+        metrics.csv and figures ({name: write(path)}: the grid, the loss curve) go to temporary files first and are
+        renamed only when all were written, the checkpoint first. A full disk leaves the run as after the last
+        epoch; Ctrl-C waits for the renames, so that the files and the message agree."""
+        self.flush(epoch)  # the epoch's last losses
         if not self.lead:
             self.done = epoch
             return
-        train_s = time.time() - self.t0 - sample_seconds
-        self.metrics.append({"epoch": epoch, "loss": round(sum(self.epoch_losses) / len(self.epoch_losses), 6),
-                             "train_seconds": round(train_s, 1), "sample_seconds": round(sample_seconds, 1),
-                             **(scores or {})})
-        ema = self.ema
-        state = {"model": parallel.unwrap(self.model.eps_model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "epoch": epoch, "ema": ema.state_dict() if ema is not None else None, "config": self.config,
-                 "losses": self.losses, "metrics": self.metrics}
-        name = getattr(self.model, "loss_name", "loss")
-        writers = {"model.pth": lambda p: save_tensors(state, p), f"image_ep{epoch:03d}.png": write_grid,
-                   "loss.csv": lambda p: write_loss_csv(self.losses, p),
-                   "metrics.csv": lambda p: write_metrics_csv(self.metrics, p),
-                   "loss_curve.png": lambda p: save_loss_curve(self.losses, self.metrics, p, name)}
-        staged = stage_all(self, {k: w for k, w in writers.items() if w is not None}, epoch)
-        with uninterrupted():  # Ctrl-C waits for the renames, so that the files and self.done agree
+        epoch_losses = [v for _, e, v in self.losses if e == epoch]
+        self.metrics.append({"epoch": epoch, "loss": round(sum(epoch_losses) / max(len(epoch_losses), 1), 6),
+                             **{k: round(v, 1) for k, v in seconds.items()}, **scores})
+        net = getattr(model.net, "module", model.net)  # the network inside DDP
+        state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                 "ema": ema.state_dict(), "config": self.config, "losses": self.losses, "metrics": self.metrics}
+        writers = {"model.pth": lambda p: save_tensors(state, p),
+                   "loss.csv": lambda p: write_csv([dict(zip(("step", "epoch", "loss"), r)) for r in self.losses], p),
+                   "metrics.csv": lambda p: write_csv(self.metrics, p), **figures}
+        staged = []
+        try:
+            for name, write in writers.items():
+                staged.append(stage(write, self.path(name)))
+        except OSError as e:
+            discard(staged)
+            before = f"as it was after epoch {self.done}" if self.done else "without a checkpoint: no epoch has " \
+                "finished yet"
+            raise DataError(f"could not write the files of epoch {epoch} ({e.strerror or cause(e)}): none of them was "
+                            f"kept, so {self.out}/ is {before}; free some space, then "
+                            f"{'run again with --resume' if self.done else 'run the same command again'}") from e
+        except BaseException:
+            discard(staged)
+            raise
+        with held():
             commit(staged)
             self.done = epoch
-        grid = f"{self.out}/image_ep{epoch:03d}.png, " if write_grid else f"{self.out}/"
-        print(", ".join(f"{k} {v}" for k, v in self.metrics[-1].items()) + f" -> {grid}model.pth", flush=True)
+        grids = [n for n in figures if n.startswith("image_ep")]
+        print(", ".join(f"{k} {v}" for k, v in self.metrics[-1].items()) + f" -> {self.out}/{', '.join(grids)}"
+              f"{', ' if grids else ''}model.pth", flush=True)
 
 
-def stage_all(run: Run, writers: dict, epoch: int) -> list:
-    """Stage every file for commit; a failed write (OSError: disk full, no permission) keeps none of them and
-    ends the run in one line. Any other failure is a bug, raised as it is (nothing kept)."""
-    staged = []
+def read_manifest(out: str) -> list:
+    """The file names out/run.json lists ([] if there is none); a manifest that is not ours is refused."""
+    path = os.path.join(out, MANIFEST)
+    if not os.path.lexists(path):
+        return []
     try:
-        for name, write in writers.items():
-            staged.append(stage(write, run.path(name)))
-    except OSError as e:
-        discard(staged)
-        before = f"as it was after epoch {run.done}" if run.done else "without a checkpoint: no epoch has finished yet"
-        again = "run again with --resume" if run.done else "run the same command again"
-        raise DataError(f"could not write the files of epoch {epoch} ({e.strerror or cause(e)}): none of them was "
-                        f"kept, so {run.out}/ is {before}; free some space, then {again}") from e
-    except BaseException:
-        discard(staged)
-        raise
-    return staged
+        with open(path) as f:
+            files = json.load(f)["files"]
+        if isinstance(files, list) and all(isinstance(n, str) and RUN_FILES.fullmatch(n) for n in files):
+            return files
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested too deep
+        pass
+    raise DataError(f"{path} is not a main.py manifest (a list of the run's own file names): this folder is not "
+                    "a run of this project; choose another --out")
 
 
-@contextlib.contextmanager
-def uninterrupted():
-    """SIGINT (Ctrl-C) is held back until the block is done, where the platform allows (POSIX)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+def lock_file(fd: int) -> None:
+    """An exclusive lock the operating system drops when the process ends, however it ends; OSError if held."""
     try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        import fcntl
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # Windows
+        import msvcrt
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
 
 
-def finished(out: str, epoch: int) -> str:
-    """Where the run stands, for messages that end it early."""
-    if not epoch:
-        return f"No epoch has finished yet, so {out}/ holds no checkpoint of this run"
-    return f"The last finished epoch, {epoch}, is in {out}/model.pth; continue with --resume"
-
-
-def check_process(args) -> None:
-    """Build the diffusion process alone (an identity network, no data) so that settings it cannot
-    represent, e.g. DDGM's Gamma noise for some theta_0 and T, are refused before loading data."""
-    build_process(torch.nn.Identity(), {**vars(args), "schedule": args.schedule or "linear", "num_classes": 0})
-
-
-def make_config(args, train_set) -> dict:
-    """Everything needed to rebuild the model: the arguments plus what the data decided."""
-    config = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "defaulted")}
-    N, C, *sides = train_set.images.shape  # count, channels, then H, W (volumes: D, H, W), all equal
-    H = sides[-1]
-    process = PROCESSES[args.model]  # a conditional process takes the labels, else the masks, unless --cond says
-    cond = args.cond or (None if not process.conditional else "class" if train_set.labels is not None else "mask")
-    if cond == "class" and train_set.labels is None:
-        raise DataError(f"--cond class needs labels, and {args.dataset} has none: use --cond mask or labelled data")
-    if cond == "mask" and train_set.masks is None:
-        raise DataError(f"--cond mask needs masks, and {args.dataset} has none: use folder (with masks/) or phantom")
-    if args.num_samples is None:  # volumes: 8, each shown by three slices
-        args.num_samples = config["num_samples"] = 8 if len(sides) == 3 else 64
-    if len(sides) == 3 and "batch_size" in getattr(args, "defaulted", []) and not args.paper_settings:
-        args.batch_size = config["batch_size"] = VOLUME_BATCH  # plumbing/catalog.py: volumes train 8 at a time
-    if len(sides) == 3 and args.augment:
-        raise DataError("--augment flips, shifts and rotates 2D images; it does not work on volumes yet: leave it out")
-    if args.unet_widths is None:  # the U-Net grows with the image (catalog.UNET_WIDTHS_BY_SIZE)
-        args.unet_widths = unet_widths_for(H, len(sides))
-    step = 2 ** (len(args.unet_widths) - 1)  # the U-Net halves the image once per level
-    if args.net == "unet" and H % step:
-        raise DataError(f"--net unet with {len(args.unet_widths)} widths needs image sides divisible by {step}, got "
-                        f"{'x'.join(map(str, sides))}: set --image-size or give fewer --unet-widths")
-    config.update(cond=cond, in_channels=C, image_size=H, dims=len(sides), betas=list(args.betas),
-                  unet_version=args.unet_version or unet_version_for(H, len(sides)),
-                  schedule=args.schedule or schedule_for(args.model, H, len(sides)),
-                  unet_widths=list(args.unet_widths), attention_res=list(args.attention_res),
-                  num_classes=int(train_set.labels.max()) + 1 if cond == "class" else 0,
-                  cond_channels=1 if cond == "mask" else 0)
-    return config
-
-
-def resume(out: str, config: dict, model, optimizer, ema) -> dict:
-    """The state in out/model.pth, loaded into model, optimizer and ema, if it was trained with the same
-    architecture and training settings (settings.ARCHITECTURE, settings.TRAINING)."""
-    state = load_checkpoint(os.path.join(out, "model.pth"))
-    for key in ARCHITECTURE + TRAINING:
-        if state["config"].get(key, config.get(key)) != config.get(key):
-            raise DataError(f"--resume: {out}/model.pth was trained with {key}={state['config'].get(key)!r}, "
-                            f"not {config.get(key)!r}: resume with the same setting, or start another --out")
-    where = f"--resume: the weights in {out}/model.pth do not fit this network"
-    load_weights(model.eps_model, state["model"], where)
-    if ema is not None and state.get("ema"):
-        load_weights(ema.model.eps_model, state["ema"]["weights"], where)
-        ema.n = state["ema"]["n"]
-    elif ema is not None:  # a checkpoint from before EMA: start the average from its weights
-        ema.model.eps_model.load_state_dict(state["model"])
+def holder(path: str) -> int | None:
+    """The process number written in a lock file, if any."""
     try:
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        raise DataError(f"--resume: the optimiser state in {out}/model.pth does not fit this network "
-                        f"({cause(e)}): pass the options it was trained with, or another --out") from e
-    return state
+        with open(path) as f:
+            return int(f.read().strip() or "x")
+    except (OSError, ValueError):
+        return None
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: cuda if available, else cpu; or a named device that must exist here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DataError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DataError(f"--device {name}: only cpu and cuda are supported")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s): use --device cpu")
+    return device
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Does this device compute bf16 natively? CUDA: compute capability 8 (Ampere) or later. CPU: the
+    avx512_bf16 or amx_bf16 instructions (read from /proc/cpuinfo; elsewhere none is assumed). Without them
+    bf16 is emulated and about 100x slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    try:
+        with open("/proc/cpuinfo") as f:
+            return bool({"avx512_bf16", "amx_bf16"} & set(next((line for line in f if line.startswith("flags")),
+                                                               "").split()))
+    except OSError:
+        return False
+
+
+def cores() -> int:
+    """The threads a run takes by default: OMP_NUM_THREADS where set (torchrun sets 1), else every core this
+    process may use; one count for the whole run, so that the same seed gives the same weights whatever the load."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def torchrun_problem() -> str | None:
+    """One line when RANK and WORLD_SIZE describe no torchrun process (set alone, not whole numbers, or a rank
+    outside 0..WORLD_SIZE - 1): such a process would train unseen or wait for ranks that never come."""
+    rank, size = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if (rank is None and size is None) or (rank and size and rank.isdigit() and size.isdigit()
+                                           and int(rank) < int(size)):
+        return None
+    return (f"RANK={rank} with WORLD_SIZE={size} is no torchrun process (WORLD_SIZE at least 1, RANK in "
+            "0..WORLD_SIZE-1): start main.py with torchrun, or unset RANK and WORLD_SIZE")
+
+
+def join(device: torch.device, rank: int, size: int):
+    """Join the other processes (torchrun's rendezvous; RENDEZVOUS at most) and return the shared store."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", "29500")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise DataError(f"MASTER_PORT={port} is not a port number (1..65535): start main.py with torchrun")
+    hosting = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"  # torchrun hosts its own
+    store = None
+    try:  # each rank says it has come; all wait for all
+        store = dist.TCPStore(host, int(port), size, hosting, timeout=RENDEZVOUS, wait_for_workers=False)
+        store.set(f"came/{rank}", "1")
+        store.wait([f"came/{r}" for r in range(size)], RENDEZVOUS)
+    except (RuntimeError, ValueError) as e:  # DistStoreError (a RuntimeError): a rank never came
+        missing = [r for r in range(size) if not store.check([f"came/{r}"])] if store is not None else [0]
+        raise DataError(f"rank {rank} of {size} waited {RENDEZVOUS.seconds} s at {host}:{port}, and rank"
+                        f"{'s' * (len(missing) > 1)} {', '.join(map(str, missing))} never came ({cause(e)}): start all "
+                        f"{size} processes together (torchrun --nproc_per_node {size} main.py ...)") from e
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=size,
+                            timeout=datetime.timedelta(hours=1))  # the others wait while rank 0 samples and saves
+    return store

@@ -10,8 +10,9 @@ import plumbing.preflight  # noqa: F401  (first, before torch: a bad OMP_NUM_THR
 import os
 import sys
 
+from datatypes import DataError
 from plumbing.checkpoints import load_checkpoint, save_tensors
-from plumbing.errors import DataError, Parser, run_script
+from plumbing.errors import Parser, run_script
 from plumbing.files import save_atomic
 
 
@@ -25,8 +26,11 @@ def shipped(ckpt: dict, note: str, half: bool = False) -> dict:
 
 
 def run(args) -> None:
-    if os.path.exists(args.out):
+    if os.path.lexists(args.out):  # a dangling link too: nothing is written through it
         raise DataError(f"{args.out} exists: choose another name (shipped weights are never replaced)")
+    if not args.out.endswith(".pth") or args.out.endswith(os.sep):
+        raise DataError(f"{args.out!r} is not a file name ending in .pth: name the file to write, e.g. "
+                        "weights/mnist_ddpm.pth")
     out = shipped(load_checkpoint(args.checkpoint), args.note, args.half)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

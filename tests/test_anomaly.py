@@ -8,7 +8,7 @@ from PIL import Image
 
 import anomaly
 import main
-from plumbing.errors import DataError
+from datatypes import DataError
 from synthetic import PHANTOM_BRAIN, head_region, make_phantom
 from test_ddim import PointMassEps, model_with
 
@@ -22,9 +22,10 @@ def test_reconstruction_returns_the_only_anatomy_the_model_knows(sampler, t_lamb
     x0 = c.clone().repeat(3, 1, 1, 1)
     x0[:, :, 1:3, 1:3] = 0.8  # a "lesion" the model has never seen
     model = model_with(PointMassEps, c)
-    rec = anomaly.reconstruct(model, x0, t_lambda, sampler, steps=10, generator=torch.Generator().manual_seed(0))
+    rec = anomaly.reconstruct(model, x0, t_lambda, sampler=sampler, steps=10,
+                              generator=torch.Generator().manual_seed(0))
     assert torch.allclose(rec, c.expand_as(x0), atol=1e-3)  # float32: at t = 1, 1 - alpha_bar_1 is 1e-4
-    maps, _ = anomaly.anomaly_maps(model, x0, t_lambda, sampler, 10, 0.0, repeats=2, smooth=0)
+    maps, _ = anomaly.anomaly_maps(model, x0, t_lambda, sampler=sampler, steps=10, eta=0.0, repeats=2, smooth=0)
     assert torch.allclose(maps, (x0 - c).abs()[:, 0], atol=1e-3)
 
 
@@ -32,15 +33,15 @@ def test_partial_reverse_takes_only_the_steps_below_t_lambda():
     """Algorithm 2 from t_lambda calls the network t_lambda times, DDIM min(steps, t_lambda) times."""
     calls = []
     model = model_with(PointMassEps, torch.zeros(1, 1, 2, 2), T=100)
-    model.eps_model.register_forward_hook(lambda *a: calls.append(1))
+    model.net.register_forward_hook(lambda *a: calls.append(1))
     x0 = torch.zeros(2, 1, 2, 2)
-    anomaly.reconstruct(model, x0, 30, "ddpm")
+    anomaly.reconstruct(model, x0, 30, sampler="ddpm")
     assert len(calls) == 30
     calls.clear()
-    anomaly.reconstruct(model, x0, 30, "ddim", steps=10)
+    anomaly.reconstruct(model, x0, 30, sampler="ddim", steps=10)
     assert len(calls) == 10
     calls.clear()
-    anomaly.reconstruct(model, x0, 5, "ddim", steps=10)
+    anomaly.reconstruct(model, x0, 5, sampler="ddim", steps=10)
     assert len(calls) == 5
 
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import main
+from models import PAPER, RECIPE
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--dataset", "shapes", "--net", "cnn", "--limit", "64", "--batch-size", "32", "--n-T", "20",
@@ -110,7 +111,7 @@ def cli(*args):
     (["DDPM", "--epochs", "0"], "--epochs must lie in 1..100000"),
     (["DDGM", "--theta0", "-1"], "--theta0 must lie in (0, 1e6]"),
     (["DDPM", "--cond", "class"], "--cond class applies to COND only, not DDPM"),
-    (["DDPM", "--cond", "mask"], "--cond mask applies to COND, VPRED and FLOW only, not DDPM"),
+    (["DDPM", "--cond", "mask"], "--cond mask applies to COND, VPRED, FLOW and EDM only, not DDPM"),
     (["DDGM", "--min-snr", "5"], "--min-snr applies to DDPM, COND and VPRED, not DDGM"),
     (["DDPM", "--min-snr", "-1"], "--min-snr must lie in 0 (off) or 0.01..10000"),
 ])
@@ -206,8 +207,9 @@ def test_ddim_for_ddgm_is_refused_in_one_line():
 
 
 def test_defaults_are_the_recipe_and_paper_settings_one_flag_away(tmp_path):
-    """No option: main.RECIPE in config.json. --paper-settings: Ho et al.'s lr, batch, warm-up, EMA and
-    Algorithm 2, except for options given explicitly; DDGM always samples by Algorithm 2."""
+    """No option: models.RECIPE in config.json, each process with its own options only. --paper-settings: Ho et
+    al.'s lr, batch, warm-up, EMA and Algorithm 2, except for options given explicitly; DDGM always samples by
+    Algorithm 2."""
     tiny = ["--dataset", "shapes", "--limit", "16", "--n-T", "10", "--num-samples", "4", "--eval-samples", "0",
             "--epochs", "1"]
     configs = {}
@@ -215,9 +217,13 @@ def test_defaults_are_the_recipe_and_paper_settings_one_flag_away(tmp_path):
     for name, extra in runs.items():
         run("DDGM" if name == "ddgm" else "DDPM", *tiny, *extra, "--out", tmp_path / name)
         configs[name] = json.loads((tmp_path / name / "config.json").read_text())
-    for key, value in main.RECIPE.items():
-        expected = list(value) if isinstance(value, tuple) else value
-        assert configs["recipe"][key] == expected
-        assert configs["paper"][key] == main.PAPER.get(key, expected)
-    assert configs["mixed"]["lr"] == 1e-3 and configs["mixed"]["batch_size"] == main.PAPER["batch_size"]
+    given = {"dataset", "limit", "n_T", "sample_steps", "num_samples", "eval_samples", "epochs"}
+    ddgm_only = {"theta0", "loss"}
+    for key, value in RECIPE.items():
+        if key in given or key in ("p_uncond", "guidance", *ddgm_only):  # given, or another process's options
+            continue
+        assert configs["recipe"][key] == value
+        assert configs["paper"][key] == PAPER.get(key, value)
+    assert configs["mixed"]["lr"] == 1e-3 and configs["mixed"]["batch_size"] == PAPER["batch_size"]
+    assert not ddgm_only & set(configs["recipe"]) and all(configs["ddgm"][k] == RECIPE[k] for k in ddgm_only)
     assert configs["ddgm"]["sampler"] == "ddpm" and configs["recipe"]["sampler"] == "ddim"

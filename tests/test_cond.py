@@ -46,7 +46,7 @@ def test_guidance_formula_by_hand():
 
 
 class LabelEcho(torch.nn.Module):
-    """eps_model whose prediction is the label it was given (null = 3), to read off the guidance."""
+    """net whose prediction is the label it was given (null = 3), to read off the guidance."""
 
     def forward(self, x_t, t, y=None, mask=None):
         return y.float().view(-1, 1, 1, 1).expand_as(x_t)

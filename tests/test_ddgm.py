@@ -93,11 +93,11 @@ def test_noise_finite_for_every_t(theta_0):
 
 
 def test_ddgm_changes_only_the_noise_and_the_loss():
-    """The paper's change, and nothing else: of DDPM's methods, DDGM overrides just these (plus
-    ddim_sample, which only refuses: DDIM is derived for Gaussian noise). Helpers of its own, such as
-    the check that float64 can draw the Gamma noise, are not overrides and may be added freely."""
-    overridden = {k for k, v in vars(DDGM).items() if callable(v) and k in vars(DDPM)}
-    assert overridden == {"__init__", "noise_like", "x_T_like", "eps_loss", "ddim_sample"}
+    """The paper's change, and nothing else: of DDPM's methods (its own and process.Process's), DDGM overrides
+    just these. Helpers of its own, such as the check that float64 can draw the Gamma noise, are not overrides
+    and may be added freely; DDIM is not refused by a method but left out of its samplers."""
+    overridden = {k for k, v in vars(DDGM).items() if callable(v) and hasattr(DDPM, k)}
+    assert overridden == {"__init__", "noise_like", "x_T_like", "per_image_loss"} and DDGM.samplers == ("ddpm",)
 
 
 def test_training_on_shapes_lowers_the_loss():
@@ -111,7 +111,7 @@ def test_training_on_shapes_lowers_the_loss():
 
 def test_l1_loss_option():
     model = DDGM(Recorder(), linear_beta_schedule(10), loss_type="l1")
-    assert model.eps_loss(torch.zeros(1, 4), torch.tensor([[1.0, -1.0, 2.0, 0.0]])).tolist() == [1.0]
+    assert model.per_image_loss(torch.zeros(1, 4), torch.tensor([[1.0, -1.0, 2.0, 0.0]])).tolist() == [1.0]
     with pytest.raises(ValueError, match="theta_0"):
         DDGM(Recorder(), linear_beta_schedule(10), theta_0=0.0)
 

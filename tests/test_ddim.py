@@ -3,6 +3,7 @@ data distributions: a correct sampler must return that distribution, whatever it
 import pytest
 import torch
 
+from datatypes import DataError
 from ddgm import DDGM
 from ddpm import DDPM, extract, linear_beta_schedule
 
@@ -34,7 +35,7 @@ class GaussianEps(torch.nn.Module):
 
 def model_with(eps_class, *args, T=1000):
     model = DDPM(torch.nn.Identity(), linear_beta_schedule(T))
-    model.eps_model = eps_class(model.alpha_bar, *args)
+    model.net = eps_class(model.alpha_bar, *args)
     return model
 
 
@@ -45,13 +46,15 @@ def test_ddim_returns_the_point_mass(steps, eta, sides):
     """With the exact eps of x_0 = c, the predicted x_0 of eq. (12) is c at every step, and the last
     step (to alpha_bar_0 = 1, sigma = 0 by eq. 16) returns it: every sample is c, image or volume."""
     c = torch.tensor([-0.5, 0.25, 0.75]).view(1, 3, *[1] * len(sides))
-    x = model_with(PointMassEps, c).ddim_sample(16, (3, *sides), steps, eta, torch.Generator().manual_seed(0))
+    x = model_with(PointMassEps, c).ddim_sample(16, (3, *sides), steps=steps, eta=eta,
+                                                  generator=torch.Generator().manual_seed(0))
     assert x.shape == (16, 3, *sides)
     assert torch.allclose(x, c.expand_as(x), atol=1e-4)
 
 
 def gaussian_samples(steps, eta, mu=0.3, s=0.5):
-    return model_with(GaussianEps, mu, s).ddim_sample(2500, (1, 4, 4), steps, eta, torch.Generator().manual_seed(0))
+    return model_with(GaussianEps, mu, s).ddim_sample(2500, (1, 4, 4), steps=steps, eta=eta,
+                                                      generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("steps, eta", [(100, 0.0), (250, 0.0), (1000, 0.0), (500, 1.0), (1000, 1.0)])
@@ -75,13 +78,14 @@ def test_ddim_eta0_is_deterministic_given_x_T_and_eta1_is_not():
     """eta = 0 (eq. 16 gives sigma = 0): the only randomness is x_T, so the same x_T gives the same
     samples; with eta = 1 the step noise z differs between generators seeded alike for x_T only."""
     model = model_with(GaussianEps, 0.3, 0.5, T=50)
-    a = model.ddim_sample(4, (1, 3, 3), 10, 0.0, torch.Generator().manual_seed(3))
-    b = model.ddim_sample(4, (1, 3, 3), 10, 0.0, torch.Generator().manual_seed(3))
-    c = model.ddim_sample(4, (1, 3, 3), 10, 0.0, torch.Generator().manual_seed(4))
+    a = model.ddim_sample(4, (1, 3, 3), steps=10, eta=0.0, generator=torch.Generator().manual_seed(3))
+    b = model.ddim_sample(4, (1, 3, 3), steps=10, eta=0.0, generator=torch.Generator().manual_seed(3))
+    c = model.ddim_sample(4, (1, 3, 3), steps=10, eta=0.0, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
     x_T = model.x_T_like(torch.empty(4, 1, 3, 3), torch.Generator().manual_seed(3))
     from_x_T = lambda eta, seed: model.ddim_sample(  # noqa: E731
-        4, (1, 3, 3), 10, eta, torch.Generator().manual_seed(seed), x_start=x_T, t_start=model.T - 1)
+        4, (1, 3, 3), steps=10, eta=eta, generator=torch.Generator().manual_seed(seed), x_start=x_T,
+        t_start=model.T - 1)
     assert torch.equal(from_x_T(0.0, 5), from_x_T(0.0, 6))      # eta = 0: x_T decides everything
     assert not torch.equal(from_x_T(1.0, 5), from_x_T(1.0, 6))  # eta = 1: the step noise z matters
     assert torch.equal(from_x_T(1.0, 5), from_x_T(1.0, 5))
@@ -98,10 +102,10 @@ def test_ddim_visits_T_first_and_1_last():
             return torch.zeros_like(x_t)
 
     model = DDPM(Spy(), linear_beta_schedule(100))
-    model.ddim_sample(2, (1, 2, 2), 10)
+    model.ddim_sample(2, (1, 2, 2), steps=10)
     assert seen[0] == 99 and seen[-1] == 0 and len(seen) == 10 and seen == sorted(set(seen), reverse=True)
     seen.clear()
-    model.ddim_sample(2, (1, 2, 2), 100)
+    model.ddim_sample(2, (1, 2, 2), steps=100)
     assert seen == list(range(99, -1, -1))
 
 
@@ -110,14 +114,15 @@ def test_ddim_with_eta1_and_all_steps_is_algorithm_2_with_beta_tilde():
     posterior mean: DDIM is then Algorithm 2 with sigma^2 = beta_tilde, step for step."""
     beta = linear_beta_schedule(30)
     ddpm = DDPM(torch.nn.Identity(), beta, sigma2="beta_tilde")
-    ddpm.eps_model = GaussianEps(ddpm.alpha_bar, 0.3, 0.5)
-    x_ddpm = ddpm.sample(8, (1, 2, 2), torch.Generator().manual_seed(5))
+    ddpm.net = GaussianEps(ddpm.alpha_bar, 0.3, 0.5)
+    x_ddpm = ddpm.sample(8, (1, 2, 2), generator=torch.Generator().manual_seed(5))
     # same draws in the same order: x_T, then one z per step (DDIM draws z after the network call)
-    x_ddim = ddpm.ddim_sample(8, (1, 2, 2), 30, 1.0, torch.Generator().manual_seed(5))
+    x_ddim = ddpm.ddim_sample(8, (1, 2, 2), steps=30, eta=1.0, generator=torch.Generator().manual_seed(5))
     assert torch.allclose(x_ddpm, x_ddim, atol=1e-4)
 
 
 def test_ddim_refused_for_ddgm():
-    model = DDGM(torch.nn.Identity(), linear_beta_schedule(10))
-    with pytest.raises(ValueError, match="Gaussian"):
-        model.ddim_sample(2, (1, 2, 2), 5)
+    """DDIM's eq. (12) is derived for Gaussian noise: DDGM names Algorithm 2 as its only sampler."""
+    from models import check_sampler
+    with pytest.raises(DataError, match="DDGM samples with ddpm only, not ddim: use --sampler ddpm"):
+        check_sampler(DDGM(torch.nn.Identity(), linear_beta_schedule(10)), "ddim")

@@ -11,7 +11,7 @@ from unet import CNN
 
 
 class Recorder(torch.nn.Module):
-    """A stand-in eps_model that predicts zeros and remembers the timesteps it was given."""
+    """A stand-in net that predicts zeros and remembers the timesteps it was given."""
 
     def __init__(self):
         super().__init__()
@@ -206,7 +206,7 @@ def test_sample_shape_finite_and_reproducible():
     assert torch.equal(x0, model.sample(2, (1, 8, 8), generator=torch.Generator().manual_seed(1)))
     assert [i for i, _, _ in kept] == list(range(19, -1, -1)) and all(x_t.shape == (2, 1, 8, 8) for _, x_t, _ in kept)
     i, x_t, x0_hat = kept[-1]  # at paper t = 1: x0_hat by eq. (15) from the recorded x_t
-    eps_hat = model.eps_model(x_t, torch.zeros(2, dtype=torch.long))
+    eps_hat = model.net(x_t, torch.zeros(2, dtype=torch.long))
     assert torch.allclose(x0_hat, model.predict_x0(x_t, torch.zeros(2, dtype=torch.long), eps_hat))
 
 
@@ -220,13 +220,13 @@ def test_bad_schedule_is_refused():
 class HalfLoss(DDPM):
     """A student's own loss: half of L_simple. min-SNR must weight it, not bypass it."""
 
-    def eps_loss(self, eps_hat, eps):
-        return 0.5 * super().eps_loss(eps_hat, eps)
+    def per_image_loss(self, eps_hat, eps):
+        return 0.5 * super().per_image_loss(eps_hat, eps)
 
 
 @pytest.mark.parametrize("gamma", [0.0, 5.0])
 def test_a_subclass_loss_is_honoured_with_and_without_min_snr(gamma):
-    """loss() = mean_b w_b * eps_loss_b: a subclass's eps_loss goes through min-SNR's weights too."""
+    """loss() = mean_b w_b * per_image_loss_b: a subclass's per_image_loss goes through min-SNR's weights too."""
     torch.manual_seed(0)
     net = CNN(hidden=(8, 8))
     x = make_shapes(n=8).images
@@ -239,4 +239,4 @@ def test_l_simple_is_the_mean_over_all_pixels():
     """Per-image means, averaged over the batch, are eq. (14)'s mean over every pixel (equal-sized images)."""
     model = DDPM(CNN(hidden=(8, 8)), linear_beta_schedule(100))
     eps_hat, eps = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
-    assert model.eps_loss(eps_hat, eps).mean().item() == pytest.approx(F.mse_loss(eps_hat, eps).item(), rel=1e-6)
+    assert model.per_image_loss(eps_hat, eps).mean().item() == pytest.approx(F.mse_loss(eps_hat, eps).item(), rel=1e-6)

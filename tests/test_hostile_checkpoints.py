@@ -16,7 +16,8 @@ import main
 import metrics
 import sample
 from bench import bench
-from plumbing.errors import DataError, one_line, run_script
+from datatypes import DataError, one_line
+from plumbing.errors import run_script
 from test_hostile_runs import refused
 
 TINY = ["--dataset", "phantom-healthy", "--image-size", "8", "--net", "cnn", "--limit", "32", "--batch-size", "16",

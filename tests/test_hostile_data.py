@@ -14,7 +14,7 @@ from PIL import Image
 
 import metrics
 from data import DataError, load_dataset
-from plumbing.formats import MAX_NPZ_BYTES, read_npz
+from formats import MAX_NPZ_BYTES, read_npz
 from synthetic import make_shapes
 
 

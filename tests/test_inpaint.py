@@ -8,7 +8,8 @@ from PIL import Image
 
 import main
 import sample
-from ddpm import DDPM, linear_beta_schedule, repaint_times
+from ddpm import DDPM, linear_beta_schedule
+from process import repaint_times
 from test_ddim import PointMassEps
 
 
@@ -33,7 +34,7 @@ def test_point_mass_model_keeps_known_pixels_and_fills_the_region(jump_count):
     T = 50
     model = DDPM(torch.nn.Identity(), linear_beta_schedule(T))
     c = torch.linspace(-0.8, 0.8, 64).view(1, 1, 8, 8)
-    model.eps_model = PointMassEps(model.alpha_bar, c)
+    model.net = PointMassEps(model.alpha_bar, c)
     x0 = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     keep = torch.ones(3, 1, 8, 8)
     keep[:, :, 2:6, 3:7] = 0

@@ -15,30 +15,30 @@ def test_ema_warm_up_follows_min_decay_formula():
     keeps min(0.999, 91/100) = 0.91, and late updates the full decay."""
     model = tiny_model()
     ema = EMA(model, decay=0.999)
-    w = model.eps_model.weight
-    start = ema.model.eps_model.weight.clone()
+    w = model.net.weight
+    start = ema.model.net.weight.clone()
     with torch.no_grad():
         w.add_(1.0)
     ema.update(model)
-    assert torch.allclose(ema.model.eps_model.weight, 0.1 * start + 0.9 * w)
+    assert torch.allclose(ema.model.net.weight, 0.1 * start + 0.9 * w)
     ema.n = 90
-    before = ema.model.eps_model.weight.clone()
+    before = ema.model.net.weight.clone()
     ema.update(model)
-    assert torch.allclose(ema.model.eps_model.weight, 0.91 * before + 0.09 * w)
+    assert torch.allclose(ema.model.net.weight, 0.91 * before + 0.09 * w)
     ema.n = 10 ** 6
-    before = ema.model.eps_model.weight.clone()
+    before = ema.model.net.weight.clone()
     ema.update(model)
-    assert torch.allclose(ema.model.eps_model.weight, 0.999 * before + 0.001 * w)
+    assert torch.allclose(ema.model.net.weight, 0.999 * before + 0.001 * w)
 
 
 def test_ema_of_constant_weights_converges_to_them_and_does_not_train():
     model = tiny_model()
     ema = EMA(model, decay=0.9)
     with torch.no_grad():
-        model.eps_model.weight.fill_(3.0)
+        model.net.weight.fill_(3.0)
     for _ in range(200):
         ema.update(model)
-    assert ema.model.eps_model.weight.item() == pytest.approx(3.0, abs=1e-6)
+    assert ema.model.net.weight.item() == pytest.approx(3.0, abs=1e-6)
     assert not any(p.requires_grad for p in ema.model.parameters())
 
 
@@ -58,7 +58,7 @@ def test_build_model_follows_the_registries(model, net, schedule):
               "min_snr": 0.0 if model == "DDGM" else 5.0}
     built = build_model(config)
     assert type(built) is {"DDPM": DDPM, "DDGM": DDGM, "COND": ConditionalDDPM}[model]
-    assert type(built.eps_model) is {"unet": UNet, "cnn": CNN}[net]
+    assert type(built.net) is {"unet": UNet, "cnn": CNN}[net]
     assert torch.allclose(built.beta, SCHEDULES[schedule](20, (1e-4, 0.02)).float())
     assert built.min_snr_gamma == config["min_snr"]
 
@@ -82,13 +82,14 @@ def test_a_checkpoint_with_the_old_level_names_loads_into_the_listed_levels():
 
 
 def test_a_config_without_unet_version_builds_the_first_design_and_new_runs_record_the_latest():
-    """Checkpoints from before unet_version hold the first design (unet.VERSIONS[1]); the latest design,
-    catalog.UNET_VERSION, is what VERSIONS says (here: AdaGN doubles emb_proj). New runs train it up to 64 px
-    and the first design above and on volumes (catalog.unet_version_for, as measured)."""
-    from plumbing.catalog import UNET_VERSION, unet_version_for
-    assert unet_version_for(28) == unet_version_for(64) == UNET_VERSION
-    assert unet_version_for(65) == 1 and unet_version_for(32, 3) == 1
+    """Checkpoints from before unet_version hold the first design (unet.VERSIONS[1]); the latest design is what
+    VERSIONS says (here: AdaGN doubles emb_proj). New runs train it up to 64 px and the first design above and on
+    volumes (models.by_size, as measured)."""
+    from models import by_size
     from unet import VERSIONS, UNet, unet_from_config
+    UNET_VERSION = max(VERSIONS)
+    assert by_size("DDPM", 28)["unet_version"] == by_size("DDPM", 64)["unet_version"] == UNET_VERSION
+    assert by_size("DDPM", 65)["unet_version"] == 1 and by_size("DDPM", 32, 3)["unet_version"] == 1
     config = {"in_channels": 1, "image_size": 16, "num_classes": 0, "cond_channels": 0, "unet_widths": [8, 8, 8]}
     old, new = unet_from_config(config), unet_from_config({**config, "unet_version": UNET_VERSION})
     assert old.down[0].emb_proj.out_features == 8 and not old.down[0].scale_shift
@@ -118,13 +119,14 @@ def test_unet_version_1_trains_and_resume_keeps_the_runs_own_design(tmp_path):
 
 
 def test_new_runs_on_small_images_take_the_cosine_schedule_and_resume_keeps_the_runs_own(tmp_path):
-    """catalog.schedule_for: cosine for DDPM and COND on 2D images up to 32 px (measured on MNIST), linear
-    above, on volumes, for VPRED and DDGM and when --betas names the linear schedule's ends. A run begun on the linear
+    """models.by_size: cosine for DDPM and COND on 2D images up to 32 px (measured on MNIST), linear above, on
+    volumes, for VPRED and DDGM and when --betas names the linear schedule's ends. A run begun on the linear
     schedule (as every run before this default) continues on it with --resume, as config.json says."""
     import json
 
     import main
-    from plumbing.catalog import schedule_for
+    from models import by_size
+    schedule_for = lambda *args: by_size(*args)["schedule"]  # noqa: E731
     assert schedule_for("DDPM", 28) == schedule_for("COND", 32) == "cosine"
     assert schedule_for("DDPM", 64) == schedule_for("DDPM", 32, 3) == "linear"
     assert schedule_for("VPRED", 28) == schedule_for("DDGM", 28) == "linear"

@@ -11,8 +11,10 @@ from PIL import Image
 import anomaly
 import main
 import sample
-from ddpm import DDPM, SAMPLERS, extract, linear_beta_schedule
+from ddpm import DDPM, linear_beta_schedule
 from flow import FlowMatching
+from models import SAMPLERS
+from process import extract
 from test_ddim import PointMassEps
 from vpred import VPredictionDDPM
 
@@ -60,7 +62,7 @@ def test_v_target_gives_back_eps_and_x0():
     x0, eps = torch.rand(6, 1, 4, 4, generator=G(0)) * 2 - 1, torch.randn(6, 1, 4, 4, generator=G(1))
     t = torch.tensor([0, 10, 40, 70, 90, 99])
     x_t, v = model.q_sample(x0, t, eps), model.target(x0, t, eps)
-    model.eps_model = Returns(v)  # the network that is exactly right
+    model.net = Returns(v)  # the network that is exactly right
     eps_hat = model.predict_eps(x_t, t)
     assert torch.allclose(eps_hat, eps, atol=1e-5)
     assert torch.allclose(model.predict_x0(x_t, t, eps_hat), x0, atol=1e-3)
@@ -84,21 +86,21 @@ def test_v_min_snr_weight_is_min_snr_on_x0():
 def test_v_with_the_exact_network_samples_the_point_mass(sampler):
     model = VPredictionDDPM(torch.nn.Identity(), linear_beta_schedule(T))
     c = torch.linspace(-0.9, 0.9, 16).view(1, 1, 4, 4)
-    model.eps_model = PointMassV(model.alpha_bar, c)
+    model.net = PointMassV(model.alpha_bar, c)
     x = SAMPLERS[sampler](model, 3, (1, 4, 4), steps=10, generator=G(5))
     assert torch.allclose(x, c.expand_as(x), atol=1e-3)
 
 
 def test_ddpm_euler_is_ddim_with_eta_zero():
     model = DDPM(torch.nn.Identity(), linear_beta_schedule(T))
-    model.eps_model = PointMassEps(model.alpha_bar, torch.linspace(-1, 1, 16).view(1, 1, 4, 4))
+    model.net = PointMassEps(model.alpha_bar, torch.linspace(-1, 1, 16).view(1, 1, 4, 4))
     a = SAMPLERS["euler"](model, 2, (1, 4, 4), steps=7, generator=G(6))
     b = SAMPLERS["ddim"](model, 2, (1, 4, 4), steps=7, eta=0.0, generator=G(6))
     assert torch.equal(a, b)
 
 
 def test_flow_path_ends_in_the_noise_and_starts_at_the_image():
-    model = FlowMatching(torch.nn.Identity(), linear_beta_schedule(T))
+    model = FlowMatching(torch.nn.Identity(), T)
     x0, eps = torch.rand(2, 1, 4, 4, generator=G(7)), torch.randn(2, 1, 4, 4, generator=G(8))
     assert torch.equal(model.q_sample(x0, torch.full((2,), T - 1), eps), eps)  # t = 1: pure noise
     t = torch.tensor([0, 49])
@@ -109,7 +111,7 @@ def test_flow_path_ends_in_the_noise_and_starts_at_the_image():
 
 def test_flow_step_up_has_the_path_marginals():
     """q_step from the time of index t - 1 to that of t: mean (1 - t) x_0 and std t, as q_sample's."""
-    model = FlowMatching(torch.nn.Identity(), linear_beta_schedule(T))
+    model = FlowMatching(torch.nn.Identity(), T)
     n, x0 = 200_000, torch.full((200_000, 1, 1, 1), 0.7)
     for i in (0, 30, 98):
         t = torch.full((n,), i)
@@ -124,9 +126,9 @@ def test_flow_step_up_has_the_path_marginals():
 def test_flow_euler_with_the_exact_velocity_lands_on_the_point_mass(steps, clip_x0):
     """The exact velocity field of a point mass moves every x straight to c, so Euler is exact in any steps
     (and clipping x0_hat, which lies in [-1, 1] here, changes nothing)."""
-    model = FlowMatching(torch.nn.Identity(), linear_beta_schedule(T), clip_x0=clip_x0)
+    model = FlowMatching(torch.nn.Identity(), T, clip_x0=clip_x0)
     c = torch.linspace(-0.9, 0.9, 16).view(1, 1, 4, 4)
-    model.eps_model = PointMassVelocity(T, c)
+    model.net = PointMassVelocity(T, c)
     seen = []
     x = SAMPLERS["euler"](model, 3, (1, 4, 4), steps=steps, generator=G(9), on_step=lambda i, x_t, x0: seen.append(x0))
     assert torch.allclose(x, c.expand_as(x), atol=1e-5)
@@ -134,8 +136,8 @@ def test_flow_euler_with_the_exact_velocity_lands_on_the_point_mass(steps, clip_
 
 
 def test_flow_euler_with_clip_x0_ends_in_range_and_without_it_may_not():
-    model = FlowMatching(Returns(torch.zeros(1)), linear_beta_schedule(T))
-    model.eps_model = PointMassVelocity(T, torch.full((1, 1, 4, 4), 1.5))  # data outside [-1, 1]
+    model = FlowMatching(Returns(torch.zeros(1)), T)
+    model.net = PointMassVelocity(T, torch.full((1, 1, 4, 4), 1.5))  # data outside [-1, 1]
     assert SAMPLERS["euler"](model, 2, (1, 4, 4), steps=5, generator=G(12)).max() > 1.4
     model.clip_x0 = True
     x = SAMPLERS["euler"](model, 2, (1, 4, 4), steps=5, generator=G(12))
@@ -143,9 +145,9 @@ def test_flow_euler_with_clip_x0_ends_in_range_and_without_it_may_not():
 
 
 def test_flow_inpaint_keeps_known_pixels_and_fills_the_region_with_the_point_mass():
-    model = FlowMatching(torch.nn.Identity(), linear_beta_schedule(40))
+    model = FlowMatching(torch.nn.Identity(), 40)
     c = torch.linspace(-0.8, 0.8, 64).view(1, 1, 8, 8)
-    model.eps_model = PointMassVelocity(40, c)
+    model.net = PointMassVelocity(40, c)
     x0 = torch.rand(2, 1, 8, 8, generator=G(10)) * 2 - 1
     keep = torch.ones(2, 1, 8, 8)
     keep[:, :, 2:6, 3:7] = 0
@@ -158,12 +160,13 @@ TINY = ["--dataset", "shapes", "--net", "cnn", "--limit", "32", "--batch-size", 
         "--num-samples", "2", "--sample-steps", "2", "--eval-samples", "0", "--epochs", "1"]
 
 
-@pytest.mark.parametrize("process, sampler, min_snr", [("VPRED", "ddim", 5.0), ("FLOW", "euler", 0.0)])
+@pytest.mark.parametrize("process, sampler, min_snr", [("VPRED", "ddim", 5.0), ("FLOW", "euler", None),
+                                                      ("EDM", "heun", None)])
 def test_the_new_processes_run_through_every_script(tmp_path, process, sampler, min_snr):
     main.main([process, *TINY, "--out", str(tmp_path / "run")])
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["model"] == process and config["sampler"] == sampler and config["min_snr"] == min_snr
-    assert (tmp_path / "run" / "schedules.png").exists() == (process != "FLOW")
+    assert config["model"] == process and config["sampler"] == sampler and config.get("min_snr") == min_snr
+    assert (tmp_path / "run" / "schedules.png").exists() == (process == "VPRED")
     checkpoint = str(tmp_path / "run" / "model.pth")
     sample.main([checkpoint, "--num-samples", "2", "--reverse", "--out", str(tmp_path / "s.png")])
     anomaly.main([checkpoint, "--n", "2", "--n-val", "2", "--repeats", "1", "--out", str(tmp_path / "a.png")])

@@ -1,7 +1,7 @@
 """File formats, each read with its header checked before the data and refused in one line when it
 is not what it claims: IDX (MNIST), .npz (MedMNIST, samples), CSV rows of pixels, and folders of
 images and masks (8-bit, 16-bit, float; masks binarised by their own values). data.py turns what
-these return into datasets."""
+these return into datasets. No torch here; no plumbing."""
 import csv
 import gzip
 import logging
@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-from plumbing.errors import DataError, one_line
+from datatypes import DataError, cause
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_VALUES = 300_000_000   # pixels per split that fit comfortably in memory as float32 (1.2 GB)
@@ -86,7 +86,7 @@ def read_npz(path: str) -> dict:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, RuntimeError, MemoryError,
             SyntaxError) as e:
-        raise DataError(f"{path} is not a readable .npz file ({one_line(str(e), 150) or type(e).__name__})") from e
+        raise DataError(f"{path} is not a readable .npz file ({cause(e)})") from e
 
 
 def parse_csv_rows(path: str, limit: int | None) -> list:
@@ -259,7 +259,7 @@ def check_gzip(path: str) -> None:
             while f.read(1 << 24):
                 pass
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: its voxels cannot be read ({one_line(str(e), 150) or type(e).__name__}): the "
+        raise DataError(f"{path}: its voxels cannot be read ({cause(e)}): the "
                         "file is damaged") from e
 
 
@@ -297,7 +297,7 @@ def open_nifti(path: str):
                         "header") from e
     except (OSError, EOFError, ValueError, zlib.error, MemoryError, nibabel.filebasedimages.ImageFileError,
             nibabel.spatialimages.HeaderDataError) as e:
-        raise DataError(f"{path} is not a readable NIfTI file ({one_line(str(e), 150) or type(e).__name__})") from e
+        raise DataError(f"{path} is not a readable NIfTI file ({cause(e)})") from e
 
 
 def nifti_voxels(image, path: str) -> np.ndarray:
@@ -309,7 +309,7 @@ def nifti_voxels(image, path: str) -> np.ndarray:
     try:
         a = np.asarray(image.get_fdata(dtype=np.float32))
     except (OSError, EOFError, ValueError, zlib.error, MemoryError, nibabel.filebasedimages.ImageFileError) as e:
-        raise DataError(f"{path}: its voxels cannot be read ({one_line(str(e), 150) or type(e).__name__}): the "
+        raise DataError(f"{path}: its voxels cannot be read ({cause(e)}): the "
                         "file is damaged") from e
     if not np.isfinite(a).all():
         raise DataError(f"{path} holds non-finite voxels (nan/inf): fix or remove it")
