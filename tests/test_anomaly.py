@@ -12,6 +12,8 @@ from datatypes import DataError
 from synthetic import PHANTOM_BRAIN, head_region, make_phantom
 from test_ddim import PointMassEps, model_with
 
+pytestmark = pytest.mark.slow  # end to end: the scripts on tiny runs
+
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 @pytest.mark.parametrize("t_lambda", [1, 40, 250, 1000])

@@ -1,7 +1,11 @@
 """bench.py end to end at its smallest: it runs and writes every promised figure (no time is asserted)."""
 import json
 
+import pytest
+
 from bench import bench
+
+pytestmark = pytest.mark.slow  # end to end: the scripts on tiny runs
 
 
 def test_quick_bench_writes_a_row_per_network(tmp_path, capsys):

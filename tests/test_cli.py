@@ -13,6 +13,8 @@ from PIL import Image
 import main
 from models import PAPER, RECIPE
 
+pytestmark = pytest.mark.slow  # end to end: the scripts on tiny runs
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--dataset", "shapes", "--net", "cnn", "--limit", "64", "--batch-size", "32", "--n-T", "20",
         "--num-samples", "4", "--sample-steps", "5", "--eval-samples", "0"]

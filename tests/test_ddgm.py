@@ -100,6 +100,7 @@ def test_ddgm_changes_only_the_noise_and_the_loss():
     assert overridden == {"__init__", "noise_like", "x_T_like", "per_image_loss"} and DDGM.samplers == ("ddpm",)
 
 
+@pytest.mark.slow
 def test_training_on_shapes_lowers_the_loss():
     torch.manual_seed(0)
     x = make_shapes(n=512).images

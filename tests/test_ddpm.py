@@ -159,6 +159,7 @@ def train_steps(model, x, steps=150, batch=32, lr=2e-3):
         opt.step()
 
 
+@pytest.mark.slow
 def test_training_on_shapes_lowers_the_loss():
     """Alg. 1 on the synthetic shapes: 150 Adam steps at least halve the eps-MSE on a held batch
     (an untrained network predicts eps poorly: loss about 1)."""

@@ -15,7 +15,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--limit", "32", "--batch-size", "16", "--n-T", "10", "--num-samples", "2", "--sample-steps", "2",
         "--eval-samples", "0", "--epochs", "1"]
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # the recipes in a copy of the repository, each script in its own process
 
 
 def recipes() -> list:

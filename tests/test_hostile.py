@@ -18,6 +18,8 @@ import data
 import main
 from data import DataError, load_dataset
 
+pytestmark = pytest.mark.slow  # end to end: the scripts on tiny runs
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--dataset", "shapes", "--net", "cnn", "--limit", "64", "--batch-size", "32", "--n-T", "20",
         "--num-samples", "4", "--sample-steps", "5", "--eval-samples", "0"]

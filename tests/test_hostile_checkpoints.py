@@ -51,6 +51,7 @@ def anomaly_argv(path, folder):
             str(Path(folder) / "a.png"), "--device", "cpu"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key, value", [
     ("n_T", 10 ** 9), ("n_T", -5), ("n_T", "20"), ("image_size", -1), ("image_size", 0), ("image_size", 100_000),
     ("unet_widths", [10 ** 6] * 3), ("betas", [0.1]), ("model", "GAN"), ("net", "transformer"),
@@ -64,6 +65,7 @@ def test_an_edited_config_is_refused_naming_the_key(checkpoint, tmp_path, capsys
     assert "edited or damaged" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["sample", "anomaly"])
 def test_damaged_weights_are_refused(checkpoint, tmp_path, capsys, script):
     run, argv = (sample.main, sample_argv) if script == "sample" else (anomaly.main, anomaly_argv)
@@ -86,6 +88,7 @@ def first_weight(ckpt: dict, make) -> dict:
     return {**ckpt, "ema": None, "model": {**ckpt["model"], name: make(ckpt["model"][name])}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["sample", "anomaly"])
 def test_edited_entries_of_a_checkpoint_are_refused(checkpoint, tmp_path, capsys, script):
     """Issue 28: integer or complex weights loaded; an EMA update count of -5 made the EMA overshoot (a step
@@ -103,6 +106,7 @@ def test_edited_entries_of_a_checkpoint_are_refused(checkpoint, tmp_path, capsys
     assert not (tmp_path / "s.png").exists() and not (tmp_path / "a.png").exists()
 
 
+@pytest.mark.slow
 def test_resume_with_other_widths_names_one_tensor_in_one_line(tmp_path, capsys):
     """A shape mismatch is told as "N tensors differ, e.g. `name` (a) vs (b)", not an 85-line diff."""
     args = ["--dataset", "phantom", "--image-size", "8", "--limit", "16", "--batch-size", "16", "--n-T", "10",
@@ -122,6 +126,7 @@ CONFIG_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10 ** 12, 10 **
                                                                                           "ddpm", "unet", "mask"]))
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_checkpoint_configs_give_one_line_or_a_correct_run(checkpoint, capsys, data):

@@ -167,6 +167,7 @@ def test_samples_of_another_shape_are_refused_before_the_classifier_is_trained(t
     assert not (tmp_path / "data" / "classifiers").exists()
 
 
+@pytest.mark.slow
 def test_a_good_samples_file_is_scored(tmp_path, capsys):
     real = make_shapes(n=64, seed=3)
     np.savez(tmp_path / "s.npz", images=real.images.numpy(), labels=real.labels.numpy())
@@ -225,6 +226,7 @@ def test_a_read_only_data_dir_caches_the_judge_in_the_users_cache_and_says_where
         str(tmp_path / "data" / "classifiers" / "shapes-abc.pt")  # writable: the data's own folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["abc", "0", "-1", ""])
 @pytest.mark.parametrize("script", ["main.py", "sample.py", "metrics.py"])
 def test_a_bad_omp_num_threads_is_one_line_before_torch_starts(value, script):

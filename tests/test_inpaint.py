@@ -61,6 +61,7 @@ def png(path, a):
     return str(path)
 
 
+@pytest.mark.slow
 def test_inpaint_keeps_the_rest_of_the_image(mask_model, tmp_path):
     """The figure (image | region | condition mask | results) and the .npz; outside the region the
     results are the image, exactly."""
@@ -78,6 +79,7 @@ def test_inpaint_keeps_the_rest_of_the_image(mask_model, tmp_path):
     assert Image.open(tmp_path / "in.png").size == (4 * (6 * 18 + 2), 14 + 4 * (18 + 2))  # 16 px shown 4x, headed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("region_shape, extra, fragment", [
     ((8, 8), ["--cond-mask", "none"], "the region must have its image's size"),
     ((16, 16), [], "pass --cond-mask MASK"),

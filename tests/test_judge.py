@@ -10,6 +10,8 @@ from PIL import Image
 import metrics
 from synthetic import make_phantom
 
+pytestmark = pytest.mark.slow  # end to end: the scripts on tiny runs
+
 
 def write_phantom_folder(root, n=100, size=32):
     d = make_phantom(n=n, size=size, seed=5)

@@ -49,6 +49,7 @@ def shapes_score(tmp_path_factory):
     return QualityScore("shapes", str(tmp_path_factory.mktemp("data")), log=lambda m: None)
 
 
+@pytest.mark.slow
 def test_classifier_is_accurate_and_cached(shapes_score, monkeypatch):
     """The feature classifier must classify its dataset (>= 97 % on held-out shapes; MNIST: README), and
     a second QualityScore for the same data loads it from DATA_DIR/classifiers/ instead of training."""
@@ -59,6 +60,7 @@ def test_classifier_is_accurate_and_cached(shapes_score, monkeypatch):
     assert again.test_accuracy == shapes_score.test_accuracy
 
 
+@pytest.mark.slow
 def test_fid_grows_as_noise_is_added_to_real_images(shapes_score):
     """Real held-out images score near fid_real; Gaussian noise of growing std (clipped to [-1, 1], the
     range samples have) moves them away."""
@@ -69,12 +71,14 @@ def test_fid_grows_as_noise_is_added_to_real_images(shapes_score):
     assert fids == sorted(fids) and fids[-1] > 10 * fids[0]
 
 
+@pytest.mark.slow
 def test_class_accuracy_of_labelled_samples(shapes_score):
     real = make_shapes(n=200, seed=3)
     assert shapes_score(real.images, real.labels)["class_accuracy"] >= 0.95
     assert shapes_score(real.images, (real.labels + 1) % 3)["class_accuracy"] <= 0.05
 
 
+@pytest.mark.slow
 def test_train_classifier_learns_mnist_like_shapes():
     """Alone and small: 150 steps on 1,024 shapes already separate the three classes (>= 90 %)."""
     net, acc = train_classifier(make_shapes(n=1024, seed=0), make_shapes(n=256, seed=1), min_steps=150)
@@ -101,6 +105,7 @@ def test_dice_closed_forms():
     assert dice(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)).item() == 1.0
 
 
+@pytest.mark.slow
 def test_damaged_classifier_cache_is_rebuilt(tmp_path):
     """A cache file that is not a classifier (or would run code) is retrained, never trusted."""
     score = QualityScore("shapes", str(tmp_path), log=lambda m: None)

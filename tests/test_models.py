@@ -99,6 +99,7 @@ def test_a_config_without_unet_version_builds_the_first_design_and_new_runs_reco
         assert UNet.renamed_levels(weights).keys() == weights.keys()  # only old names are renamed
 
 
+@pytest.mark.slow
 def test_unet_version_1_trains_and_resume_keeps_the_runs_own_design(tmp_path):
     """--unet-version 1 trains the first design; --resume without the flag continues in it (config.json says
     so), and asking a run of design 1 to resume as design 2 is refused in one line."""
@@ -118,6 +119,7 @@ def test_unet_version_1_trains_and_resume_keeps_the_runs_own_design(tmp_path):
     assert e.value.code == 2
 
 
+@pytest.mark.slow
 def test_new_runs_on_small_images_take_the_cosine_schedule_and_resume_keeps_the_runs_own(tmp_path):
     """models.by_size: cosine for DDPM and COND on 2D images up to 32 px (measured on MNIST), linear above, on
     volumes, for VPRED and DDGM and when --betas names the linear schedule's ends. A run begun on the linear

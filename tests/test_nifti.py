@@ -11,6 +11,8 @@ import pytest
 import main
 from data import load_dataset
 
+pytestmark = pytest.mark.slow  # end to end: the scripts on tiny runs
+
 
 def head(side: int = 16) -> np.ndarray:
     """A (x, y, z) volume in RAS voxel order: background 0, a box of 100, and a bright 8^3 corner of 300 at

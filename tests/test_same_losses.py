@@ -9,6 +9,8 @@ import pytest
 
 import main
 
+pytestmark = pytest.mark.slow  # end to end: the scripts on tiny runs
+
 ARGS = ["DDPM", "--dataset", "shapes", "--limit", "64", "--batch-size", "16", "--n-T", "20", "--num-samples", "2",
         "--sample-steps", "2", "--eval-samples", "0", "--epochs", "1", "--schedule", "linear"]  # the schedule then
 BEFORE = {  # loss.csv of c781c56 for the same arguments (the design is named in the test's parameters)

@@ -8,6 +8,8 @@ import metrics
 import sample
 from test_cli import titled
 
+pytestmark = pytest.mark.slow  # end to end: the scripts on tiny runs
+
 TINY = ["--dataset", "shapes", "--net", "cnn", "--limit", "64", "--batch-size", "32", "--n-T", "20",
         "--num-samples", "4", "--sample-steps", "5", "--eval-samples", "0", "--epochs", "1"]
 

@@ -19,7 +19,7 @@ from unet import NETWORKS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dataset", "phantom", "--image-size", "16", "--limit", "40", "--batch-size", "16", "--unet-widths", "8",
         "16", "16", "--eval-samples", "0", "--num-samples", "4", "--sample-steps", "2", "--n-T", "20"]
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # the two processes of torchrun, precision and threads on tiny runs
 
 
 def tiny_net(num_classes: int = 0):

@@ -13,6 +13,8 @@ from synthetic import PHANTOM_LESION, make_phantom3d
 from test_cli import titled
 from unet import NETWORKS
 
+pytestmark = pytest.mark.slow  # end to end: the scripts on tiny runs
+
 
 def config(net: str = "unet", **extra) -> dict:
     return {"net": net, "in_channels": 1, "image_size": 8, "num_classes": 0, "cond_channels": 0, "dims": 3,

@@ -160,6 +160,7 @@ TINY = ["--dataset", "shapes", "--net", "cnn", "--limit", "32", "--batch-size", 
         "--num-samples", "2", "--sample-steps", "2", "--eval-samples", "0", "--epochs", "1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("process, sampler, min_snr", [("VPRED", "ddim", 5.0), ("FLOW", "euler", None),
                                                       ("EDM", "heun", None)])
 def test_the_new_processes_run_through_every_script(tmp_path, process, sampler, min_snr):
@@ -197,6 +198,7 @@ def test_what_a_process_cannot_take_is_one_line(tmp_path, capsys, argv, fragment
     assert e.value.code == 2 and err.count("\n") == 1 and fragment in err, err
 
 
+@pytest.mark.slow
 def test_a_flow_checkpoint_refuses_ddpm_sampling_in_one_line(tmp_path, capsys):
     main.main(["FLOW", *TINY, "--out", str(tmp_path / "run")])
     capsys.readouterr()
@@ -206,6 +208,7 @@ def test_a_flow_checkpoint_refuses_ddpm_sampling_in_one_line(tmp_path, capsys):
     assert e.value.code == 2 and err.count("\n") == 1 and "use --sampler euler" in err, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("process", ["VPRED", "FLOW"])
 def test_v_and_flow_take_masks_when_asked_and_are_unconditional_by_default(tmp_path, process):
     phantom = ["--dataset", "phantom", "--image-size", "16", "--unet-widths", "8", "8", "8", *TINY[4:]]

@@ -11,6 +11,8 @@ import sample
 from plumbing import ship
 from plumbing.checkpoints import load_checkpoint
 
+pytestmark = pytest.mark.slow  # end to end: the scripts on tiny runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTS = os.path.join(ROOT, "weights")
 SHIPPED = {  # file: (what its config says, extra sample.py arguments, the shape of 2 samples)
