@@ -127,8 +127,8 @@ def model_from_checkpoint(ckpt: dict, device: torch.device, use_ema: bool = True
     """The model a checkpoint describes, in eval mode, with its EMA weights when present and use_ema."""
     try:
         model = build_model(ckpt["config"])
-    except DataError as e:
-        raise DataError(f"{path}: {e}") from e
+    except DataError as e:  # a checkpoint is input: a config no network or process here can take is one line
+        raise DataError(f"{path}: {e}{'' if 'edited' in str(e) else '; the checkpoint was edited or damaged'}") from e
     weights = ckpt["ema"]["weights"] if use_ema and ckpt.get("ema") else ckpt["model"]
     load_weights(model.net, weights, path)
     return model.to(device).eval()

@@ -66,6 +66,25 @@ def test_an_edited_config_is_refused_naming_the_key(checkpoint, tmp_path, capsys
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("script", ["sample", "anomaly", "resume"])
+def test_a_side_the_network_cannot_take_is_one_line(tmp_path, capsys, script):
+    """image_size edited to 30, within the bounds but not a side the U-Net (2 levels) can halve twice: a 29- and
+    a 55-line traceback in sample.py and anomaly.py, where the checkpoint's config is read."""
+    unet = [*TINY, "--net", "unet", "--unet-widths", "8", "8", "8", "--out", str(tmp_path / "run")]
+    main.main(["DDPM", *unet, "--epochs", "1"])
+    ckpt = torch.load(tmp_path / "run" / "model.pth", weights_only=True)
+    ckpt["config"]["image_size"] = 30
+    torch.save(ckpt, tmp_path / "run" / "model.pth")
+    if script == "resume":  # the data are 8 px: the run's own config disagrees with them
+        one_line_exit_2(capsys, main.main, ["DDPM", *unet, "--epochs", "2", "--resume"], "image_size=30")
+    else:
+        run, argv = (sample.main, sample_argv) if script == "sample" else (anomaly.main, anomaly_argv)
+        err = one_line_exit_2(capsys, run, argv(str(tmp_path / "run" / "model.pth"), tmp_path),
+                              "needs image sides divisible by 4")
+        assert "edited or damaged" in err
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["sample", "anomaly"])
 def test_damaged_weights_are_refused(checkpoint, tmp_path, capsys, script):
     run, argv = (sample.main, sample_argv) if script == "sample" else (anomaly.main, anomaly_argv)
