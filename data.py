@@ -27,8 +27,7 @@ from formats import (
     IMAGE_EXTENSIONS,
     MAX_VALUES,
     NIFTI_EXTENSIONS,
-    list_images,
-    list_volumes,
+    list_files,
     nifti_voxels,
     open_nifti,
     parse_csv_rows,
@@ -225,18 +224,18 @@ def in_number_order(name: str) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
 
 
-def folder_split(data_dir: str, listing, item: str, extensions: tuple, train: bool, limit: int | None) -> tuple:
+def folder_split(data_dir: str, item: str, extensions: tuple, train: bool, limit: int | None) -> tuple:
     """(files, mask files or None, names of this split) of data_dir/images/ and the optional data_dir/masks/,
     matched by name; the last 10% of the names, in number order (in_number_order), are held out
-    (train=False). listing(folder) gives {name: path} (formats.list_images or list_volumes); item names
+    (train=False). Files are listed by formats.list_files with these extensions; item names
     what a file holds, for the messages."""
     image_dir, mask_dir = os.path.join(data_dir, "images"), os.path.join(data_dir, "masks")
     if not os.path.isdir(image_dir):
         raise DataError(f"no images/ folder in {data_dir}: put the {item}s ({'/'.join(extensions)}) in {image_dir}")
-    images = listing(image_dir)
+    images = list_files(image_dir, extensions)
     if not images:
         raise DataError(f"{image_dir} holds no {'/'.join(extensions)} {item}s")
-    masks = listing(mask_dir) if os.path.isdir(mask_dir) else None
+    masks = list_files(mask_dir, extensions) if os.path.isdir(mask_dir) else None
     if masks is not None and images.keys() != masks.keys():
         only_i, only_m = sorted(images.keys() - masks.keys()), sorted(masks.keys() - images.keys())
         raise DataError(f"{item}s and masks do not match: without mask: {', '.join(only_i[:5]) or '-'}; "
@@ -251,7 +250,7 @@ def load_folder(data_dir: str, image_size: int, channels: int | None, train: boo
     """data_dir/images/ (+ optional data_dir/masks/ with the same file names and sizes). The last
     10% of the sorted names are held out (train=False). Masks are binarised by their own values
     (binarize_mask)."""
-    images, masks, names = folder_split(data_dir, list_images, "image", IMAGE_EXTENSIONS, train, limit)
+    images, masks, names = folder_split(data_dir, "image", IMAGE_EXTENSIONS, train, limit)
     if channels is None:  # grayscale if the first image is
         channels = 1 if read_resized([images[names[0]]], 1, None).ndim == 3 else 3
     image_sizes, mask_sizes = [], []
@@ -297,7 +296,7 @@ def load_nifti_folder(data_dir: str, image_size: int, channels: int | None, trai
     the sorted names are held out (train=False)."""
     if channels not in (None, 1):
         raise DataError("NIfTI volumes are read as one channel: drop --channels 3")
-    images, masks, names = folder_split(data_dir, list_volumes, "volume", NIFTI_EXTENSIONS, train, limit)
+    images, masks, names = folder_split(data_dir, "volume", NIFTI_EXTENSIONS, train, limit)
     x, m, soft = [], [], []
     for name in names:
         image = open_nifti(images[name])

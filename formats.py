@@ -6,6 +6,7 @@ import csv
 import gzip
 import logging
 import os
+import stat
 import zlib
 
 import numpy as np
@@ -111,17 +112,22 @@ def parse_csv_rows(path: str, limit: int | None) -> list:
     return rows
 
 
-def list_images(folder: str) -> dict:
-    """{file stem: path} of the image files in folder; two files with one stem (0.png and 0.jpg) are
-    refused, since the masks and the held-out split go by stem."""
-    files = [f for f in sorted(os.listdir(folder)) if f.lower().endswith(IMAGE_EXTENSIONS)]
+def list_files(folder: str, extensions: tuple = IMAGE_EXTENSIONS) -> dict:
+    """{name without extension: path} of the files in folder with one of the extensions (any case): images, or
+    NIfTI volumes (.nii.gz before .nii). Two files with one name (0.png and 0.jpg) are refused, since the masks and
+    the held-out split go by name; so is anything but a regular file (a FIFO would block its reader forever)."""
     found = {}
-    for f in files:
-        stem = os.path.splitext(f)[0]
+    for f in sorted(os.listdir(folder)):
+        stem = next((f[:-len(e)] for e in extensions if f.lower().endswith(e)), None)
+        if stem is None:
+            continue
+        path = os.path.join(folder, f)
         if stem in found:
             raise DataError(f"{folder} holds {os.path.basename(found[stem])} and {f}: two files with one name; "
                             "keep one of them")
-        found[stem] = os.path.join(folder, f)
+        if not os.path.isfile(path) or not stat.S_ISREG(os.stat(path).st_mode):
+            raise DataError(f"{path} is not a regular file (a folder, a FIFO or a device): remove it from {folder}")
+        found[stem] = path
     return found
 
 
@@ -137,8 +143,8 @@ def scale_high_bit(a: np.ndarray, mode: str, path: str, constant: list) -> np.nd
     lo, hi = float(a.min()), float(a.max())
     if 0 <= lo and hi <= 1:
         return a
-    if hi > lo:
-        return (a - lo) / (hi - lo)
+    if hi > lo:  # in float64: the range of float32 values near +-3e38 overflows float32
+        return ((a.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
     constant.append(path)
     value = lo / 65535 if mode != "F" and 0 <= lo <= 65535 else 0.5
     return np.full_like(a, value)
@@ -147,13 +153,13 @@ def scale_high_bit(a: np.ndarray, mode: str, path: str, constant: list) -> np.nd
 def read_image(path: str, mode: str | None, constant: list) -> np.ndarray:
     """One image as float32 (H, W) or (H, W, 3) in [0, 1]: 8-bit images / 255; high bit depths by
     scale_high_bit. mode: "L", "RGB" or None (from the file)."""
-    from PIL import Image
-    with Image.open(path) as im:
-        im.load()
+    from PIL import Image, ImageOps
+    with Image.open(path) as opened:
+        im = ImageOps.exif_transpose(opened)  # as every viewer shows it: a photo's EXIF orientation applied
         if im.mode in HIGH_BIT_MODES:
             if mode == "RGB":
                 raise DataError(f"{path} is a {im.mode} (high bit depth) grayscale image: use --channels 1")
-            return scale_high_bit(np.asarray(im, dtype=np.float32), im.mode, path, constant)
+            return scale_high_bit(np.asarray(im, dtype=np.float64).astype(np.float32), im.mode, path, constant)
         im = im.convert(mode or ("L" if im.mode in ("1", "L", "LA") else "RGB"))
         return np.asarray(im, dtype=np.float32) / 255
 
@@ -171,9 +177,9 @@ def binarize_mask(a: np.ndarray) -> np.ndarray:
 
 def read_mask(path: str, constant: list) -> np.ndarray:
     """One mask file as float32 (H, W) in {0, 1} (binarize_mask), at its own resolution."""
-    from PIL import Image
-    with Image.open(path) as im:
-        im.load()
+    from PIL import Image, ImageOps
+    with Image.open(path) as opened:
+        im = ImageOps.exif_transpose(opened)
         a = np.asarray(im if im.mode in HIGH_BIT_MODES else im.convert("L"), dtype=np.float32)
     if not np.isfinite(a).all():
         raise DataError(f"{path} holds non-finite values (nan/inf): fix or remove it")
@@ -217,26 +223,6 @@ def read_resized(paths: list, image_size: int, mode: str | None, sizes: list | N
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 MAX_VOLUME_VOXELS = 2 ** 27  # one volume of up to 512^3 voxels (0.5 GB as float32), checked from its header
-
-
-def nifti_stem(name: str) -> str | None:
-    """"brain_001" for brain_001.nii or brain_001.nii.gz (any case), None for other files."""
-    low = name.lower()
-    return next((name[:-len(e)] for e in NIFTI_EXTENSIONS if low.endswith(e)), None)
-
-
-def list_volumes(folder: str) -> dict:
-    """{stem: path} of the NIfTI files in folder; a.nii beside a.nii.gz is refused (one stem, two files)."""
-    found = {}
-    for f in sorted(os.listdir(folder)):
-        stem = nifti_stem(f)
-        if stem is None:
-            continue
-        if stem in found:
-            raise DataError(f"{folder} holds {os.path.basename(found[stem])} and {f}: two files with one name; "
-                            "keep one of them")
-        found[stem] = os.path.join(folder, f)
-    return found
 
 
 def need_nibabel():

@@ -18,7 +18,7 @@ import torch
 from data import load_dataset
 from datatypes import DataError, normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
 from figures import class_grid_labels, sampler_text, save_grid, save_reverse_process, save_sample_grid, save_slice_strip
-from formats import list_images, need_nibabel, nifti_bytes, read_resized
+from formats import list_files, need_nibabel, nifti_bytes, read_resized
 from models import SAMPLERS, check_sampler, draw, model_from_checkpoint, sample_shape
 from plumbing.checkpoints import load_checkpoint
 from plumbing.errors import Parser, run_script
@@ -68,9 +68,9 @@ def load_masks(config: dict, mask_dir: str | None) -> torch.Tensor:
         raise DataError("--mask-dir holds 2D mask images and this model draws volumes: leave it out to use the "
                         "held-out 3D masks of its data")
     if mask_dir:
-        if not os.path.isdir(mask_dir) or not list_images(mask_dir):
+        if not os.path.isdir(mask_dir) or not list_files(mask_dir):
             raise DataError(f"--mask-dir {mask_dir} holds no mask images (.png, .jpg, .tif)")
-        return torch.from_numpy(read_resized(list(list_images(mask_dir).values()), size, "mask"))[:, None]
+        return torch.from_numpy(read_resized(list(list_files(mask_dir).values()), size, "mask"))[:, None]
     try:
         held_out = load_dataset(config["dataset"], config["data_dir"], train=False, image_size=size,
                                 channels=config.get("channels"), data_path=config.get("data_path"), download=False)
@@ -115,7 +115,7 @@ def main(argv=None) -> None:
         p.error("--jump-length must lie in 1..1000 and --jump-count in 1..100")
     if args.cond_mask is not None and args.inpaint is None:
         p.error("--cond-mask applies to --inpaint (sampling takes --mask-dir)")
-    if args.guidance is not None and not 0 <= args.guidance <= 100:  # main.py's bounds
+    if args.guidance is not None and not 0 <= args.guidance <= 100:  # main.py's bounds (nan fails them too)
         p.error(f"--guidance must be a finite number in 0..100, got {args.guidance}")
     if args.inpaint is not None:  # RePaint walks every step of its own schedule
         unused = [o for o, v in (("--reverse", args.reverse), ("--sampler", args.sampler), ("--steps", args.steps),
@@ -142,7 +142,7 @@ def outputs(args) -> dict:
         if os.path.lexists(folder):  # a folder of volumes (or a link) is never merged into or replaced
             raise DataError(f"--nifti would write into {folder}, which exists: move it or choose another --out")
         files["--out (its _nifti folder)"] = folder
-    inputs = [args.checkpoint, *(list_images(args.mask_dir).values() if args.mask_dir and
+    inputs = [args.checkpoint, *(list_files(args.mask_dir).values() if args.mask_dir and
                                  os.path.isdir(args.mask_dir) else []),
               *(f for f in (args.inpaint, args.region, args.cond_mask) if f and f != "none")]
     check_outputs(files, inputs)

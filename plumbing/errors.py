@@ -69,14 +69,15 @@ def _on_sigint(signum, frame):
 
 
 @contextlib.contextmanager
-def held():
-    """A Ctrl-C pressed during the block waits until it is done, then ends the work (nested: the outermost)."""
+def held(then_raise: bool = True):
+    """A Ctrl-C pressed during the block waits until it is done, then (then_raise) ends the work; nested: the
+    outermost decides."""
     _holding.append(len(_pressed))
     try:
         yield
     finally:
         before = _holding.pop()
-    if len(_pressed) > before and not _holding:
+    if then_raise and len(_pressed) > before and not _holding:
         raise KeyboardInterrupt
 
 

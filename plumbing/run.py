@@ -65,19 +65,23 @@ class Run:
         return self
 
     def __exit__(self, kind, *_) -> None:
-        with held():  # a second Ctrl-C waits for the lock's release and the message
+        with held(then_raise=False):  # a Ctrl-C now waits for the lock's release; the message says where it stands
             if dist.is_initialized():
                 if kind is None:
                     dist.barrier()  # no process closes its connections while another still uses them
                 dist.destroy_process_group()
-            if self.fd is not None:
-                os.remove(os.path.join(self.out, LOCK))
-                os.close(self.fd)
-                self.fd = None
-                if self.made and not self.files and not os.listdir(self.out):  # a run that failed to start
-                    os.rmdir(self.out)
+            self.release()
         if kind is KeyboardInterrupt:
             raise KeyboardInterrupt(f"interrupted. {self.where()}") from None
+
+    def release(self) -> None:
+        """Drop the lock; a folder this run made and wrote nothing into (it failed to start) is removed."""
+        if self.fd is not None:
+            os.remove(os.path.join(self.out, LOCK))
+            os.close(self.fd)
+            self.fd = None
+            if self.made and not self.files and not os.listdir(self.out):
+                os.rmdir(self.out)
 
     def where(self) -> str:
         """Where the run stands, for messages that end it early."""

@@ -1,4 +1,4 @@
-"""Issue 16 replayed, checkpoints: a checkpoint is checked like the command line (settings.py) by
+"""Checkpoints as input: a checkpoint is checked like the command line (settings.py) by
 every script that loads one, before anything is allocated, and every failure is one line, exit
 code 2. Also the one-line argparse errors of every script and the shared error wrapper."""
 import argparse
@@ -110,7 +110,7 @@ def first_weight(ckpt: dict, make) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["sample", "anomaly"])
 def test_edited_entries_of_a_checkpoint_are_refused(checkpoint, tmp_path, capsys, script):
-    """Issue 28: integer or complex weights loaded; an EMA update count of -5 made the EMA overshoot (a step
+    """Integer or complex weights loaded; an EMA update count of -5 made the EMA overshoot (a step
     weight of 1.8) and -10 divided by zero; losses saved as strings failed with "too many dimensions 'str'"."""
     run, argv = (sample.main, sample_argv) if script == "sample" else (anomaly.main, anomaly_argv)
     ema = checkpoint["ema"]
@@ -174,6 +174,11 @@ def test_fuzzed_checkpoint_configs_give_one_line_or_a_correct_run(checkpoint, ca
 def test_argument_errors_of_every_script_are_one_line(capsys, script, argv):
     err = one_line_exit_2(capsys, script, argv, "error:")
     assert "usage:" not in err
+
+
+def test_sample_bounds_guidance_as_main_does(capsys):
+    """sample.py --guidance 1e308 said "this checkpoint's network diverged"; main.py bounds guidance to 0..100."""
+    one_line_exit_2(capsys, sample.main, ["model.pth", "--guidance", "1e308"], "--guidance must be a finite number")
 
 
 @pytest.mark.parametrize("script, argv", [

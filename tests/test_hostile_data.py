@@ -1,4 +1,4 @@
-"""Issue 16 replayed, data read as the user meant: 0/1 masks, constant 16-bit images, Excel's BOM,
+"""Data read as the user meant: 0/1 masks, constant 16-bit images, Excel's BOM,
 one name with two files, damaged MedMNIST splits, npz files that inflate or hold two arrays of one
 name, and samples that metrics.py cannot score honestly (range, labels, shape)."""
 import io
@@ -176,7 +176,7 @@ def test_a_good_samples_file_is_scored(tmp_path, capsys):
     assert out.startswith("n=64 fid=") and "class_accuracy=" in out and torch.isfinite(torch.tensor(0.0))
 
 
-# --- issue 28: what still got through ---------------------------------------------------------------
+# --- files and environments as users leave them -----------------------------------------------------
 
 def test_one_held_out_image_gives_a_zero_covariance_the_distance_can_use():
     """A folder whose held-out split has one image: its covariance was a float32 zero beside float64 ones,
@@ -238,3 +238,56 @@ def test_a_bad_omp_num_threads_is_one_line_before_torch_starts(value, script):
                        env={**os.environ, "OMP_NUM_THREADS": value})
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "libgomp" not in r.stderr, r.stderr
     assert r.stderr.startswith(f"{script}: error: OMP_NUM_THREADS={value!r} is not a number of threads")
+
+
+def test_a_photo_is_read_as_every_viewer_shows_it(tmp_path):
+    """A JPEG with an EXIF orientation (6: rotate 90 degrees to show) was read in its stored orientation."""
+    from PIL import Image
+
+    from formats import read_resized
+    stored = np.zeros((8, 16), np.uint8)
+    stored[:, :8] = 255  # left half white as stored; shown rotated, the white half is at the top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the viewer turns it 90 degrees clockwise
+    Image.fromarray(stored).save(tmp_path / "p.jpg", exif=exif, quality=100)
+    shown = read_resized([str(tmp_path / "p.jpg")], 16, "L")[0]
+    assert shown[:4].mean() > 0.9 and shown[-4:].mean() < 0.1
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_a_float_tiff_of_extreme_values_is_scaled_without_overflow(tmp_path, train, recwarn):
+    """A float TIFF holding +-3e38 was blamed on --lr at step 1 (its range overflowed float32 after the finiteness
+    check), and in the held-out split passed with numpy overflow warnings and a NaN image."""
+    from PIL import Image
+    (tmp_path / "images").mkdir()
+    for i in range(12):
+        a = np.full((8, 8), -3e38 if i % 2 else 1.0, np.float32)
+        a[:4] = 3e38
+        Image.fromarray(a, mode="F").save(tmp_path / "images" / f"{i}.tif")
+    x = load_dataset("folder", str(tmp_path), train=train, image_size=8).images
+    assert torch.isfinite(x).all() and x.min() >= -1 and x.max() <= 1 and x[:, 0, :4].min() == 1
+    assert not [w for w in recwarn if "overflow" in str(w.message)]
+
+
+def test_no_writable_cache_is_one_line_before_the_judge_is_trained(tmp_path, monkeypatch):
+    """Read-only data and XDG_CACHE_HOME pointing to a file: the classifier trained for a minute, then the script
+    said "choose another --out", an option it does not have."""
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "classifiers").write_text("not a folder either")  # the data's own folder cannot be made
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    with pytest.raises(DataError, match="no folder to cache the judge in.*set XDG_CACHE_HOME"):
+        metrics.cache_path(str(tmp_path / "data"), "shapes-abc.pt", print)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["main.py", "sample.py", "metrics.py"])
+def test_an_mplconfigdir_that_is_no_folder_is_one_line(tmp_path, script):
+    """MPLCONFIGDIR pointing to a file: matplotlib printed two lines of its own."""
+    import subprocess
+    import sys
+    (tmp_path / "file").write_text("x")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, script, "whatever"], cwd=root, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "MPLCONFIGDIR": str(tmp_path / "file")})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is not a writable folder" in r.stderr, r.stderr

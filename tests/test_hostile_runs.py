@@ -1,6 +1,8 @@
-"""Issue 16 replayed, run folders and writes: a folder belongs to its run (manifest), --overwrite
-removes exactly that run's files, a lock keeps out a second writer, no tool writes over its own
-input, and an epoch is saved all or nothing (a full disk leaves the last finished epoch intact)."""
+"""Run folders and writes, as a user or an attacker may leave them: a folder belongs to its run (manifest),
+--overwrite removes exactly that run's files, a lock keeps out a second writer, no tool writes over its own input
+or over a file it did not write there, an epoch is saved all or nothing (a full disk or a Ctrl-C at any point
+leaves the last finished epoch intact, and the message says which), and torchrun's processes agree or stop in
+one line."""
 import argparse
 import os
 import signal
@@ -192,7 +194,7 @@ def full_disk(tmp_path, request):
 
 
 def test_a_really_full_disk_is_one_line_and_keeps_the_last_epoch(full_disk):
-    """The probe of issue 25: a 4 MB disk fills during epoch 2 (each checkpoint is 2.5 MB). One line, exit 2,
+    """A 4 MB disk fills during epoch 2 (each checkpoint is 2.5 MB). One line, exit 2,
     the first epoch's files intact, nothing staged left behind: decided by the failed write, not by a message."""
     r = subprocess.run([sys.executable, "main.py", "DDPM", "--dataset", "shapes", "--limit", "128", "--epochs", "6",
                         "--n-T", "20", "--num-samples", "16", "--eval-samples", "0", "--precision", "fp32",
@@ -205,7 +207,7 @@ def test_a_really_full_disk_is_one_line_and_keeps_the_last_epoch(full_disk):
 
 @pytest.mark.parametrize("full_disk", ["150k", "300k", "1m", "2200k", "2400k"], indirect=True)
 def test_a_disk_full_at_any_point_of_a_run_is_one_line_and_leaves_no_staged_file(full_disk):
-    """Issue 28's probe: disks of 150k to 2400k fill at the run's start, in its first or in a later save."""
+    """Disks of 150k to 2400k fill at the run's start, in its first or in a later save."""
     r = subprocess.run([sys.executable, "main.py", "DDPM", "--dataset", "shapes", "--limit", "128", "--epochs", "3",
                         "--n-T", "20", "--num-samples", "16", "--eval-samples", "0", "--precision", "fp32",
                         "--out", str(full_disk / "run")], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -279,7 +281,7 @@ def test_ctrl_c_says_which_epoch_the_checkpoint_holds(tmp_path):
 @pytest.mark.skipif(not hasattr(signal, "raise_signal"), reason="needs signal.raise_signal")
 def test_a_ctrl_c_that_lands_in_garbage_collection_still_ends_the_work(capsys):
     """Python cannot raise a KeyboardInterrupt inside a weakref callback: it printed "Exception ignored in ..."
-    with a traceback and the run trained on (CI, session 31). Now it ends the work at the next progress step."""
+    with a traceback and the run trained on. It ends the work at the next progress step."""
     steps = []
 
     def work(_):
@@ -295,7 +297,7 @@ def test_a_ctrl_c_that_lands_in_garbage_collection_still_ends_the_work(capsys):
     assert e.value.code == 130 and capsys.readouterr().err == "\ninterrupted\n" and len(steps) == 1
 
 
-# --- issue 28: torchrun's environment, as a user may leave it ---------------------------------------
+# --- torchrun's environment, as a user may leave it --------------------------------------------------
 
 @pytest.mark.parametrize("rank, size", [("1", "1"), ("5", "2"), ("0", "0"), ("0", "x"), ("2", None), (None, "2")])
 def test_rank_and_world_size_of_no_torchrun_process_are_refused_at_once(tmp_path, capsys, monkeypatch, rank, size):
@@ -325,7 +327,7 @@ def test_a_rank_that_never_comes_ends_the_wait_in_one_line(tmp_path, capsys, mon
     assert time.monotonic() - start < 60 and not (tmp_path / "r" / "model.pth").exists()
 
 
-# --- issue 28: a run folder's files, as a user or a killed run may leave them ----------------------
+# --- a run folder's files, as a user or a killed run may leave them --------------------------------
 
 def test_resume_never_writes_over_a_users_file_named_like_the_runs(tmp_path, capsys):
     """cp mine.png RUN/image_ep002.png, then --resume --epochs 2: the user's file was overwritten. A name that
@@ -400,7 +402,7 @@ def test_resume_from_edited_checkpoints_is_one_line_or_works_and_leaves_no_stage
     assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
 
 
-# --- issue 28: sample.py writes beside --out only what it may replace -------------------------------
+# --- sample.py writes beside --out only what it may replace ------------------------------------------
 
 def hashes(folder: Path) -> dict:
     import hashlib
@@ -462,3 +464,228 @@ def test_nifti_onto_a_dangling_link_is_refused_before_anything_is_written(tmp_pa
     refused(capsys, [str(tmp_path / "run" / "model.pth"), "--num-samples", "2", "--steps", "2", "--nifti", "--out",
                      str(tmp_path / "v.png")], "v_nifti, which exists", script=sample.main)
     assert sorted(os.listdir(tmp_path)) == ["run", "v_nifti"]
+
+
+# --- marks prove what a script wrote where; only regular files are read or replaced ---------------------
+
+def test_an_npz_with_someone_elses_mark_is_never_replaced(run_dir, tmp_path, capsys):
+    """np.savez(user.npz, ..., written_by='alice'): the check looked for the key, not its value; a mark of this
+    project naming another path (a copy) is not this output's either."""
+    import sample
+    np.savez(tmp_path / "user.npz", data=np.zeros(3), written_by="alice")
+    sample.main([str(run_dir / "model.pth"), "--num-samples", "2", "--out", str(tmp_path / "mine.png")])
+    os.rename(tmp_path / "mine.npz", tmp_path / "moved.npz")  # our mark, written for another path
+    before = hashes(tmp_path)
+    for out in ("user.png", "moved.png"):
+        refused(capsys, [str(run_dir / "model.pth"), "--num-samples", "2", "--out", str(tmp_path / out)],
+                "is not an output this project wrote there", script=sample.main)
+    assert hashes(tmp_path) == before
+
+
+def test_a_copy_of_a_grid_is_the_users_and_the_original_stays_the_scripts(run_dir, tmp_path, capsys):
+    """A sample grid copied as thesis_fig.png and named as --out was replaced: a mark says which path it was
+    written for, so the copy is the user's; the original at its own path is still replaced by a second run."""
+    import shutil
+
+    import sample
+    argv = [str(run_dir / "model.pth"), "--num-samples", "2", "--out"]
+    sample.main([*argv, str(tmp_path / "grid.png")])
+    shutil.copy(tmp_path / "grid.png", tmp_path / "thesis_fig.png")
+    before = (tmp_path / "thesis_fig.png").read_bytes()
+    refused(capsys, [*argv, str(tmp_path / "thesis_fig.png")], "is not an output this project wrote there",
+            script=sample.main)
+    assert (tmp_path / "thesis_fig.png").read_bytes() == before
+    sample.main([*argv, str(tmp_path / "grid.png")])
+
+
+def test_a_file_that_appears_while_sampling_is_kept(run_dir, tmp_path, capsys, monkeypatch):
+    """Outputs were checked once before sampling, never at the write: a file put there meanwhile was replaced."""
+    import sample
+    real = sample.draw
+
+    def planting(*args, **kwargs):
+        (tmp_path / "r.npz").write_text("precious")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(sample, "draw", planting)
+    refused(capsys, [str(run_dir / "model.pth"), "--num-samples", "2", "--out", str(tmp_path / "r.png")],
+            "appeared while this command ran", script=sample.main)
+    assert (tmp_path / "r.npz").read_text() == "precious" and not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+@pytest.mark.parametrize("where", ["out", "npz", "image"])
+def test_a_fifo_is_refused_and_never_blocks(run_dir, tmp_path, where):
+    """mkfifo out.png (or out.npz, or a FIFO among a folder's images) blocked forever: only regular files are
+    read or replaced. Each script runs in its own process with a deadline, so that a hang fails the test."""
+    from PIL import Image
+    if where == "image":
+        (tmp_path / "data" / "images").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), 60 * i, np.uint8)).save(tmp_path / "data" / "images" / f"{i}.png")
+        os.mkfifo(tmp_path / "data" / "images" / "4.png")
+        argv = ["main.py", "DDPM", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
+                *TINY[2:], "--epochs", "1", "--out", str(tmp_path / "run")]
+    else:
+        os.mkfifo(tmp_path / ("out.png" if where == "out" else "out.npz"))
+        argv = ["sample.py", str(run_dir / "model.pth"), "--num-samples", "2", "--out", str(tmp_path / "out.png")]
+    done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert ("not a regular file" if where == "image" else "is not an output this project wrote there") in done.stderr
+
+
+def test_ship_never_writes_through_a_link_or_to_a_name_that_is_no_file(run_dir, tmp_path, capsys):
+    """A dangling link at the destination was replaced by a file; "new.pth/" and "" said "free some space" and left
+    a 669 KB staged file behind."""
+    from plumbing import ship
+    os.symlink(tmp_path / "nowhere.pth", tmp_path / "link.pth")
+    for out, fragment in ((tmp_path / "link.pth", "exists"), (f"{tmp_path}/new.pth/", "is not a file name"),
+                          ("", "is not a file name")):
+        refused(capsys, [str(run_dir / "model.pth"), str(out)], fragment, script=ship.main)
+    assert os.path.islink(tmp_path / "link.pth") and os.listdir(tmp_path) == ["link.pth"]
+
+
+# --- Ctrl-C at any point of the save, in any thread; a second one during the lock's release ------------
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill")
+def test_ctrl_c_delivered_to_another_thread_during_the_save_waits_for_the_renames(tmp_path, capsys, monkeypatch):
+    """Once torch runs threads of its own, SIGINT may be delivered to any of them: one sent after the first rename
+    of epoch 2 left model.pth at epoch 2, metrics.csv at epoch 1, staged files, and a message saying epoch 1."""
+    import threading
+
+    from plumbing import files
+    main.main(["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path)])
+    other = threading.Thread(target=time.sleep, args=(30,), daemon=True)
+    other.start()
+    renames, real = [], files.os.replace
+
+    def replace(src, dst):
+        real(src, dst)
+        renames.append(dst)
+        if str(dst).endswith("model.pth") and len([r for r in renames if str(r).endswith("model.pth")]) == 1:
+            signal.pthread_kill(other.ident, signal.SIGINT)  # after the first rename of epoch 2's save
+    monkeypatch.setattr(files.os, "replace", replace)
+    with pytest.raises(SystemExit) as e:
+        main.main(["DDPM", *TINY, "--epochs", "3", "--out", str(tmp_path), "--resume"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 130 and err == f"interrupted. The last finished epoch, 2, is in {tmp_path}/model.pth; " \
+        "continue with --resume"
+    assert torch.load(tmp_path / "model.pth", weights_only=True)["epoch"] == 2
+    assert (tmp_path / "metrics.csv").read_text().count("\n") == 3 and (tmp_path / "image_ep002.png").exists()
+    assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+
+
+def test_a_second_ctrl_c_during_the_locks_release_keeps_the_message_and_frees_the_lock(tmp_path, capsys, monkeypatch):
+    """A second Ctrl-C while the lock was released shrank the message to "interrupted" and left .main.lock."""
+    real_save, real_release = run.Run.save_epoch, run.Run.release
+
+    def save_then_press(self, epoch, *args):
+        real_save(self, epoch, *args)
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C once the first epoch is saved
+
+    def press_again(self):
+        signal.raise_signal(signal.SIGINT)
+        real_release(self)
+    monkeypatch.setattr(run.Run, "save_epoch", save_then_press)
+    monkeypatch.setattr(run.Run, "release", press_again)
+    with pytest.raises(SystemExit) as e:
+        main.main(["DDPM", *TINY, "--epochs", "3", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 130 and err.startswith("interrupted. The last finished epoch, 1, is in")
+    assert not (tmp_path / run.LOCK).exists()
+
+
+# --- a run keeps its own data and recipe --------------------------------------------------------------
+
+def image_folder(folder: Path, n: int, seed: int) -> Path:
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / "images" / f"{i}.png")
+    return folder
+
+
+def test_resume_with_other_data_is_refused(tmp_path, capsys):
+    """--resume --data-dir OTHER (as many images, other pixels) trained on in silence: the run records its data's
+    name, count and fingerprint (data_id)."""
+    argv = ["DDPM", "--dataset", "folder", "--image-size", "8", *TINY[2:], "--out", str(tmp_path / "run")]
+    main.main([*argv, "--data-dir", str(image_folder(tmp_path / "a", 12, 0)), "--epochs", "1"])
+    refused(capsys, [*argv, "--data-dir", str(image_folder(tmp_path / "b", 12, 1)), "--epochs", "2", "--resume"],
+            "was trained with data_id=")
+
+
+def test_a_resumed_run_draws_with_its_own_sampler_and_every_row_says_which(tmp_path, monkeypatch):
+    """After the default sampler changed in the source, epoch 2 of a resumed run was drawn by the new one."""
+    import csv
+
+    from ddpm import DDPM
+    main.main(["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path)])
+    monkeypatch.setattr(DDPM, "samplers", ("euler", "ddim", "ddpm"))  # today's code: another default
+    main.main(["DDPM", *TINY, "--epochs", "2", "--out", str(tmp_path), "--resume"])
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [r["sampler"] for r in rows] == ["ddim", "ddim"] and [r["sample_steps"] for r in rows] == ["5", "5"]
+
+
+def test_resume_from_shipped_weights_says_so(run_dir, tmp_path, capsys):
+    """A run's model.pth replaced by its shipped weights: --resume blamed the optimiser options."""
+    import shutil
+
+    from plumbing import ship
+    shutil.copytree(run_dir, tmp_path / "run")
+    os.remove(tmp_path / "run" / "model.pth")
+    ship.main([str(run_dir / "model.pth"), str(tmp_path / "run" / "model.pth")])
+    refused(capsys, ["DDPM", *TINY, "--epochs", "2", "--resume", "--out", str(tmp_path / "run")],
+            "holds shipped weights")
+
+
+# --- torchrun's processes agree on their data, and a lost one ends the others in one line -------------
+
+def ranks(per_rank: list, kill_rank_1_once: Path | None = None) -> list:
+    """Two processes of one run, started as torchrun starts them (RANK, WORLD_SIZE, MASTER_ADDR/PORT), each with
+    its own arguments; rank 1 is killed once the file kill_rank_1_once exists. [(exit code, stderr)] per rank."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "main.py", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
+             for r, argv in enumerate(per_rank)]
+    try:
+        deadline = time.time() + 240
+        while kill_rank_1_once is not None and not kill_rank_1_once.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        if kill_rank_1_once is not None:
+            procs[1].kill()
+        errors = [p.communicate(timeout=240)[1] for p in procs]
+        return [(p.returncode, err) for p, err in zip(procs, errors)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gloo's rendezvous, tested on Linux")
+@pytest.mark.parametrize("counts", [(12, 12), (12, 16)], ids=["same count", "other count"])
+def test_processes_with_other_data_stop_before_the_first_step(tmp_path, counts):
+    """Rank 0 and rank 1 on other images of the same count trained on with exit 0; on other counts rank 0
+    printed 21 lines and rank 1 aborted in C++ (rc 134). Both now stop at once, one line each."""
+    folders = [image_folder(tmp_path / f"d{r}", n, r) for r, n in enumerate(counts)]
+    argv = lambda r: ["DDPM", "--dataset", "folder", "--data-dir", str(folders[r]), "--image-size", "8",  # noqa: E731
+                      *TINY[2:], "--epochs", "1", "--out", str(tmp_path / "run")]
+    for code, err in ranks([argv(0), argv(1)]):
+        assert code == 2 and err.count("\n") == 1 and "holds other data or settings than rank 0" in err, err
+    assert not (tmp_path / "run" / "model.pth").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gloo's rendezvous, tested on Linux")
+def test_a_lost_process_ends_the_other_in_one_line_naming_it(tmp_path):
+    """One process killed mid-run: rank 0 printed about 60 lines of gloo. It now ends in one line that names the
+    lost rank and where the run stands; the folder holds its last finished epoch."""
+    argv = ["DDPM", *TINY, "--limit", "256", "--batch-size", "16", "--epochs", "500", "--out", str(tmp_path / "run")]
+    (code, err), _ = ranks([argv, argv], kill_rank_1_once=tmp_path / "run" / "model.pth")
+    assert code == 2 and err.count("\n") == 1 and "rank 1 of this torchrun stopped" in err, err
+    assert torch.load(tmp_path / "run" / "model.pth", weights_only=True)["epoch"] >= 1

@@ -84,7 +84,9 @@ def test_inpaint_keeps_the_rest_of_the_image(mask_model, tmp_path):
     ((8, 8), ["--cond-mask", "none"], "the region must have its image's size"),
     ((16, 16), [], "pass --cond-mask MASK"),
     (None, ["--cond-mask", "none"], "marks nothing to regenerate"),
-    ((16, 16), ["--cond-mask", "MASK8"], "the condition mask must have its image's size"),  # was resized (issue 28)
+    ((16, 16), ["--cond-mask", "MASK8"], "the condition mask must have its image's size"),  # it was resized
+    ((16, 16), ["--cond-mask", "none", "--reverse", "--sampler", "euler", "--steps", "3"],
+     "--reverse, --sampler, --steps do not apply to --inpaint"),  # all three were ignored, exit 0
 ])
 def test_inpaint_refusals_are_one_line(mask_model, tmp_path, capsys, region_shape, extra, fragment):
     image = png(tmp_path / "im.png", np.zeros((16, 16), np.uint8))

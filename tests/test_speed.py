@@ -133,3 +133,21 @@ def test_resume_keeps_the_thread_count_the_run_began_with(tmp_path, monkeypatch,
     assert json.loads((tmp_path / "part" / "config.json").read_text())["threads_used"] == 1
     whole, part = (torch.load(tmp_path / d / "model.pth", weights_only=True)["model"] for d in ("whole", "part"))
     assert all(torch.equal(whole[k], part[k]) for k in whole)
+
+
+def test_openmp_threads_sleep_while_they_wait_and_the_weights_do_not_change(tmp_path):
+    """On a busy CPU OpenMP's spinning threads made an epoch cost ten times its fair share: every script sets
+    OMP_WAIT_POLICY=PASSIVE before torch starts unless the user set it. When a thread waits does not change what it
+    sums: the same seed gives the same weights under either policy."""
+    probe = "import plumbing.preflight, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True,
+                              env={**env, **({"OMP_WAIT_POLICY": given} if given else {})})
+        assert done.stdout.strip() == expected
+    for policy in ("ACTIVE", "PASSIVE"):
+        subprocess.run([sys.executable, "main.py", "DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path / policy)],
+                       cwd=ROOT, env={**env, "OMP_WAIT_POLICY": policy}, check=True, capture_output=True, timeout=300)
+    active, passive = (torch.load(tmp_path / p / "model.pth", weights_only=True)["model"]
+                       for p in ("ACTIVE", "PASSIVE"))
+    assert all(torch.equal(active[k], passive[k]) for k in active)
