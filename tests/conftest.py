@@ -1,13 +1,11 @@
 """Shared test settings: every in-process run trains and samples in fp32 unless a test asks for bf16, so that
 results do not depend on whether this machine computes bf16 natively (tests/test_speed.py tests the rule itself).
 Every run, in-process or a subprocess, keeps the number of threads pytest started with, and OpenMP's threads
-sleep while they wait (the default the scripts set), so that tests running beside other work stay fast."""
-import os
+spin briefly before they sleep, as plumbing/preflight.py sets it for every script."""
+import plumbing.preflight  # noqa: F401  (first, as in every script: OpenMP's settings before torch starts)
 
 import pytest
 import torch
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(autouse=True)
