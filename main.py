@@ -158,6 +158,8 @@ def build_parser() -> Parser:
     g.add_argument("--batch-size", type=int, help="images per training step (default: 32, volumes 8; paper: 128)")
     g.add_argument("--lr", type=float, help=default("Adam learning rate", "lr"))
     g.add_argument("--warmup", type=int, help=default("steps of linear learning-rate warm-up from 0", "warmup"))
+    g.add_argument("--lr-decay", type=float, metavar="F", help=default("decay the learning rate linearly to 0 over the "
+                   "last fraction F of the run's steps (--epochs); 0: constant", "lr_decay"))
     g.add_argument("--ema-decay", type=float, help=default("EMA of the weights that draw every sample", "ema_decay"))
     g.add_argument("--min-snr", type=float, metavar="GAMMA", help=default("weight the loss by min(SNR, GAMMA) / SNR "
                    "(Hang et al. 2023); 0: plain L_simple", "min_snr"))
@@ -228,7 +230,7 @@ def train(config: dict, data, held_out, run: Run) -> None:
         cond["y"] = data.labels.to(run.device)
     if config["cond"] == "mask":
         cond["mask"] = data.masks.to(run.device)
-    B, E, lr, warmup = config["batch_size"], config["epochs"], config["lr"], config["warmup"]
+    B, E = config["batch_size"], config["epochs"]
     steps = -(-len(x) // B)  # per epoch
     print(f"{config['model']} with {type(model.net).__name__} ({count_parameters(model.net):,} parameters) on "
           f"{config['dataset']} ({len(x)} {'volumes' if x.dim() == 5 else 'images'} {tuple(x.shape[1:])}), T={model.T},"
@@ -254,9 +256,8 @@ def train(config: dict, data, held_out, run: Run) -> None:
             x0, c = run.split(model, x0, c)                            # torchrun: this process's rows
             with run.autocast():
                 loss = model.loss(x0, **c)                             # lines 3-5 (process.Process.loss)
-            step = (epoch - 1) * steps + k + 1
-            for group in optimizer.param_groups:                       # linear warm-up (Goyal et al. 2017)
-                group["lr"] = lr * min(1.0, step / warmup) if warmup else lr
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step=(epoch - 1) * steps + k + 1, total=E * steps)
             optimizer.zero_grad(set_to_none=True)
             run.backward(loss)                                         # loss.backward()
             optimizer.step()                                           # line 5: the gradient step
@@ -275,6 +276,14 @@ def train(config: dict, data, held_out, run: Run) -> None:
         print(f"wrote {run.out}/guidance_w{w:g}.png", flush=True)
     print(f"done: samples {run.out}/image_ep*.png, scores {run.out}/metrics.csv, curves {run.out}/loss_curve.png. "
           f"Sample more with: python sample.py {run.out}/model.pth", flush=True)
+
+
+def learning_rate(config: dict, step: int, total: int) -> float:
+    """The learning rate of training step `step` (1..total): a linear warm-up over the first `warmup` steps (Goyal
+    et al. 2017), constant, then with lr_decay = f > 0 a linear decay to 0 over the last fraction f of the run."""
+    scale = min(1.0, step / config["warmup"]) if config["warmup"] else 1.0
+    f = config["lr_decay"]
+    return config["lr"] * scale * (min(1.0, (total - step + 1) / (f * total)) if f else 1.0)
 
 
 def save_start_figures(model, x0: torch.Tensor, config: dict, run: Run) -> None:

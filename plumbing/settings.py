@@ -57,6 +57,7 @@ SETTINGS = {
     "cond_channels": (whole(0, 1), "arch"), "unet_version": (whole(1, 2), "arch"),
     "lr": (real(lambda v: 0 < v <= 1, "(0, 1]", ": Adam diverges far below 1 already (try 1e-3)"), "train"),
     "ema_decay": (real(lambda v: 0 <= v < 1, "[0, 1)"), "train"),
+    "lr_decay": (real(lambda v: 0 <= v <= 1, "[0, 1]"), "train"),
     "min_snr": (real(lambda v: v == 0 or 0.01 <= v <= 1e4, "0 (off) or 0.01..10000",
                      " (Hang et al. use 5; below 0.01 the weights are so small that nothing trains)"), "train"),
     "sample_eta": (real(lambda v: 0 <= v <= 1, "[0, 1]"), "run"),

@@ -142,3 +142,18 @@ def test_new_runs_on_small_images_take_the_cosine_schedule_and_resume_keeps_the_
     assert schedule("old", "--schedule", "linear") == "linear"
     assert schedule("old", "--epochs", "2", "--resume") == "linear"
     assert torch.load(tmp_path / "old" / "model.pth", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5, 1.0])
+def test_the_learning_rate_warms_up_then_decays_over_the_last_fraction_of_the_run(decay):
+    """main.learning_rate: lr * step / warmup for the first warmup steps (Goyal et al. 2017), then lr, and with
+    lr_decay = f a straight line to 0 over the last f of the run's total steps (the last step at lr / (f total))."""
+    import main
+    config, total = {"lr": 2e-3, "warmup": 100, "lr_decay": decay}, 1000
+    lr = [main.learning_rate(config, step, total) for step in range(1, total + 1)]
+    assert lr[0] == pytest.approx(2e-5)  # step 1 of 100 warm-up steps
+    assert lr[99] == pytest.approx(2e-3 * (min(1.0, 901 / (decay * total)) if decay else 1.0))  # warm: 901 steps left
+    if decay:
+        assert lr[-1] == pytest.approx(2e-3 / (decay * total)) and all(a >= b for a, b in zip(lr[100:], lr[101:]))
+    else:
+        assert lr[-1] == 2e-3
