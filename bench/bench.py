@@ -2,7 +2,7 @@
 [--concurrent 2] [--quality].
 
 Prints tables and writes bench.json, all measured in this one run, on the CPU capability it prints:
-- the machine's matmul throughput (fp32, bf16) and whether it computes bf16 natively (speed.py);
+- the machine's matmul throughput (fp32, bf16) and whether it computes bf16 natively (plumbing/run.py);
 - per network at main.py's batch (32; --batch): training images/s (median over steps after warm-up,
   taken in turn; Algorithm 1 with Adam, as main.py trains) in fp32 and, where native, bf16 autocast,
   FLOPs per training image (torch.utils.flop_counter), the share of the matmul peak of the faster
@@ -10,8 +10,8 @@ Prints tables and writes bench.json, all measured in this one run, on the CPU ca
 - the training step's variants on the default U-Net: a host sync per step (loss.item(), as before),
   fused and foreach Adam, channels_last, bf16, and with --compile torch.compile with its compile time;
 - the 3D U-Net on 32^3 volumes (--dataset phantom3d): volumes/s, FLOPs per volume, ms per sampling step;
-- --concurrent N: one epoch of main.py on 4,096 MNIST images alone, then N side by side (starts 1 s
-  apart), with fixed threads (--threads auto) and with --threads follow: the share of solo speed each keeps;
+- --concurrent N: one epoch of main.py on 4,096 MNIST images alone, then N side by side (started 1 s
+  apart), under OpenMP's wait settings (POLICIES): the seconds each takes, and their losses;
 - --quality: time to a fid (peers.py): our default U-Net trains --images MNIST images with main.py's
   recipe; every peer trains until its fid reaches ours, and the times are compared.
 Peers (diffusers, denoising_diffusion_pytorch, MONAI) are measured when installed. --device cuda runs
@@ -189,22 +189,28 @@ def volumes(device: torch.device, native: bool, steps: int, warmup: int, batch: 
             "ms_per_sampling_step_8": 1000 * (time.perf_counter() - start)}
 
 
+POLICIES = {"GOMP_SPINCOUNT=300000 (libgomp's default)": {"GOMP_SPINCOUNT": "300000"},
+            "GOMP_SPINCOUNT=10000 (the scripts' default)": {"GOMP_SPINCOUNT": "10000"},
+            "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
+
+
 def concurrent(n: int, data_dir: str, limit: int = 4096) -> dict:
     """One epoch of main.py DDPM on `limit` MNIST images (fp32, no scores) alone and n side by side, each with every
-    core (--threads auto), under OpenMP's two wait policies: train seconds each and the final losses (the same
-    weights: the policy changes when threads sleep, not what they sum)."""
+    core (--threads auto), under OpenMP's wait settings (POLICIES): train seconds each, and the epoch's losses (the
+    same: when a thread waits changes nothing it sums)."""
     main_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
+    plain = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        def runs(k: int, policy: str, tag: str) -> list:
-            env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, "OMP_WAIT_POLICY": policy}
+        def runs(k: int, env: dict, tag: str) -> list:
             procs = []
             for j in range(k):
                 out = os.path.join(tmp, f"{tag}{j}")
                 procs.append((subprocess.Popen([sys.executable, main_py, "DDPM", "--limit", str(limit), "--epochs", "1",
                                                 "--eval-samples", "0", "--num-samples", "8", "--precision", "fp32",
                                                 "--data-dir", data_dir, "--out", out],
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env), out))
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**plain, **env}),
+                              out))
                 time.sleep(1.0)
             rows = []
             for proc, out in procs:
@@ -214,13 +220,12 @@ def concurrent(n: int, data_dir: str, limit: int = 4096) -> dict:
                 with open(os.path.join(out, "metrics.csv")) as f:
                     rows.append(dict(zip(*[line.split(",") for line in f.read().splitlines()[:2]])))
             return [(float(r["train_seconds"]), float(r["loss"])) for r in rows]
-        for policy in ("ACTIVE", "PASSIVE"):
-            (solo, loss), side = runs(1, policy, f"solo{policy}")[0], runs(n, policy, f"side{policy}")
-            results[policy] = {"solo_seconds": solo, "side_by_side_seconds": [s for s, _ in side],
-                               "losses": [loss, *(v for _, v in side)]}
-            print(f"  OMP_WAIT_POLICY={policy:7s}: alone {solo:5.1f} s; {n} side by side "
-                  + ", ".join(f"{s:.1f} s" for s, _ in side) + f"; epoch losses {loss} (alone), "
-                  + ", ".join(str(v) for _, v in side), flush=True)
+        for i, (name, env) in enumerate(POLICIES.items()):
+            (solo, loss), side = runs(1, env, f"solo{i}")[0], runs(n, env, f"side{i}")
+            results[name] = {"solo_seconds": solo, "side_by_side_seconds": [s for s, _ in side],
+                             "losses": [loss, *(v for _, v in side)]}
+            print(f"  {name:44s}: alone {solo:5.1f} s; {n} side by side " + ", ".join(f"{s:.1f} s" for s, _ in side)
+                  + f"; epoch losses {', '.join(str(v) for v in results[name]['losses'])}", flush=True)
     return results
 
 
