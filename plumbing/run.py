@@ -1,13 +1,13 @@
-"""One training run as main.py's loop sees it: `with Run(out, ...) as run:`. What Algorithm 1 does not need:
+"""One training run as main.py's loop sees it, `with Run(out, ...) as run:`: what Algorithm 1 does not need.
 
-- the run folder: it belongs to its run. main.py writes only into a new or empty folder, or into its own run,
-  one whose manifest (run.json) lists the files main.py wrote there; --overwrite removes exactly those. A
-  lock (.main.lock, an fcntl lock the kernel drops when the process dies) stops a second process;
-- the device, bf16 or fp32 (by what the hardware computes natively) and one thread count for the whole run;
-- torchrun (`torchrun --nproc_per_node N main.py ...`): every process holds the same data and draws the same
-  random numbers; each runs the network on its own rows of the batch and DistributedDataParallel averages the
-  gradients, so the processes together train as one (Li et al. 2020, arXiv:2006.15704); rank 0 writes;
-- resuming from the checkpoint, and the epoch's files saved all or nothing.
+- The run folder belongs to its run: main.py writes only into a new or empty folder, or into its own run, one
+  whose manifest (run.json) lists the files main.py wrote there; --overwrite removes exactly those. A lock
+  (.main.lock, which the operating system drops when the process dies) keeps out a second process.
+- The device, bf16 or fp32 by what the hardware computes natively, and one thread count for the whole run.
+- torchrun (`torchrun --nproc_per_node N main.py ...`): every process holds the same data and draws the same random
+  numbers; each runs the network on its own rows of the batch and DistributedDataParallel averages the gradients,
+  so that the processes together train as one (Li et al. 2020, arXiv:2006.15704). Rank 0 writes.
+- Resuming from the checkpoint, and each epoch's files saved all or nothing.
 """
 import contextlib
 import datetime
@@ -31,8 +31,7 @@ MANIFEST, LOCK = "run.json", ".main.lock"
 RUN_FILES = re.compile(r"(model\.pth|loss\.csv|metrics\.csv|loss_curve\.png|config\.json|forward_diffusion\.png"
                        r"|schedules\.png|image_ep\d{3,}\.png|guidance_w[0-9.e+-]+\.png)")
 STAGED = re.compile(r"\.(" + RUN_FILES.pattern + r"|run\.json)\.[A-Za-z0-9_]{8}\.tmp(\.[a-z]+)?")  # files.stage's
-EXPLODED = 1e3  # the losses start near 1; far above it, training diverged
-CHECK_EVERY = 50  # steps between reading the losses back (one host sync) and checking them
+EXPLODED, CHECK_EVERY = 1e3, 50  # a loss far above its start (about 1) diverged; steps between reading losses back
 RENDEZVOUS = datetime.timedelta(minutes=2)  # torchrun: how long the processes wait for each other at the start
 
 
@@ -47,9 +46,11 @@ class Run:
         self.done, self.losses, self.metrics, self.pending, self.share = 0, [], [], [], 1.0
 
     def __enter__(self) -> "Run":
-        problem = torchrun_problem()
-        if problem:
-            raise DataError(problem)
+        rank, size = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if (rank, size) != (None, None) and not (rank and size and rank.isdigit() and size.isdigit()
+                                                 and int(rank) < int(size)):
+            raise DataError(f"RANK={rank} with WORLD_SIZE={size} is no torchrun process (WORLD_SIZE at least 1, RANK "
+                            "in 0..WORLD_SIZE-1): start main.py with torchrun, or unset RANK and WORLD_SIZE")
         self.device = pick_device(self.asked[0])
         if self.lead:
             self.check_folder()
@@ -93,13 +94,12 @@ class Run:
 
     def check_folder(self) -> None:
         """Refuse a folder that is not this project's run, or a run that would be replaced unasked."""
-        out = self.out
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise DataError(f"--out {out} is a file, not a folder: choose another --out")
-        parent = os.path.dirname(os.path.abspath(out))
+        out, parent = self.out, os.path.dirname(os.path.abspath(self.out))
         while not os.path.exists(parent):
             parent = os.path.dirname(parent)
-        if not (os.path.isdir(parent) and os.access(parent, os.W_OK)) or (os.path.isdir(out) and not os.access(
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise DataError(f"--out {out} is a file, not a folder: choose another --out")
+        if not os.access(parent, os.W_OK) or not os.path.isdir(parent) or (os.path.isdir(out) and not os.access(
                 out, os.W_OK)):
             raise DataError(f"--out {out} cannot be written here (a file in the path, or no permission): choose "
                             "another --out")
@@ -108,18 +108,17 @@ class Run:
         if not os.path.isdir(out):
             return
         own = read_manifest(out)
-        others = sorted(n for n in os.listdir(out) if n not in own and n not in (MANIFEST, LOCK)
-                        and not n.startswith("."))
-        if not own and others and not os.path.lexists(os.path.join(out, MANIFEST)):
+        others = sorted(n for n in os.listdir(out) if n not in own and n not in (MANIFEST, LOCK) and n[0] != ".")
+        if others and not os.path.lexists(os.path.join(out, MANIFEST)):
             raise DataError(f"--out {out} holds files that main.py did not write ({', '.join(others[:3])}"
                             f"{', ...' if len(others) > 3 else ''}): it is not a run folder; choose a new or empty "
                             "--out")
         clash = [n for n in others if RUN_FILES.fullmatch(n)]
         if clash:
             raise DataError(f"{out}/{clash[0]} looks like a file of this run but is not in its manifest (run.json): "
-                            "main.py did not write it and will not write over it; move it away or choose another --out")
-        if "model.pth" in own and os.path.exists(os.path.join(out, "model.pth")) and not (self.resume or
-                                                                                          self.overwrite):
+                            "main.py did not write it and will not write over it; move it away or choose another "
+                            "--out")
+        if "model.pth" in own and os.path.exists(os.path.join(out, "model.pth")) and not (self.resume or self.overwrite):
             raise DataError(f"{out}/ already holds a trained run (model.pth): continue it with --resume, "
                             "choose another --out, or replace it with --overwrite")
         self.files = own
@@ -131,27 +130,34 @@ class Run:
             self.made = True
         path = os.path.join(self.out, LOCK)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        pid, links = holder(path), os.fstat(self.fd).st_nlink
         try:
-            if links != 1:  # a hard link to another file: writing the PID would write into that file
-                raise DataError(f"{path} is a hard link ({links} names for one file), not a lock of main.py: "
-                                f"writing to it would change the other file; delete {path} and run again")
+            pid = int(os.read(self.fd, 32).strip() or 0)  # the process that wrote it, if any
+        except (OSError, ValueError):
+            pid = 0
+        try:
+            if os.fstat(self.fd).st_nlink != 1:  # a hard link to another file: writing the PID would change it
+                raise DataError(f"{path} is a hard link (another name for one file), not a lock of main.py: writing "
+                                f"to it would change the other file; delete {path} and run again")
             try:
-                lock_file(self.fd)
-            except OSError:
-                raise DataError(f"another main.py (process {pid}) is writing {self.out}: wait for it to finish or "
-                                "choose another --out") from None
-        except DataError:
+                import fcntl
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # dropped by the kernel when the process dies
+            except ImportError:  # Windows
+                import msvcrt
+                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
+        except (DataError, OSError) as e:
             os.close(self.fd)
             self.fd = None
-            raise
-        if pid is not None and pid != os.getpid():
+            raise e if isinstance(e, DataError) else DataError(
+                f"another main.py (process {pid or 'unknown'}) is writing {self.out}: wait for it to finish or "
+                "choose another --out") from None
+        if pid and pid != os.getpid():
             print(f"note: {path} was left by process {pid}, which is no longer running (killed?): taken over")
         os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
         os.write(self.fd, f"{os.getpid()}\n".encode())
         self.check_folder()  # again, now that no other process can change the folder
         stale = sorted(n for n in os.listdir(self.out) if STAGED.fullmatch(n))
-        for name in stale:  # the staging files a run stopped while saving left
+        for name in stale:  # what a run stopped while saving left
             os.remove(os.path.join(self.out, name))
         if stale:
             print(f"note: removed {len(stale)} staging file{'s' * (len(stale) > 1)} left in {self.out}/ by a run that "
@@ -178,64 +184,62 @@ class Run:
 
     def begin(self, config: dict, model, optimizer, ema) -> int:
         """--resume: load out/model.pth into model, optimizer and ema, if it was trained with the same settings
-        (settings.RESUME_KEEPS). Choose the precision and threads, check that every torchrun process holds the
-        same data and settings, write config.json and wrap the network for torchrun. Returns the epochs done."""
+        (settings.RESUME_KEEPS). Record the precision and threads in config, check that every torchrun process holds
+        the same data and settings, write config.json and wrap the network for torchrun. Returns the epochs done."""
         if self.resume:
             self.load_state(config, model, optimizer, ema)
-        device, precision, threads = self.asked
+        _, precision, threads = self.asked
         native = native_bf16(self.device)
+        default_threads = torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") else len(
+            os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         config.update(precision_used=precision if precision != "auto" else "bf16" if native else "fp32",
-                      threads_used=int(threads) if threads != "auto" else config.get("threads_used") or cores())
-        torch.set_num_threads(config["threads_used"])
+                      threads_used=int(threads) if threads != "auto" else config.get("threads_used") or default_threads)
+        torch.set_num_threads(config["threads_used"])  # one count for the whole run: the same seed, the same weights
         if self.size > 1:
             self.agree(config)
             model.net = torch.nn.parallel.DistributedDataParallel(  # rank 0 samples alone between epochs
                 model.net, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False)
-        why = "asked for" if precision != "auto" else "this hardware computes bf16 natively" if native else \
-            "no native bf16 here"
+        why = "asked for" if precision != "auto" else "the hardware computes bf16" if native else "no native bf16 here"
         print(f"precision {config['precision_used']} ({why}); {config['threads_used']} threads for the whole run"
               + (f"; {self.size} processes (torchrun) share each batch" if self.size > 1 else ""), flush=True)
         if self.lead:
             for name in self.files if self.overwrite else ():  # exactly the old run's files
-                if os.path.islink(os.path.join(self.out, name)) or os.path.isfile(os.path.join(self.out, name)):
-                    os.remove(os.path.join(self.out, name))
+                path = os.path.join(self.out, name)
+                if os.path.islink(path) or os.path.isfile(path):
+                    os.remove(path)
             self.files = [] if self.overwrite else self.files
             write_json(config, self.path("config.json"))
         self.config = config
         return self.done
 
     def load_state(self, config: dict, model, optimizer, ema) -> None:
-        state = load_checkpoint(os.path.join(self.out, "model.pth"))
+        state, where = load_checkpoint(os.path.join(self.out, "model.pth")), f"--resume: {self.out}/model.pth"
         for key in RESUME_KEEPS:
             if key in state["config"] and key in config and state["config"][key] != config[key]:
-                raise DataError(f"--resume: {self.out}/model.pth was trained with {key}={state['config'][key]!r}, not "
-                                f"{config[key]!r}: resume with the same setting, or start another --out")
+                raise DataError(f"{where} was trained with {key}={state['config'][key]!r}, not {config[key]!r}: resume "
+                                "with the same setting, or start another --out")
         if "shipped" in state["config"] or "optimizer" not in state:
-            raise DataError(f"--resume: {self.out}/model.pth holds shipped weights (for sampling), not a run: train "
-                            "a new run with main.py")
-        where = f"--resume: the weights in {self.out}/model.pth do not fit this network"
-        load_weights(model.net, state["model"], where)
+            raise DataError(f"{where} holds shipped weights (for sampling), not a run: train a new run with main.py")
+        load_weights(model.net, state["model"], f"{where}: its weights do not fit this network")
         load_weights(ema.model.net, state["ema"]["weights"] if state.get("ema") else state["model"], where)
         ema.n = state["ema"]["n"] if state.get("ema") else 0
         try:
             optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
-            raise DataError(f"--resume: the optimiser state in {self.out}/model.pth does not fit this network "
-                            f"({cause(e)}): pass the options it was trained with, or another --out") from e
+            raise DataError(f"{where}: its optimiser state does not fit this network ({cause(e)}): pass the options "
+                            "it was trained with, or another --out") from e
         self.done, self.losses, self.metrics = state["epoch"], state.get("losses", []), state.get("metrics", [])
         config["threads_used"] = state["config"].get("threads_used")  # the count it began with: the same weights
 
     def agree(self, config: dict) -> None:
         """torchrun: every process must hold the same data and settings, or the run is refused in one line."""
-        mine = json.dumps({k: config.get(k) for k in RESUME_KEEPS}, sort_keys=True)
         every = [None] * self.size
-        dist.all_gather_object(every, mine)
+        dist.all_gather_object(every, {k: config.get(k) for k in RESUME_KEEPS})
         other = next((r for r, theirs in enumerate(every) if theirs != every[0]), None)
         if other is not None:
-            theirs = json.loads(every[other])
-            key = next(k for k in theirs if theirs[k] != json.loads(every[0]).get(k))
-            raise DataError(f"rank {other} holds other data or settings than rank 0 ({key}: {theirs[key]!r}): start "
-                            "every process of a torchrun with the same data and options")
+            key = next(k for k in every[other] if every[other][k] != every[0].get(k))
+            raise DataError(f"rank {other} holds other data or settings than rank 0 ({key}: {every[other][key]!r}): "
+                            "start every process of a torchrun with the same data and options")
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -301,7 +305,7 @@ class Run:
         """Log the epoch and write its files, all or nothing: the self-describing checkpoint model.pth, loss.csv,
         metrics.csv and figures ({name: write(path)}: the grid, the loss curve) go to temporary files first and are
         renamed only when all were written, the checkpoint first. A full disk leaves the run as after the last
-        epoch; Ctrl-C waits for the renames, so that the files and the message agree."""
+        epoch; Ctrl-C, in whichever thread it lands, waits for the renames, so that the files and message agree."""
         self.flush(epoch)  # the epoch's last losses
         if not self.lead:
             self.done = epoch
@@ -309,9 +313,9 @@ class Run:
         epoch_losses = [v for _, e, v in self.losses if e == epoch]
         self.metrics.append({"epoch": epoch, "loss": round(sum(epoch_losses) / max(len(epoch_losses), 1), 6),
                              **{k: round(v, 1) for k, v in seconds.items()}, **scores})
-        net = getattr(model.net, "module", model.net)  # the network inside DDP
-        state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                 "ema": ema.state_dict(), "config": self.config, "losses": self.losses, "metrics": self.metrics}
+        state = {"model": getattr(model.net, "module", model.net).state_dict(), "optimizer": optimizer.state_dict(),
+                 "epoch": epoch, "ema": ema.state_dict(), "config": self.config, "losses": self.losses,
+                 "metrics": self.metrics}  # model.net.module: the network inside DDP
         writers = {"model.pth": lambda p: save_tensors(state, p),
                    "loss.csv": lambda p: write_csv([dict(zip(("step", "epoch", "loss"), r)) for r in self.losses], p),
                    "metrics.csv": lambda p: write_csv(self.metrics, p), **figures}
@@ -319,22 +323,21 @@ class Run:
         try:
             for name, write in writers.items():
                 staged.append(stage(write, self.path(name)))
-        except OSError as e:
+        except BaseException as e:
             discard(staged)
+            if not isinstance(e, OSError):
+                raise
             before = f"as it was after epoch {self.done}" if self.done else "without a checkpoint: no epoch has " \
                 "finished yet"
             raise DataError(f"could not write the files of epoch {epoch} ({e.strerror or cause(e)}): none of them was "
                             f"kept, so {self.out}/ is {before}; free some space, then "
                             f"{'run again with --resume' if self.done else 'run the same command again'}") from e
-        except BaseException:
-            discard(staged)
-            raise
         with held():
             commit(staged)
             self.done = epoch
-        grids = [n for n in figures if n.startswith("image_ep")]
-        print(", ".join(f"{k} {v}" for k, v in self.metrics[-1].items()) + f" -> {self.out}/{', '.join(grids)}"
-              f"{', ' if grids else ''}model.pth", flush=True)
+        grids = "".join(f"{n}, " for n in figures if n.startswith("image_ep"))
+        print(", ".join(f"{k} {v}" for k, v in self.metrics[-1].items()) + f" -> {self.out}/{grids}model.pth",
+              flush=True)
 
 
 def read_manifest(out: str) -> list:
@@ -353,25 +356,6 @@ def read_manifest(out: str) -> list:
                     "a run of this project; choose another --out")
 
 
-def lock_file(fd: int) -> None:
-    """An exclusive lock the operating system drops when the process ends, however it ends; OSError if held."""
-    try:
-        import fcntl
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:  # Windows
-        import msvcrt
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-
-
-def holder(path: str) -> int | None:
-    """The process number written in a lock file, if any."""
-    try:
-        with open(path) as f:
-            return int(f.read().strip() or "x")
-    except (OSError, ValueError):
-        return None
-
-
 def pick_device(name: str) -> torch.device:
     """auto: cuda if available, else cpu; or a named device that must exist here."""
     if name == "auto":
@@ -380,44 +364,25 @@ def pick_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise DataError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise DataError(f"--device {name}: only cpu and cuda are supported")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise DataError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s): use --device cpu")
+    gpus = torch.cuda.device_count()
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and (device.index or 0) >= gpus):
+        raise DataError(f"--device {name}: this machine has {gpus} CUDA GPU(s), and only cpu and cuda are supported: "
+                        "use --device cpu or auto")
     return device
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Does this device compute bf16 natively? CUDA: compute capability 8 (Ampere) or later. CPU: the
-    avx512_bf16 or amx_bf16 instructions (read from /proc/cpuinfo; elsewhere none is assumed). Without them
-    bf16 is emulated and about 100x slower than fp32."""
+    """Does this device compute bf16 natively? CUDA: compute capability 8 (Ampere) or later. CPU: the avx512_bf16
+    or amx_bf16 instructions (from /proc/cpuinfo; elsewhere none is assumed). Without them bf16 is emulated and
+    about 100x slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
     try:
         with open("/proc/cpuinfo") as f:
-            return bool({"avx512_bf16", "amx_bf16"} & set(next((line for line in f if line.startswith("flags")),
-                                                               "").split()))
+            flags = next((line for line in f if line.startswith("flags")), "").split()
     except OSError:
         return False
-
-
-def cores() -> int:
-    """The threads a run takes by default: OMP_NUM_THREADS where set (torchrun sets 1), else every core this
-    process may use; one count for the whole run, so that the same seed gives the same weights whatever the load."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def torchrun_problem() -> str | None:
-    """One line when RANK and WORLD_SIZE describe no torchrun process (set alone, not whole numbers, or a rank
-    outside 0..WORLD_SIZE - 1): such a process would train unseen or wait for ranks that never come."""
-    rank, size = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    if (rank is None and size is None) or (rank and size and rank.isdigit() and size.isdigit()
-                                           and int(rank) < int(size)):
-        return None
-    return (f"RANK={rank} with WORLD_SIZE={size} is no torchrun process (WORLD_SIZE at least 1, RANK in "
-            "0..WORLD_SIZE-1): start main.py with torchrun, or unset RANK and WORLD_SIZE")
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def join(device: torch.device, rank: int, size: int):
