@@ -118,7 +118,8 @@ class Run:
             raise DataError(f"{out}/{clash[0]} looks like a file of this run but is not in its manifest (run.json): "
                             "main.py did not write it and will not write over it; move it away or choose another "
                             "--out")
-        if "model.pth" in own and os.path.exists(os.path.join(out, "model.pth")) and not (self.resume or self.overwrite):
+        trained = "model.pth" in own and os.path.exists(os.path.join(out, "model.pth"))
+        if trained and not (self.resume or self.overwrite):
             raise DataError(f"{out}/ already holds a trained run (model.pth): continue it with --resume, "
                             "choose another --out, or replace it with --overwrite")
         self.files = own
@@ -189,7 +190,9 @@ class Run:
         if self.resume:
             self.load_state(config, model, optimizer, ema)
         _, precision, threads = self.asked
-        native = native_bf16(self.device)
+        native, before = native_bf16(self.device), config.get("precision_used")
+        if precision == "auto" and (before == "fp32" or (before == "bf16" and native)):
+            precision = before  # a resumed run goes on as it began
         default_threads = torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") else len(
             os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         config.update(precision_used=precision if precision != "auto" else "bf16" if native else "fp32",
@@ -199,7 +202,8 @@ class Run:
             self.agree(config)
             model.net = torch.nn.parallel.DistributedDataParallel(  # rank 0 samples alone between epochs
                 model.net, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False)
-        why = "asked for" if precision != "auto" else "the hardware computes bf16" if native else "no native bf16 here"
+        why = "as the run began" if precision == before else "asked for" if precision != "auto" else \
+            "the hardware computes bf16" if native else "no native bf16 here"
         print(f"precision {config['precision_used']} ({why}); {config['threads_used']} threads for the whole run"
               + (f"; {self.size} processes (torchrun) share each batch" if self.size > 1 else ""), flush=True)
         if self.lead:

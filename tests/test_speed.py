@@ -38,6 +38,19 @@ def test_auto_is_bf16_exactly_where_the_hardware_computes_it(tmp_path, monkeypat
     assert json.loads((tmp_path / "r" / "config.json").read_text())["precision_used"] == expected
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_resumed_run_keeps_its_precision_where_the_hardware_can(tmp_path, monkeypatch, native):
+    """A run begun in fp32 goes on in fp32 with auto; one begun in bf16 goes on in bf16 where the hardware computes
+    it natively, and in fp32 on a machine that would emulate it (a checkpoint moved to an AVX2 laptop)."""
+    out = str(tmp_path / "r")
+    for begun in ("fp32", "bf16"):
+        main.main(["DDPM", *TINY, "--epochs", "1", "--precision", begun, "--out", out, "--overwrite"])
+        monkeypatch.setattr(run, "native_bf16", lambda device: native)
+        main.main(["DDPM", *TINY, "--epochs", "2", "--out", out, "--resume"])
+        expected = begun if begun == "fp32" or native else "fp32"
+        assert json.loads((tmp_path / "r" / "config.json").read_text())["precision_used"] == expected
+
+
 def test_a_bf16_training_step_matches_fp32_to_bf16_accuracy():
     """The same batch, noise and weights: the bf16 autocast loss is fp32's within bf16's ~3 significant digits."""
     from bench.step import train_step
