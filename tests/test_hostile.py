@@ -1,4 +1,4 @@
-"""Issue 11 replayed: hostile or odd input gives one line and exit code 2 (never a traceback, never
+"""Hostile or odd input gives one line and exit code 2 (never a traceback, never
 silently wrong data), runs are never lost, and the loaders survive random bytes."""
 import gzip
 import io

@@ -133,7 +133,7 @@ BAD = {
 
 
 def test_a_soft_mask_is_a_probability_map_not_half_its_maximum(tmp_path, capsys):
-    """Issue 28: a probability map with values in 0..0.01 became 49 % lesion (cut at half its maximum); as
+    """A probability map with values in 0..0.01 became 49 % lesion (cut at half its maximum); as
     probabilities, nothing in it reaches 0.5, so no voxel is lesion, and a note says how it was read."""
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
