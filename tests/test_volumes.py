@@ -214,7 +214,7 @@ def test_sample_reverse_and_mask_conditions_on_volumes(tmp_path):
 
 
 def test_volumes_default_to_their_own_batch_and_widths_unless_given(tmp_path):
-    """catalog.VOLUME_BATCH and UNET_WIDTHS_3D apply when the options are not given; given ones are kept."""
+    """models.by_size's batch and widths for volumes apply when the options are not given; given ones are kept."""
     base = ["--dataset", "phantom3d", "--image-size", "8", "--limit", "8", "--n-T", "10", "--sample-steps", "1",
             "--num-samples", "1", "--epochs", "1"]
     main.main(["DDPM", *base, "--out", str(tmp_path / "a")])
