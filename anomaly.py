@@ -146,9 +146,10 @@ def baselines(val: Tensor, val_mask: Tensor, val_head: Tensor, test: Tensor, tes
     up = auroc(val[val_head], val_mask[val_head]) >= 0.5
     sign = 1 if up else -1
     return {f"intensity ({'bright' if up else 'dark'} = lesion)":
-            score(sign * val, val_mask, val_head, sign * test, test_mask, test_head),
+            score(sign * val, val_mask, val_head, test_map=sign * test, test_mask=test_mask, test_head=test_head),
             f"|x - {mean_name}|":
-            score((val - healthy_mean).abs(), val_mask, val_head, (test - healthy_mean).abs(), test_mask, test_head)}
+            score((val - healthy_mean).abs(), val_mask, val_head, test_map=(test - healthy_mean).abs(),
+                  test_mask=test_mask, test_head=test_head)}
 
 
 # --- the command line -----------------------------------------------------------------------------
@@ -272,15 +273,16 @@ def run(args) -> None:
               f"{args.dataset} has no validation split with lesion masks", flush=True)
         return
     val_map, _ = maps.at(t_lambda, val.images, "validation scans")
-    r = score(val_map, masks(val), head(val), test_map, masks(test), head(test))
+    r = score(val_map, masks(val), head(val), test_map=test_map, test_mask=masks(test), test_head=head(test))
     print(f"n={len(test.images)} auroc={r['auroc']:.4f} dice={r['dice']:.4f} t_lambda={t_lambda}", flush=True)
-    base = baselines(val.images[:, 0], masks(val), head(val), test.images[:, 0], masks(test), head(test),
-                     healthy_mean[0], "mean training scan" if maps.counterfactual else "mean healthy scan")
+    base = baselines(val.images[:, 0], masks(val), head(val), test=test.images[:, 0], test_mask=masks(test),
+                     test_head=head(test), healthy_mean=healthy_mean[0],
+                     mean_name="mean training scan" if maps.counterfactual else "mean healthy scan")
     for name, b in base.items():
         print(f"  baseline {name}: auroc={b['auroc']:.4f} dice={b['dice']:.4f}", flush=True)
     print(f"wrote {out} (scan | reconstruction | anomaly map | true mask outline)", flush=True)
     if args.sweep:
-        sweep(maps, test, val, base, os.path.splitext(out)[0] + "_sweep.png")
+        sweep(maps, test, val, base=base, path=os.path.splitext(out)[0] + "_sweep.png")
 
 
 class Maps:
@@ -307,7 +309,7 @@ class Maps:
             raise DataError(f"--t-lambda must lie in 1..{model.T} (T of this model)")
         sampler = args.sampler or ("ddim" if "ddim" in model.samplers else model.samplers[0])
         check_sampler(model, sampler)
-        return cls(model, args, sampler, counterfactual), config
+        return cls(model, args, sampler, counterfactual=counterfactual), config
 
     def at(self, t_lambda: int, x: Tensor, label: str) -> tuple:
         a = self.args
@@ -343,9 +345,9 @@ def sweep(maps: Maps, test: Dataset, val: Dataset, base: dict, path: str) -> Non
     for t in sorted({max(1, round(f * maps.T)) for f in SWEEP}):
         tm, _ = maps.at(t, test.images, f"test scans, t_lambda={t}")
         vm, _ = maps.at(t, val.images, f"validation scans, t_lambda={t}")
-        rows.append((t, score(vm, masks(val), head(val), tm, masks(test), head(test))))
+        rows.append((t, score(vm, masks(val), head(val), test_map=tm, test_mask=masks(test), test_head=head(test))))
         print(f"  sweep t_lambda={t}: auroc={rows[-1][1]['auroc']:.4f} dice={rows[-1][1]['dice']:.4f}", flush=True)
-    save_anomaly_sweep(rows, base, maps.T, path)
+    save_anomaly_sweep(rows, base, maps.T, path=path)
     print(f"wrote {path}", flush=True)
 
 

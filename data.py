@@ -149,7 +149,7 @@ def medmnist_split(name: str, data_dir: str, train: bool, download: bool, limit:
 def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool = True,
                   limit: int | None = None) -> Dataset:
     """A 2D MedMNIST subset from data_dir/<name>.npz (keys train_images, train_labels, ...)."""
-    images, labels, path = medmnist_split(name, data_dir, train, download, limit)
+    images, labels, path = medmnist_split(name, data_dir, train, download=download, limit=limit)
     if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
         images = images.transpose(0, 2, 3, 1)  # channels first (N, C, H, W) -> MedMNIST's (N, H, W, C)
     if images.ndim == 4 and images.shape[3] == 1:
@@ -166,7 +166,7 @@ def load_medmnist3d(name: str, data_dir: str, train: bool = True, download: bool
                     limit: int | None = None) -> Dataset:
     """A MedMNIST 3D subset (organmnist3d, ...) from data_dir/<name>.npz: uint8 volumes (N, D, H, W),
     28^3 (64^3 in MedMNIST+), and labels (N, 1), as float volumes (N, 1, D, H, W) in [-1, 1]."""
-    images, labels, path = medmnist_split(name, data_dir, train, download, limit)
+    images, labels, path = medmnist_split(name, data_dir, train, download=download, limit=limit)
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0 or len(images) != len(labels) \
             or len(set(images.shape[1:])) != 1:
         raise DataError(f"{path}: expected uint8 cubic volumes (N, D, H, W) and N labels, "
@@ -250,14 +250,15 @@ def load_folder(data_dir: str, image_size: int, channels: int | None, train: boo
     """data_dir/images/ (+ optional data_dir/masks/ with the same file names and sizes). The last
     10% of the sorted names are held out (train=False). Masks are binarised by their own values
     (binarize_mask)."""
-    images, masks, names = folder_split(data_dir, "image", IMAGE_EXTENSIONS, train, limit)
+    images, masks, names = folder_split(data_dir, "image", IMAGE_EXTENSIONS, train=train, limit=limit)
     if channels is None:  # grayscale if the first image is
         channels = 1 if read_resized([images[names[0]]], 1, None).ndim == 3 else 3
     image_sizes, mask_sizes = [], []
-    x = to_images(read_resized([images[n] for n in names], image_size, "L" if channels == 1 else "RGB", image_sizes))
+    x = to_images(read_resized([images[n] for n in names], image_size, "L" if channels == 1 else "RGB",
+                               sizes=image_sizes))
     m = None
     if masks is not None:
-        m = torch.from_numpy(read_resized([masks[n] for n in names], image_size, "mask", mask_sizes))[:, None]
+        m = torch.from_numpy(read_resized([masks[n] for n in names], image_size, "mask", sizes=mask_sizes))[:, None]
         for n, a, b in zip(names, image_sizes, mask_sizes):
             if a != b:
                 raise DataError(f"mask {n} is {b[0]}x{b[1]} but its image is {a[0]}x{a[1]}: masks must have "
@@ -296,7 +297,7 @@ def load_nifti_folder(data_dir: str, image_size: int, channels: int | None, trai
     the sorted names are held out (train=False)."""
     if channels not in (None, 1):
         raise DataError("NIfTI volumes are read as one channel: drop --channels 3")
-    images, masks, names = folder_split(data_dir, "volume", NIFTI_EXTENSIONS, train, limit)
+    images, masks, names = folder_split(data_dir, "volume", NIFTI_EXTENSIONS, train=train, limit=limit)
     x, m, soft = [], [], []
     for name in names:
         image = open_nifti(images[name])
@@ -327,7 +328,8 @@ def load_dataset(name: str, data_dir: str = "data", train: bool = True, image_si
     entries with a size (folder, phantoms: default 64; csv: 28); channels to folder (default: from
     the files) and csv (1).
     limit: the first N images only, read without the rest where the format allows."""
-    data = read_dataset(name, data_dir, train, image_size, channels, data_path, download, limit)
+    data = read_dataset(name, data_dir, train, image_size=image_size, channels=channels, data_path=data_path,
+                        download=download, limit=limit)
     data = Dataset(*(None if a is None else a[:limit] for a in data))
     N, C, *sides = data.images.shape  # count, channels, then H, W (volumes: D, H, W)
     if N == 0:
@@ -373,7 +375,7 @@ class DatasetInfo(NamedTuple):
 
 
 def read_mnist(data_dir, train, download, limit, **_):
-    return load_mnist(data_dir, train, download, limit)
+    return load_mnist(data_dir, train, download, limit=limit)
 
 
 def read_shapes(train, **_):
@@ -396,17 +398,17 @@ def read_phantom3d(lesion: str):
 
 
 def read_folder(data_dir, train, image_size, channels, limit, **_):
-    return load_folder(data_dir, image_size, channels, train, limit)
+    return load_folder(data_dir, image_size, channels, train=train, limit=limit)
 
 
 def read_nifti(data_dir, train, image_size, channels, limit, **_):
-    return load_nifti_folder(data_dir, image_size, channels, train, limit)
+    return load_nifti_folder(data_dir, image_size, channels, train=train, limit=limit)
 
 
 def read_csv(data_path, image_size, channels, limit, **_):
     if not data_path:
         raise DataError("--dataset csv needs --data-path FILE.csv")
-    return load_csv(data_path, image_size, channels or 1, limit)
+    return load_csv(data_path, image_size, channels or 1, limit=limit)
 
 
 DATASETS = {

@@ -131,7 +131,7 @@ class DDPM(Process):
     def reverse_step(self, x_t: Tensor, t: Tensor, generator=None, **cond) -> Tensor:
         """Alg. 2 lines 3-4, one step from index t to t - 1 (RePaint walks the grid with it)."""
         z = self.noise_like(x_t, t, generator, step=True)
-        return self.p_sample_step(x_t, t, self.eps_for_sampling(x_t, t, **cond), z)
+        return self.p_sample_step(x_t, t, self.eps_for_sampling(x_t, t, **cond), z=z)
 
     @torch.no_grad()
     def sample(self, n: int, shape: tuple, *, generator=None, x_start: Tensor | None = None,
@@ -146,7 +146,7 @@ class DDPM(Process):
             eps_hat = self.eps_for_sampling(x_t, t, **cond)
             if on_step is not None:
                 on_step(i, x_t, self.predict_x0(x_t, t, eps_hat))
-            x_t = self.p_sample_step(x_t, t, eps_hat, z)                             # line 4
+            x_t = self.p_sample_step(x_t, t, eps_hat, z=z)                             # line 4
         return x_t                                                                  # line 6: x_0
 
     def ddim_step(self, x_t: Tensor, t: Tensor, t_prev: int, eps_hat: Tensor, z: Tensor, eta: float) -> Tensor:
@@ -174,7 +174,7 @@ class DDPM(Process):
             if on_step is not None:
                 on_step(i, x_t, self.predict_x0(x_t, t, eps_hat))
             z = self.noise_like(x_t, t, generator, step=True) if eta > 0 else torch.zeros_like(x_t)
-            x_t = self.ddim_step(x_t, t, tau[j + 1] if j + 1 < len(tau) else -1, eps_hat, z, eta)
+            x_t = self.ddim_step(x_t, t, tau[j + 1] if j + 1 < len(tau) else -1, eps_hat=eps_hat, z=z, eta=eta)
         return x_t
 
     def euler_sample(self, n: int, shape: tuple, *, steps: int, **kwargs) -> Tensor:

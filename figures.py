@@ -71,8 +71,8 @@ def save_grid(x: Tensor, path: str, nrow: int = 8, col_labels=None, row_labels=N
     pixels = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
     if col_labels or row_labels or title:
-        image = with_labels(image, s * (x.shape[-1] + 2), s * (x.shape[-2] + 2), col_labels or [], row_labels or [],
-                            title, 2 * s)
+        image = with_labels(image, s * (x.shape[-1] + 2), s * (x.shape[-2] + 2), col_labels=col_labels or [],
+                            row_labels=row_labels or [], title=title, pad=2 * s)
     from PIL import PngImagePlugin
 
     def write(p):
@@ -151,7 +151,7 @@ def save_forward_diffusion(model, x0: Tensor, path: str, generator=None, columns
     by their axial mid-slice."""
     T = model.T
     labels = ["t=0", *(f"{round(j * T / (columns - 1))}" for j in range(1, columns))]  # "1000" fits a 28-px cell
-    grid = forward_diffusion_grid(model, x0, generator, columns).flatten(0, 1)
+    grid = forward_diffusion_grid(model, x0, generator, columns=columns).flatten(0, 1)
     grid = axial(grid) if grid.dim() == 5 else grid
     save_grid(grid, path, nrow=columns, col_labels=labels)
 

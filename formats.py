@@ -159,7 +159,7 @@ def read_image(path: str, mode: str | None, constant: list) -> np.ndarray:
         if im.mode in HIGH_BIT_MODES:
             if mode == "RGB":
                 raise DataError(f"{path} is a {im.mode} (high bit depth) grayscale image: use --channels 1")
-            return scale_high_bit(np.asarray(im, dtype=np.float64).astype(np.float32), im.mode, path, constant)
+            return scale_high_bit(np.asarray(im, dtype=np.float64).astype(np.float32), im.mode, path, constant=constant)
         im = im.convert(mode or ("L" if im.mode in ("1", "L", "LA") else "RGB"))
         return np.asarray(im, dtype=np.float32) / 255
 

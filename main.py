@@ -224,7 +224,7 @@ def train(config: dict, data, held_out, run: Run) -> None:
     model = build_model(config).to(run.device)
     optimizer = torch.optim.Adam(model.net.parameters(), lr=config["lr"])
     ema = EMA(model, config["ema_decay"])  # every sample is drawn with the averaged weights
-    done = run.begin(config, model, optimizer, ema)
+    done = run.begin(config, model, optimizer, ema=ema)
     x, cond = data.images.to(run.device), {}  # the training images and what the network is given beside x_t
     if config["cond"] == "class":
         cond["y"] = data.labels.to(run.device)
@@ -241,7 +241,7 @@ def train(config: dict, data, held_out, run: Run) -> None:
               "pass a larger --epochs to continue")
         return
     if run.lead and not done:
-        save_start_figures(model, x[:8], config, run)
+        save_start_figures(model, x[:8], config, run=run)
     for epoch in range(done + 1, E + 1):
         torch.manual_seed(config["seed"] + epoch)  # a resumed run draws what the uninterrupted one would
         model.train()
@@ -266,9 +266,9 @@ def train(config: dict, data, held_out, run: Run) -> None:
         seconds = {"train_seconds": time.time() - start}
         due = run.lead and (epoch % config["sample_every"] == 0 or epoch == E)
         figures, scores = samples.draw(ema.model, f"epoch {epoch}", epoch) if due else ({}, {})
-        figures["loss_curve.png"] = lambda path: save_loss_curve(run.losses, run.metrics, path, model.loss_name)
+        figures["loss_curve.png"] = lambda path: save_loss_curve(run.losses, run.metrics, path, ylabel=model.loss_name)
         seconds["sample_seconds"] = time.time() - start - seconds["train_seconds"]
-        run.save_epoch(epoch, model, optimizer, ema, figures, scores, seconds)
+        run.save_epoch(epoch, model, optimizer, ema=ema, figures=figures, scores=scores, seconds=seconds)
     for w in config.get("guidance_sweep") or [] if run.lead else []:
         ema.model.guidance_scale = w
         figures, _ = samples.draw(ema.model, f"epoch {E}, w={w:g}", E, score=False)
@@ -289,9 +289,9 @@ def learning_rate(config: dict, step: int, total: int) -> float:
 def save_start_figures(model, x0: torch.Tensor, config: dict, run: Run) -> None:
     """Eq. (4) made visible on eight training images, and the beta schedules (where the process has one)."""
     generator = torch.Generator(x0.device).manual_seed(config["seed"])
-    save_forward_diffusion(model, x0, run.path("forward_diffusion.png"), generator)
+    save_forward_diffusion(model, x0, run.path("forward_diffusion.png"), generator=generator)
     if model.has_beta_schedule:
-        save_schedules(config["n_T"], config["schedule"], config["betas"], run.path("schedules.png"))
+        save_schedules(config["n_T"], config["schedule"], config["betas"], path=run.path("schedules.png"))
 
 
 class EpochSamples:
@@ -311,7 +311,7 @@ class EpochSamples:
             masks = masks[torch.arange(self.n) % len(masks)]
             self.cond.update({"mask": masks} if config["cond"] == "mask" else {})
             self.masks = masks if dataset_info(config["dataset"]).lesion == "bright" else None  # phantoms
-        self.how = sampler_text(config["sampler"], config["sample_steps"], config["sample_eta"], config["n_T"]) + \
+        self.how = sampler_text(config["sampler"], config["sample_steps"], config["sample_eta"], T=config["n_T"]) + \
             (", clipped x0" if config["clip_x0"] else "")
 
     def draw(self, model, title: str, epoch: int, score: bool = True) -> tuple:
@@ -343,7 +343,8 @@ def start(args) -> None:
     """The recipe, checked before anything is touched; the run folder locked; the data read; then train."""
     config = recipe(args)
     out = args.out or f"contents_{args.model}"
-    with Run(out, args.resume, args.overwrite, args.device or "auto", args.precision, args.threads) as run:
+    with Run(out, resume=args.resume, overwrite=args.overwrite, device=args.device or "auto", precision=args.precision,
+             threads=args.threads) as run:
         if args.resume:
             config = recipe(args, saved=run.saved_config())
         kw = {k: config.get(k) for k in ("data_dir", "channels", "data_path")}
@@ -351,7 +352,7 @@ def start(args) -> None:
         data = load_dataset(config["dataset"], train=True, limit=config.get("limit"), **kw)
         held_out = load_dataset(config["dataset"], train=False, **kw) if dataset_info(config["dataset"]).masks \
             else None
-        train(for_data(config, data), data, held_out, run)
+        train(for_data(config, data), data, held_out, run=run)
 
 
 def main(argv=None) -> None:

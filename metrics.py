@@ -12,7 +12,10 @@ For folder datasets with masks (e.g. brain MRI with tumour masks), MaskScore doe
 small segmentation U-Net trained once on the real training split (image -> lesion mask, cached):
 - mask_dice: Dice between each sample's condition mask and the segmenter's mask of the sample;
 - mask_dice_real: the segmenter on real held-out slices against their true masks (the ceiling);
-- fid and fid_real with the segmenter's encoder features, against the training split.
+- fid and fid_real with the segmenter's encoder features, against the training split;
+- critic_accuracy (metrics.py): how well a small classifier, trained on half of the held-out slices against half
+  of the samples, tells the other halves apart (0.5: indistinguishable). fid sits at its floor for good MRI
+  models; the critic still sees flatter contrast or a greyer background.
 For the phantoms (phantom, phantom3d), whose lesion is the only tissue brighter than 0.8, no judge is
 trained: lesion_dice scores mask-conditioned samples against their masks, beside shuffled masks (chance).
 """
@@ -315,12 +318,37 @@ def segment(net: SegNet, images: Tensor) -> Tensor:
     return torch.cat([(net(x.float()) > 0).float() for x in images.split(64)])
 
 
+def critic_accuracy(real: Tensor, samples: Tensor, steps: int = 400, batch_size: int = 32, seed: int = 0) -> float:
+    """How well a small critic (FeatureNet, trained from scratch) tells real images from samples: trained on half
+    of each (flipped and shifted, data.augment, so that it cannot just remember them), tested on the other halves,
+    then the halves swapped; the mean test accuracy. 0.5: it cannot tell them apart; 1.0: it always can."""
+    n = min(len(real), len(samples)) // 2
+    if n < 4:
+        raise DataError("the critic needs at least 8 samples and 8 real images")
+    accuracies = []
+    for train, test in ((slice(0, n), slice(n, 2 * n)), (slice(n, 2 * n), slice(0, n))):
+        torch.manual_seed(seed)
+        x = torch.cat([real[train], samples[train]]).float()
+        y = torch.cat([torch.ones(n), torch.zeros(n)]).long()
+        net = FeatureNet(x.shape[1], 2, dims=x.dim() - 2)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        for _ in range(steps):
+            idx = torch.randint(0, len(x), (batch_size,))
+            loss = F.cross_entropy(net(augment(x[idx])[0]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        accuracies.append(accuracy(net.eval(), torch.cat([real[test], samples[test]]).float(), y))
+    return sum(accuracies) / 2
+
+
 class MaskScore:
     """mask_dice, mask_dice_real, fid and fid_real for samples of a folder dataset with masks (see the
-    module docstring); the segmenter is cached in DATA_DIR/classifiers/, keyed by the training data."""
+    module docstring); the segmenter is cached in DATA_DIR/classifiers/, keyed by the training data. critic: also
+    critic_accuracy against the held-out slices (0.5: a critic cannot tell the samples from them)."""
 
     def __init__(self, data_dir: str, image_size: int, channels: int | None = None, log=print,
-                 sample_shape: tuple | None = None, steps: int | None = None):
+                 sample_shape: tuple | None = None, steps: int | None = None, critic: bool = False):
         train = load_dataset("folder", data_dir, train=True, image_size=image_size, channels=channels)
         held = load_dataset("folder", data_dir, train=False, image_size=image_size, channels=channels)
         if train.masks is None:
@@ -331,7 +359,7 @@ class MaskScore:
         if image_size % 4:
             raise DataError(f"the segmenter needs an image side divisible by 4, got {image_size}")
         self.net = self.load_or_train(data_dir, train, steps or SEGMENTER_STEPS, log)
-        self.held = held
+        self.held, self.critic = held, critic
         self.reference = feature_stats(self.features(train.images))
         self.held_features = self.features(held.images)
         self.real_dice = dice(segment(self.net, held.images), held.masks).mean().item()
@@ -372,6 +400,8 @@ class MaskScore:
                 raise DataError(f"masks {tuple(masks.shape)} do not match the samples {tuple(x.shape)}")
             result["mask_dice"] = round(dice(segment(self.net, x), masks.cpu() > 0.5).mean().item(), 4)
             result["mask_dice_real"] = round(self.real_dice, 4)
+        if self.critic:
+            result["critic_accuracy"] = round(critic_accuracy(self.held.images, x), 4)
         if not all(np.isfinite(v) for v in result.values()):
             raise DataError(f"the scores came out as {result}: not numbers; the samples or the segmenter are damaged")
         return result
@@ -449,22 +479,22 @@ def main(argv=None) -> None:
 def score_file(args) -> None:
     images, labels, masks = read_samples(args.samples)
     recorded = {k: str(v) for k, v in read_npz(args.samples).items() if k in ("dataset", "data_dir") and v.ndim == 0}
-    args.dataset = args.dataset or recorded.get("dataset")
-    args.data_dir = args.data_dir or recorded.get("data_dir", "./data")
-    if args.dataset is None:
+    dataset = args.dataset or recorded.get("dataset")
+    data_dir = args.data_dir or recorded.get("data_dir", "./data")
+    if dataset is None:
         raise DataError(f"{args.samples} does not say which data its model trained on: pass --dataset NAME "
                         "(and --data-dir DIR)")
-    dataset_info(args.dataset)  # an unknown name: one line listing the known ones
+    dataset_info(dataset)  # an unknown name: one line listing the known ones
     check_range(images)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    if dataset_info(args.dataset).lesion == "bright":
-        result = phantom_scores(images, masks, args.dataset)
-    elif args.dataset == "folder":
-        score = MaskScore(args.data_dir, args.image_size or images.shape[-1], log=log, sample_shape=images.shape[1:])
+    if dataset_info(dataset).lesion == "bright":
+        result = phantom_scores(images, masks, dataset)
+    elif dataset == "folder":
+        score = MaskScore(data_dir, args.image_size or images.shape[-1], log=log, sample_shape=images.shape[1:],
+                          critic=True)
         result = score(images, masks=masks)
     else:
-        score = QualityScore(args.dataset, args.data_dir, log=log, sample_shape=tuple(images.shape[1:]),
-                             sample_labels=labels)
+        score = QualityScore(dataset, data_dir, log=log, sample_shape=tuple(images.shape[1:]), sample_labels=labels)
         result = score(images, labels)
     print(" ".join(f"{k}={v}" for k, v in {"n": len(images), **result}.items()))
 

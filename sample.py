@@ -181,7 +181,7 @@ def run(args) -> None:
     g = torch.Generator(device).manual_seed(args.seed)
     reverse = Reverse() if args.reverse else None
     weights = "shipped EMA" if config.get("shipped") else "EMA" if ckpt.get("ema") and not args.no_ema else "raw"
-    how = sampler_text(sampler, steps, eta, model.T) + (", clipped x0" if model.clip_x0 else "")
+    how = sampler_text(sampler, steps, eta, T=model.T) + (", clipped x0" if model.clip_x0 else "")
     guided = f", guidance w={model.guidance_scale:g}" if config["cond"] == "class" else ""
     title = f"{config['model']}, epoch {ckpt.get('epoch')}: {how}{guided}"
     print(f"{n} samples from {args.checkpoint} (epoch {ckpt.get('epoch')}, {weights} weights) by {how}", flush=True)
@@ -194,7 +194,7 @@ def run(args) -> None:
                  on_step=reverse, **given).float()
     save_samples(x.cpu(), cond, out, nifti=args.nifti, source=config, title=title)
     if reverse is not None:
-        save_reverse_process(reverse.shown(), x.cpu(), model.T, os.path.splitext(out)[0] + "_reverse.png")
+        save_reverse_process(reverse.shown(), x.cpu(), model.T, path=os.path.splitext(out)[0] + "_reverse.png")
         print(f"wrote {os.path.splitext(out)[0]}_reverse.png", flush=True)
 
 
@@ -223,7 +223,7 @@ def read_one(path: str, size: int, mode: str, what: str) -> tuple:
     if not os.path.isfile(path):
         raise DataError(f"{what} {path} is not a file")
     sizes = []
-    a = torch.from_numpy(read_resized([path], size, mode, sizes))
+    a = torch.from_numpy(read_resized([path], size, mode, sizes=sizes))
     return (a[:, None] if a.dim() == 3 else a.permute(0, 3, 1, 2)), sizes[0]
 
 
@@ -231,8 +231,8 @@ def inpaint(args, model, config: dict, device, out: str) -> None:
     """--inpaint IMAGE --region MASK: n RePaint results (DDPM.inpaint); the figure shows image | region |
     (condition mask |) results, and out's .npz holds the results as images."""
     size = config["image_size"]
-    image, image_hw = read_one(args.inpaint, size, "L" if config["in_channels"] == 1 else "RGB", "--inpaint")
-    region, region_hw = read_one(args.region, size, "mask", "--region")
+    image, image_hw = read_one(args.inpaint, size, "L" if config["in_channels"] == 1 else "RGB", what="--inpaint")
+    region, region_hw = read_one(args.region, size, "mask", what="--region")
     if region_hw != image_hw:
         raise DataError(f"--region is {region_hw[0]}x{region_hw[1]} but --inpaint is {image_hw[0]}x{image_hw[1]}: "
                         "the region must have its image's size")
@@ -245,7 +245,7 @@ def inpaint(args, model, config: dict, device, out: str) -> None:
             raise DataError("this model is mask-conditioned: pass --cond-mask MASK (the lesion the result should "
                             "have) or --cond-mask none (no lesion)")
         cond_mask, mask_hw = (torch.zeros_like(region), image_hw) if args.cond_mask == "none" else \
-            read_one(args.cond_mask, size, "mask", "--cond-mask")
+            read_one(args.cond_mask, size, "mask", what="--cond-mask")
         if mask_hw != image_hw:  # as for --region: a mask of another image is never resized to fit
             raise DataError(f"--cond-mask is {mask_hw[0]}x{mask_hw[1]} but --inpaint is {image_hw[0]}x{image_hw[1]}: "
                             "the condition mask must have its image's size")
@@ -300,7 +300,7 @@ def save_samples(x: torch.Tensor, cond: dict, out: str, nifti: bool = False, sou
         raise DataError("the samples are not finite (NaN/inf): this checkpoint's network diverged")
     save_sample_grid(x, out, masks=cond.get("mask"), labels=cond.get("y"), title=title)
     npz = os.path.splitext(out)[0] + ".npz"
-    write_images_npz(x, cond, npz, source)
+    write_images_npz(x, cond, npz, source=source)
     print(f"wrote {out} and {npz}", flush=True)
     if x.dim() == 5:  # volumes: also a strip of axial slices through each
         strip = os.path.splitext(out)[0] + "_slices.png"

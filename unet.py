@@ -178,7 +178,8 @@ class UNet(nn.Module):
                              f"got {image_size}: set --image-size or give fewer --unet-widths")
         self.cond_channels, self.skip_every = cond_channels, skip_every
         attend = lambda k: image_size is not None and image_size // 2 ** (k - 1) in attention_res  # noqa: E731
-        block = lambda a, b: ResBlock(a, b, emb_dim, dims, act, scale_shift, zero_init)  # noqa: E731
+        def block(a, b):
+            return ResBlock(a, b, emb_dim, dims=dims, act=act, scale_shift=scale_shift, zero_init=zero_init)
         attention_block = lambda c: SelfAttention(c, dims, zero_init)  # noqa: E731
         self.embed = Embedding(emb_dim, num_classes)
         self.inp = conv(dims, in_channels + cond_channels, widths[0], 3, padding=1)

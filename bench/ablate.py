@@ -88,9 +88,9 @@ def run(args) -> None:
         torch.manual_seed(args.seed)
         net = UNet(1, by_size("DDPM", 28)["unet_widths"], image_size=28, **options)
         print(f"{name}: {count_parameters(net):,} parameters", flush=True)
-        rows[name] = race(name, net, train.images, order, score, stop_images=args.images, budget_s=float("inf"),
-                          every=args.every, target=None, precision=args.precision, device=torch.device("cpu"),
-                          seed=args.seed, recipe=recipe)
+        rows[name] = race(name, net, train.images, order=order, score=score, stop_images=args.images,
+                          budget_s=float("inf"), every=args.every, target=None, precision=args.precision,
+                          device=torch.device("cpu"), seed=args.seed, recipe=recipe)
         rows[name].update(parameters=count_parameters(net), options=options, recipe=recipe)
     print(f"{'variant':52s} {'params':>8s} " + " ".join(f"{'fid@' + str(r['images']):>10s} {'s':>6s}"
                                                          for r in next(iter(rows.values()))["trace"]))

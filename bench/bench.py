@@ -76,7 +76,7 @@ def train_step_fn(net, channels: int, batch: int, precision: str = "fp32", devic
         x0 = x0.contiguous(memory_format=torch.channels_last)
 
     def step():
-        loss = train_step(model, opt, None, x0, step=1, lr=1e-4, warmup=0, precision=precision)
+        loss = train_step(model, opt, None, x0=x0, step=1, lr=1e-4, warmup=0, precision=precision)
         return loss.item() if read_loss else loss
     return step
 
@@ -158,7 +158,7 @@ def step_variants(batch: int, steps: int, warmup: int, device: torch.device, bf1
         sync(device)
         extra["compile_seconds"] = time.perf_counter() - start
         fns[f"torch.compile ({'bf16' if bf16 else 'fp32'})"] = fn
-    return {"img_per_s": interleaved_img_per_s(fns, batch, steps, warmup, device), **extra}
+    return {"img_per_s": interleaved_img_per_s(fns, batch, steps, warmup=warmup, device=device), **extra}
 
 
 def volumes(device: torch.device, native: bool, steps: int, warmup: int, batch: int = 8, side: int = 32) -> dict:
@@ -170,9 +170,9 @@ def volumes(device: torch.device, native: bool, steps: int, warmup: int, batch: 
     model = DDPM(net, linear_beta_schedule(1000)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     x0 = torch.randn(batch, 1, side, side, side, device=device)
-    fns = {p: (lambda p=p: train_step(model, opt, None, x0, 1, 1e-4, 0, precision=p))
+    fns = {p: (lambda p=p: train_step(model, opt, None, x0=x0, step=1, lr=1e-4, warmup=0, precision=p))
            for p in (("fp32", "bf16") if native else ("fp32",))}
-    speed = interleaved_img_per_s(fns, batch, steps, warmup, device)
+    speed = interleaved_img_per_s(fns, batch, steps, warmup=warmup, device=device)
     with FlopCounterMode(display=False) as counter:
         fns["fp32"]()
     best = max(speed, key=speed.get)
@@ -267,8 +267,10 @@ def run(args, p: argparse.ArgumentParser) -> None:
         load_dataset("mnist", args.data_dir, train=True, download=False, limit=1)
     steps, warmup = args.steps or (3 if args.quick else 20), 1 if args.quick else 3
     results = machine(device, args.quick)
-    results.update(batch=args.batch, networks=network_table(device, results, args.batch, steps, warmup, args.quick))
-    results["step_variants"] = print_step_variants(device, results, args.batch, steps, warmup, args.compile)
+    results.update(batch=args.batch, networks=network_table(device, results, args.batch, steps=steps, warmup=warmup,
+                                                            quick=args.quick))
+    results["step_variants"] = print_step_variants(device, results, args.batch, steps=steps, warmup=warmup,
+                                                   compile_=args.compile)
     results["volumes"] = print_volumes(device, results, steps)
     if args.concurrent:
         print(f"{args.concurrent} runs of main.py side by side (one epoch, 4,096 MNIST images, fp32):")
@@ -321,13 +323,14 @@ def network_table(device: torch.device, results: dict, B: int, steps: int, warmu
           f"{'% peak':>8s} {'ms/step(64)':>11s} {'grid s':>7s}")
     for channels in (1,) if quick else (1, 3):
         nets = {name: net.to(device) for name, net in networks(channels).items()}
-        speeds = {precision: interleaved_img_per_s({name: train_step_fn(net, channels, B, precision, device)
-                                                    for name, net in nets.items()}, B, steps, warmup, device)
+        speeds = {precision: interleaved_img_per_s({name: train_step_fn(net, channels, B, precision=precision,
+                                                                        device=device) for name, net in nets.items()},
+                                                   B, steps, warmup=warmup, device=device)
                   for precision in (("fp32", "bf16") if native else ("fp32",))}
         for name, net in nets.items():
-            flops = flops_per_image(net, channels, 16, device)
+            flops = flops_per_image(net, channels, 16, device=device)
             best = max(speeds, key=lambda precision: speeds[precision][name])
-            ms = ms_per_sampling_step(net, channels, device, best, repeats=3 if quick else 10)
+            ms = ms_per_sampling_step(net, channels, device, precision=best, repeats=3 if quick else 10)
             row = {"network": name, "channels": channels, "params": count_parameters(net), "flops_per_image": flops,
                    "img_per_s_fp32": speeds["fp32"][name], "img_per_s_bf16": speeds.get("bf16", {}).get(name),
                    "faster": best, "fraction_of_peak": speeds[best][name] * flops / 1e9 / peak[best],
@@ -347,7 +350,7 @@ def network_table(device: torch.device, results: dict, B: int, steps: int, warmu
 def print_step_variants(device: torch.device, results: dict, B: int, steps: int, warmup: int, compile_: bool) -> dict:
     native = results["machine"]["native_bf16"]
     print(f"the training step of the default U-Net at batch {B}, variants taken in turn:")
-    variants = step_variants(B, steps, warmup, device, native, compile_)
+    variants = step_variants(B, steps, warmup, device=device, bf16=native, compile_=compile_)
     base = next(iter(variants["img_per_s"].values()))
     for name, speed in variants["img_per_s"].items():
         print(f"  {name:50s} {speed:7.0f} img/s  {speed / base:5.2f}x")
@@ -362,7 +365,7 @@ def print_step_variants(device: torch.device, results: dict, B: int, steps: int,
 
 
 def print_volumes(device: torch.device, results: dict, steps: int) -> dict:
-    v = volumes(device, results["machine"]["native_bf16"], max(2, steps // 4), 1)
+    v = volumes(device, results["machine"]["native_bf16"], max(2, steps // 4), warmup=1)
     print(f"3D U-Net {tuple(v['widths'])} on {v['side']}^3 volumes (--dataset phantom3d), batch {v['batch']}: "
           f"{v['params']:,} parameters, {v['flops_per_volume'] / 1e9:.1f} GFLOP per training volume, "
           + ", ".join(f"{s:.1f} volumes/s {p}" for p, s in v["volumes_per_s"].items())
@@ -375,8 +378,8 @@ def print_quality(args, device: torch.device) -> dict:
     print(f"time to fid (peers.py): our default U-Net trains {args.images} MNIST images with main.py's recipe "
           f"(batch {MNIST['batch_size']}); the others until they reach its fid (256 DDIM samples, metrics.py):")
     racers = {name: net for name, net in networks(1).items() if name == DEFAULT or name in peers(1)}
-    rows = time_to_fid(racers, DEFAULT, args.images, args.data_dir, device, seed=args.seed, every=args.every,
-                       budget=args.budget, precision=args.precision)
+    rows = time_to_fid(racers, DEFAULT, args.images, data_dir=args.data_dir, device=device, seed=args.seed,
+                       every=args.every, budget=args.budget, precision=args.precision)
     for name, row in rows.items():
         ratio = f"{row['ratio_to_ours']:.2f}x ours" if row["ratio_to_ours"] else \
             f"not reached in {row['trace'][-1]['train_seconds']:.0f} s (> {row['ratio_at_least']:.2f}x ours)"

@@ -77,7 +77,8 @@ def race(name: str, net, x_all, order, score, *, stop_images: int, budget_s: flo
         for _ in range(every // B):
             i = step * B % (len(order) - B + 1)
             step += 1
-            loss = train_step(model, opt, ema, x_all[order[i:i + B]], step, r["lr"], r["warmup"], precision=used)
+            loss = train_step(model, opt, ema, x0=x_all[order[i:i + B]], step=step, lr=r["lr"], warmup=r["warmup"],
+                              precision=used)
         loss = loss.item()  # waits for the queued steps, so that the timer measures them
         seconds += time.perf_counter() - start
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=used == "bf16"):
@@ -104,13 +105,13 @@ def time_to_fid(nets: dict, ours: str, images: int, data_dir: str, device, *, se
                        for _ in range(-(-int(images * budget) // len(train.images)))]).to(device)
     x_all = train.images.to(device)
     common = {"every": every, "precision": precision, "device": device, "seed": seed}
-    rows = {ours: race(ours, nets[ours], x_all, order, score, stop_images=images, budget_s=float("inf"), target=None,
-                       **common)}
+    rows = {ours: race(ours, nets[ours], x_all, order=order, score=score, stop_images=images, budget_s=float("inf"),
+                       target=None, **common)}
     target, our_s = rows[ours]["trace"][-1]["fid"], rows[ours]["trace"][-1]["train_seconds"]
     rows[ours]["seconds_to_target"] = our_s
     for name, net in nets.items():
         if name != ours:
-            rows[name] = race(name, net.to(device), x_all, order, score, stop_images=int(images * budget),
+            rows[name] = race(name, net.to(device), x_all, order=order, score=score, stop_images=int(images * budget),
                               budget_s=budget * our_s, target=target, **common)
     for row in rows.values():
         row["target_fid"] = target

@@ -67,7 +67,8 @@ def run(args) -> None:
     rows = {(k, with_synthetic): [] for k in ks for with_synthetic in (False, True)}
     for seed in range(args.seeds):
         print(f"seed {seed}: drawing {args.m} synthetic pairs", flush=True)
-        synthetic = synthetic_pairs(model, config, train.masks, args.m, args.sample_steps, seed, device)
+        synthetic = synthetic_pairs(model, config, train.masks, m=args.m, steps=args.sample_steps, seed=seed,
+                                    device=device)
         for k in ks:
             pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(100 + seed))[:k]
             for with_synthetic in (False, True):
@@ -84,7 +85,7 @@ def run(args) -> None:
         spread = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
         print(f"| {k} | {statistics.mean(a):.3f} +- {spread(a):.3f} | {statistics.mean(b):.3f} +- {spread(b):.3f} | "
               f"{statistics.mean(b) - statistics.mean(a):+.3f} |")
-    save_gain_figure(rows, ks, args.m, len(held.images), out)
+    save_gain_figure(rows, ks, args.m, n_held=len(held.images), path=out)
     print(f"wrote {out}")
 
 

@@ -188,7 +188,7 @@ class Run:
         (settings.RESUME_KEEPS). Record the precision and threads in config, check that every torchrun process holds
         the same data and settings, write config.json and wrap the network for torchrun. Returns the epochs done."""
         if self.resume:
-            self.load_state(config, model, optimizer, ema)
+            self.load_state(config, model, optimizer, ema=ema)
         _, precision, threads = self.asked
         native, before = native_bf16(self.device), config.get("precision_used")
         if precision == "auto" and (before == "fp32" or (before == "bf16" and native)):

@@ -34,6 +34,13 @@ def numbers(kind, n_min: int, n_max: int, lo, hi, what: str):
     return check
 
 
+def betas(v):
+    """A checker: the two ends of the linear schedule, 0 < BETA_1 <= BETA_T < 1."""
+    if numbers(float, 2, 2, lo=1e-300, hi=1 - 1e-16, what="")(v) or v[0] > v[1]:
+        return "needs 0 < BETA_1 <= BETA_T < 1"
+    return None
+
+
 def text(v):
     return None if v is None or isinstance(v, str) else "must be a text (a path or name)"
 
@@ -64,10 +71,10 @@ SETTINGS = {
     "theta0": (real(lambda v: 0 < v <= 1e6, "(0, 1e6]"), "arch"),
     "p_uncond": (real(lambda v: 0 <= v <= 1, "[0, 1]"), "train"),
     "guidance": (real(lambda v: 0 <= v <= 100, "0..100"), "run"),
-    "betas": (lambda v: numbers(float, 2, 2, 1e-300, 1 - 1e-16, "")(v) and "needs 0 < BETA_1 <= BETA_T < 1" or (
-        None if v[0] <= v[1] else "needs 0 < BETA_1 <= BETA_T < 1"), "arch"),
-    "unet_widths": (numbers(int, 2, 7, 1, 1024, "2 to 7 whole numbers in 1..1024 (n widths: n - 1 levels)"), "arch"),
-    "attention_res": (numbers(int, 0, 8, 1, 512, "at most 8 feature-map sides in 1..512"), "arch"),
+    "betas": (betas, "arch"),
+    "unet_widths": (numbers(int, 2, 7, lo=1, hi=1024, what="2 to 7 whole numbers in 1..1024 (n widths: n - 1 levels)"),
+                    "arch"),
+    "attention_res": (numbers(int, 0, 8, lo=1, hi=512, what="at most 8 feature-map sides in 1..512"), "arch"),
     "augment": (flag, "train"), "sample_every": (whole(1, 100_000), "run"), "clip_x0": (flag, "run"),
     "paper_settings": (flag, "run"), "data_dir": (text, "run"), "data_path": (text, "run"), "out": (text, "run"),
     "device": (text, "run"), "data_id": (text, "train"),

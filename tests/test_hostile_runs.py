@@ -167,7 +167,7 @@ def test_a_bug_while_saving_keeps_its_traceback_and_leaves_no_staged_file(tmp_pa
     main.main(["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path)])
     before = snapshot(tmp_path)
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise KeyError("fid_real")
     monkeypatch.setattr(main, "save_loss_curve", broken)
     with pytest.raises(KeyError):
@@ -579,8 +579,8 @@ def test_a_second_ctrl_c_during_the_locks_release_keeps_the_message_and_frees_th
     """A second Ctrl-C while the lock was released shrank the message to "interrupted" and left .main.lock."""
     real_save, real_release = run.Run.save_epoch, run.Run.release
 
-    def save_then_press(self, epoch, *args):
-        real_save(self, epoch, *args)
+    def save_then_press(self, epoch, *args, **kwargs):
+        real_save(self, epoch, *args, **kwargs)
         signal.raise_signal(signal.SIGINT)  # Ctrl-C once the first epoch is saved
 
     def press_again(self):

@@ -83,3 +83,14 @@ def test_synthetic_gain_prints_the_table_and_draws_the_figure(tmp_path, capsys):
                          "--seeds", "2", "--steps", "3", "--sample-steps", "2", "--out", str(tmp_path / "gain.png")])
     out = capsys.readouterr().out
     assert "| 4 | " in out and "| 36 | " in out and (tmp_path / "gain.png").exists()
+
+
+def test_the_critic_cannot_tell_real_from_real_and_tells_flattened_contrast():
+    """metrics.critic_accuracy: between two draws of the same phantoms it stays near chance (0.5); against the same
+    scans with their contrast halved (greyer, flatter: what MRI samples looked like) it is near 1."""
+    from metrics import critic_accuracy
+    from synthetic import make_phantom
+    real = make_phantom(n=64, size=16, seed=1, lesion="bright").images
+    other = make_phantom(n=64, size=16, seed=2, lesion="bright").images
+    assert abs(critic_accuracy(real, other, steps=200) - 0.5) < 0.2
+    assert critic_accuracy(real, other * 0.5, steps=200) > 0.9
