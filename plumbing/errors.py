@@ -105,6 +105,17 @@ def ctrl_c():
         _pressed.clear()
 
 
+def leave(code: int, message: str) -> None:
+    """Print message and exit. A torchrun process that failed exits at once: gloo's threads, torn down while
+    another rank is gone, can abort the interpreter's own exit in C++ ("terminate called ...", signal 6)."""
+    sys.stdout.flush()
+    sys.stderr.write(message)
+    sys.stderr.flush()
+    if world()[1] > 1:
+        os._exit(code)
+    sys.exit(code)
+
+
 def run_script(parser: argparse.ArgumentParser, work, args, memory: str = MEMORY) -> None:
     """work(args), with bad input, failed I/O and out of memory turned into one line and exit code 2 (130 on
     Ctrl-C, with the KeyboardInterrupt's text); any other exception is raised as it is. memory: what to lower
@@ -125,8 +136,8 @@ def run_script(parser: argparse.ArgumentParser, work, args, memory: str = MEMORY
                 raise  # a bug (a student's or ours): its traceback says where
             failure = f"out of memory: {memory}"
         except KeyboardInterrupt as e:
-            parser.exit(130, f"\n{e.args[0] if e.args else 'interrupted'}\n")
+            leave(130, f"\n{e.args[0] if e.args else 'interrupted'}\n")
     if failure is not None:
-        parser.exit(2, f"{parser.prog}: {rank_prefix()}error: {failure}\n")
+        leave(2, f"{parser.prog}: {rank_prefix()}error: {failure}\n")
     for w in {one_line(str(w.message), 200): w for w in caught} if not world()[0] else ():
         print(f"{parser.prog}: note: {w}", file=sys.stderr)
