@@ -234,8 +234,8 @@ def train(config: dict, data, held_out, run: Run) -> None:
     steps = -(-len(x) // B)  # per epoch
     print(f"{config['model']} with {type(model.net).__name__} ({count_parameters(model.net):,} parameters) on "
           f"{config['dataset']} ({len(x)} {'volumes' if x.dim() == 5 else 'images'} {tuple(x.shape[1:])}), T={model.T},"
-          f" {steps} steps of {B} per epoch, samples by {samples.how if samples else '-'}, writing {run.out}/",
-          flush=True)
+          f" {steps} steps of {B} per epoch, {lr_plan(config, E * steps)}, samples by {samples.how if samples else '-'},"
+          f" writing {run.out}/", flush=True)
     if done >= E and not config.get("guidance_sweep"):
         print(f"{run.out}/model.pth has finished {done} epochs already, so --epochs {E} leaves nothing to do: "
               "pass a larger --epochs to continue")
@@ -284,6 +284,13 @@ def learning_rate(config: dict, step: int, total: int) -> float:
     scale = min(1.0, step / config["warmup"]) if config["warmup"] else 1.0
     f = config["lr_decay"]
     return config["lr"] * scale * (min(1.0, (total - step + 1) / (f * total)) if f else 1.0)
+
+
+def lr_plan(config: dict, total: int) -> str:
+    """learning_rate's plan in words, printed at the start so that a run's recipe is never hidden."""
+    f = config["lr_decay"]
+    decay = f", then to 0 over the last {f:.0%} ({round(f * total):,} steps)" if f else ", then constant"
+    return f"lr {config['lr']:g} after {config['warmup']} warm-up steps{decay}"
 
 
 def save_start_figures(model, x0: torch.Tensor, config: dict, run: Run) -> None:
