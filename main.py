@@ -234,8 +234,8 @@ def train(config: dict, data, held_out, run: Run) -> None:
     steps = -(-len(x) // B)  # per epoch
     print(f"{config['model']} with {type(model.net).__name__} ({count_parameters(model.net):,} parameters) on "
           f"{config['dataset']} ({len(x)} {'volumes' if x.dim() == 5 else 'images'} {tuple(x.shape[1:])}), T={model.T},"
-          f" {steps} steps of {B} per epoch, {lr_plan(config, E * steps)}, samples by {samples.how if samples else '-'},"
-          f" writing {run.out}/", flush=True)
+          f" {steps} steps of {B} per epoch, {lr_plan(config, E * steps)},"
+          f" samples by {samples.how if samples else '-'}, writing {run.out}/", flush=True)
     if done >= E and not config.get("guidance_sweep"):
         print(f"{run.out}/model.pth has finished {done} epochs already, so --epochs {E} leaves nothing to do: "
               "pass a larger --epochs to continue")
