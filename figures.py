@@ -48,7 +48,7 @@ def save_slice_strip(x: Tensor, path: str, rows: int = 4, slices: int = 8) -> No
 def sampler_text(sampler: str, steps: int, eta: float, T: int) -> str:
     """How samples were drawn, for titles and logs: "DDIM, 50 steps, eta 1", "Algorithm 2, 1000 steps", ..."""
     return {"ddim": f"DDIM, {steps} steps, eta {eta:g}", "ddpm": f"Algorithm 2, {T} steps",
-            "euler": f"Euler, {steps} steps"}.get(sampler, f"sampler {sampler}")
+            "euler": f"Euler, {steps} steps", "heun": f"Heun, {steps} steps"}.get(sampler, f"sampler {sampler}")
 
 
 def enlargement(side: int) -> int:
