@@ -105,13 +105,16 @@ def ctrl_c():
         _pressed.clear()
 
 
+JOINED = []  # plumbing.run.join appends once this process has joined torchrun's process group
+
+
 def leave(code: int, message: str) -> None:
-    """Print message and exit. A torchrun process that failed exits at once: gloo's threads, torn down while
+    """Print message and exit. A process that joined a torchrun exits at once: gloo's threads, torn down while
     another rank is gone, can abort the interpreter's own exit in C++ ("terminate called ...", signal 6)."""
     sys.stdout.flush()
     sys.stderr.write(message)
     sys.stderr.flush()
-    if world()[1] > 1:
+    if JOINED:
         os._exit(code)
     sys.exit(code)
 

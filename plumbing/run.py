@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from datatypes import DataError, cause
 from plumbing.checkpoints import load_checkpoint, load_weights, save_tensors
-from plumbing.errors import held, world
+from plumbing.errors import JOINED, held, world
 from plumbing.files import commit, discard, stage, write_csv, write_json
 from plumbing.settings import RESUME_KEEPS
 
@@ -409,4 +409,5 @@ def join(device: torch.device, rank: int, size: int):
                         f"{size} processes together (torchrun --nproc_per_node {size} main.py ...)") from e
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=size,
                             timeout=datetime.timedelta(hours=1))  # the others wait while rank 0 samples and saves
+    JOINED.append(rank)
     return store
