@@ -3,8 +3,8 @@ pyproject.toml). OpenMP (libgomp) reads OMP_NUM_THREADS when torch loads it and,
 prints its own "Invalid value" line and goes on with a thread count nobody asked for; matplotlib prints two
 lines of its own for an MPLCONFIGDIR that is no writable folder. Either ends the script here, in one line, exit
 code 2. Unless OMP_WAIT_POLICY or GOMP_SPINCOUNT are set, libgomp's threads spin 10,000 times (not 300,000) before
-they sleep: beside two other runs on 2 cores an epoch took 33 times its time alone, now 10 times, and alone 3 %
-longer, with the same weights (docs/speed.md; sleeping at once, OMP_WAIT_POLICY=PASSIVE, cost 60 % alone)."""
+they sleep: beside two other runs on 2 cores 20,000 images took 33 times their time alone, now 10 times, and
+alone 3 % longer, with the same weights (docs/speed.md; sleeping at once, OMP_WAIT_POLICY=PASSIVE, cost 60 % alone)."""
 import os
 import re
 import sys
