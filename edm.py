@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from process import Process, extract, per_sample
+from process import Process, extract
 
 SIGMA_DATA, SIGMA_MIN, SIGMA_MAX, RHO = 0.5, 0.002, 80.0, 7.0  # Table 1 and Sec. 3
 P_MEAN, P_STD = -1.2, 1.2                                       # Table 1, training
@@ -57,15 +57,16 @@ class EDM(Process):
         sigma_max (a float: training's sigmas fall between and beyond the grid's)."""
         return (sigma.log() - math.log(SIGMA_MIN)) / (math.log(SIGMA_MAX) - math.log(SIGMA_MIN)) * (self.T - 1)
 
-    def preconditioning(self, sigma: Tensor, x: Tensor) -> tuple:
-        """Table 1: (c_skip, c_out, c_in) of each sample's sigma (B,), shaped to broadcast on x."""
-        s, sd = per_sample(sigma, x), self.sigma_data
-        return sd ** 2 / (s ** 2 + sd ** 2), s * sd / (s ** 2 + sd ** 2).sqrt(), 1 / (s ** 2 + sd ** 2).sqrt()
+    def preconditioning(self, sigma: Tensor) -> tuple:
+        """Table 1: (c_skip, c_out, c_in) of sigma: one level for the whole batch (a 0-dim tensor, as the samplers
+        pass), or one per sample shaped (B, 1, ..., 1) to broadcast on x (as training draws them)."""
+        sd, root = self.sigma_data, (sigma ** 2 + self.sigma_data ** 2).sqrt()
+        return sd ** 2 / root ** 2, sigma * sd / root, 1 / root
 
     def denoise(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        """Eq. (7): D(x; sigma) = c_skip x + c_out F(c_in x; c_noise). sigma (B,)."""
-        c_skip, c_out, c_in = self.preconditioning(sigma, x)
-        return c_skip * x + c_out * self.net(c_in * x, self.c_noise_index(sigma), **cond)
+        """Eq. (7): D(x; sigma) = c_skip x + c_out F(c_in x; c_noise). sigma: as for preconditioning."""
+        c_skip, c_out, c_in = self.preconditioning(sigma)
+        return c_skip * x + c_out * self.net(c_in * x, self.c_noise_index(sigma).flatten().expand(len(x)), **cond)
 
     def x_T_like(self, x: Tensor, generator=None) -> Tensor:
         """Algorithm 1 line 1: x_0 ~ N(0, sigma_max^2 I) (the paper's step 0 is this repo's index T - 1)."""
@@ -81,24 +82,26 @@ class EDM(Process):
         return x_prev + (extract(self.sigma, t, x_prev) ** 2 - extract(self.sigma, t - 1, x_prev) ** 2).sqrt() * z
 
     def draws(self, x0: Tensor, **cond) -> dict:
-        """Table 1's training noise for a batch: ln sigma ~ N(P_mean, P_std^2), and n ~ N(0, I)."""
-        sigma = (P_MEAN + P_STD * torch.randn(x0.shape[0], device=x0.device)).exp()
+        """Table 1's training noise for a batch: ln sigma ~ N(P_mean, P_std^2), one sigma per sample shaped
+        (B, 1, ..., 1) to broadcast on x0, and n ~ N(0, I)."""
+        sigma = (P_MEAN + P_STD * torch.randn(len(x0), *[1] * (x0.dim() - 1), device=x0.device)).exp()
         return {"sigma": sigma, "eps": torch.randn_like(x0)}
 
     def loss(self, x0: Tensor, sigma: Tensor | None = None, eps: Tensor | None = None, **cond) -> Tensor:
         """Eq. (8) with Table 1's lambda = 1 / c_out^2: || F(c_in x; c_noise) - (y - c_skip x) / c_out ||^2, the mean
-        over the batch, x = y + sigma n (x0 is the paper's y). sigma, eps: drawn here (draws) unless given."""
+        over the batch, x = y + sigma n (x0 is the paper's y). sigma (B, 1, ..., 1), eps: drawn here (draws) unless
+        given."""
         if sigma is None:
             drawn = self.draws(x0)
             sigma, eps = drawn["sigma"], drawn["eps"]
-        x = x0 + per_sample(sigma, x0) * eps
-        c_skip, c_out, c_in = self.preconditioning(sigma, x0)
-        F_hat = self.net(c_in * x, self.c_noise_index(sigma), **cond)
+        x = x0 + sigma * eps
+        c_skip, c_out, c_in = self.preconditioning(sigma)
+        F_hat = self.net(c_in * x, self.c_noise_index(sigma).flatten(), **cond)
         return self.per_image_loss(F_hat, (x0 - c_skip * x) / c_out).mean()
 
     def D(self, x: Tensor, i: int, **cond) -> Tensor:
         """The denoised estimate at grid index i, clipped to [-1, 1] when the model samples with clipped x0."""
-        x0_hat = self.denoise(x, self.sigma[i].expand(x.shape[0]), **cond)
+        x0_hat = self.denoise(x, self.sigma[i], **cond)
         return x0_hat.clamp(-1, 1) if self.clip_x0 else x0_hat
 
     def reverse_step(self, x_t: Tensor, t: Tensor, generator=None, **cond) -> Tensor:

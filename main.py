@@ -8,6 +8,7 @@ then train(), Algorithm 1 epoch by epoch.
 import plumbing.preflight  # noqa: F401  (first, before torch: a bad OMP_NUM_THREADS ends here)
 
 import argparse
+import copy
 import math
 import os
 import sys
@@ -27,7 +28,6 @@ from figures import (
 )
 from metrics import judge_for, lesion_scores
 from models import (
-    EMA,
     PAPER,
     PROCESS_OPTIONS,
     PROCESSES,
@@ -276,6 +276,27 @@ def train(config: dict, data, held_out, run: Run) -> None:
         print(f"wrote {run.out}/guidance_w{w:g}.png", flush=True)
     print(f"done: samples {run.out}/image_ep*.png, scores {run.out}/metrics.csv, curves {run.out}/loss_curve.png. "
           f"Sample more with: python sample.py {run.out}/model.pth", flush=True)
+
+
+class EMA:
+    """Exponential moving average of the network weights, used for every sample drawn (Ho et al.
+    App. B: decay 0.9999). Warm-up as in TensorFlow's tf.train.ExponentialMovingAverage with
+    num_updates: decay_n = min(decay, (1 + n) / (10 + n)), so early in a run the average follows
+    the weights closely instead of remembering the random initialisation. decay 0: the weights themselves."""
+
+    def __init__(self, model, decay: float):
+        self.decay, self.n = decay, 0
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()  # the whole process, averaged network
+
+    @torch.no_grad()
+    def update(self, model) -> None:
+        """theta_ema <- decay_n theta_ema + (1 - decay_n) theta, after an optimiser step."""
+        decay_n = min(self.decay, (1 + self.n) / (10 + self.n))
+        self.n += 1
+        torch._foreach_lerp_(list(self.model.net.parameters()), list(model.net.parameters()), 1 - decay_n)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "n": self.n, "weights": self.model.net.state_dict()}
 
 
 def learning_rate(config: dict, step: int, total: int) -> float:

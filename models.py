@@ -1,13 +1,11 @@
 """What every script needs to rebuild a trained model: the registries of processes and samplers, the model
-from a config, the EMA of the weights, and drawing samples by a sampler's name.
+from a config, and drawing samples by a sampler's name.
 
 A checkpoint (model.pth) is a dict: model (the network's state dict), ema (the averaged weights and their
 update count, or None), optimizer, epoch, config (everything needed to rebuild the model, see build_model),
 losses and metrics. main.py writes it; main.py --resume, sample.py, anomaly.py and metrics.py read it safely
 with plumbing.checkpoints.load_checkpoint.
 """
-import copy
-
 import torch
 
 from cond import ConditionalDDPM
@@ -100,27 +98,6 @@ def build_model(config: dict) -> Process:
         return PROCESSES[config["model"]].from_config(NETWORKS[config["net"]](config), config)
     except (ValueError, KeyError) as e:  # the process's or the network's own check of its settings: bad input
         raise DataError(f"these settings cannot be built ({e})") from e
-
-
-class EMA:
-    """Exponential moving average of the network weights, used for every sample drawn (Ho et al.
-    App. B: decay 0.9999). Warm-up as in TensorFlow's tf.train.ExponentialMovingAverage with
-    num_updates: decay_n = min(decay, (1 + n) / (10 + n)), so early in a run the average follows
-    the weights closely instead of remembering the random initialisation. decay 0: the weights themselves."""
-
-    def __init__(self, model: Process, decay: float):
-        self.decay, self.n = decay, 0
-        self.model = copy.deepcopy(model).requires_grad_(False).eval()  # the whole process, averaged network
-
-    @torch.no_grad()
-    def update(self, model: Process) -> None:
-        """theta_ema <- decay_n theta_ema + (1 - decay_n) theta, after an optimiser step."""
-        decay_n = min(self.decay, (1 + self.n) / (10 + self.n))
-        self.n += 1
-        torch._foreach_lerp_(list(self.model.net.parameters()), list(model.net.parameters()), 1 - decay_n)
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "n": self.n, "weights": self.model.net.state_dict()}
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device, use_ema: bool = True, path: str = "the checkpoint"):

@@ -16,7 +16,7 @@ import torch
 from bench.peers import race
 from models import by_size
 from plumbing.errors import Parser, run_script
-from plumbing.files import write_json
+from plumbing.run import write_json
 from unet import VERSIONS, UNet, count_parameters
 
 # One change at a time against the default, then all of them together (the names are the table's rows):

@@ -34,8 +34,7 @@ from bench.step import train_step
 from ddpm import DDPM, linear_beta_schedule
 from models import by_size
 from plumbing.errors import Parser, run_script
-from plumbing.files import write_json
-from plumbing.run import native_bf16, pick_device
+from plumbing.run import native_bf16, pick_device, write_json
 from plumbing.settings import SEED_MAX
 from unet import NETWORKS, count_parameters
 

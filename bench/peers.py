@@ -62,7 +62,8 @@ def race(name: str, net, x_all, order, score, *, stop_images: int, budget_s: flo
     in `order`, scoring 256 samples (50 steps) of the EMA weights every `every`
     images, until its fid reaches target, stop_images are seen or budget_s of training pass. Returns the trace
     and the time to target."""
-    from models import EMA, PROCESSES, draw
+    from main import EMA
+    from models import PROCESSES, draw
     process = PROCESSES[(recipe or {}).get("model", "DDPM")]
     r = {"model": "DDPM", "eta": 1.0, **RECIPE, **by_size((recipe or {}).get("model", "DDPM"), 28),
          "sampler": process.samplers[0], **(recipe or {})}  # main.py's recipe for MNIST, with --sample-eta's 1

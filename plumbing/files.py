@@ -1,9 +1,7 @@
 """Writing files safely: every file goes to a fresh temporary file first and is renamed onto its path only when
 whole (save_atomic), or with others all or nothing (stage, then commit), so an interrupted script never leaves
-half a file. A script writes over a path the user named only where the file there is its own (written_here);
-CSV and JSON writers. No torch here."""
-import csv
-import json
+half a file. A script writes over a path the user named only where the file there is its own (written_here).
+No torch here."""
 import os
 import shutil
 import stat
@@ -109,25 +107,6 @@ def save_folder_atomic(write, folder: str) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def write_json(obj, path: str) -> None:
-    def write(p):
-        with open(p, "w") as f:
-            json.dump(obj, f, indent=2)
-    save_atomic(write, path)
-
-
-def write_csv(rows: list, path: str) -> None:
-    """rows: dicts, written with the union of their keys as header."""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-
-    def write(p):
-        with open(p, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-    save_atomic(write, path)
 
 
 def check_outputs(outputs: dict, inputs: list) -> None:

@@ -10,6 +10,7 @@
 - Resuming from the checkpoint, and each epoch's files saved all or nothing.
 """
 import contextlib
+import csv
 import datetime
 import json
 import math
@@ -23,7 +24,7 @@ import torch.distributed as dist
 from datatypes import DataError, cause
 from plumbing.checkpoints import load_checkpoint, load_weights, save_tensors
 from plumbing.errors import JOINED, held, world
-from plumbing.files import commit, discard, stage, write_csv, write_json
+from plumbing.files import commit, discard, save_atomic, stage
 from plumbing.settings import RESUME_KEEPS
 
 MANIFEST, LOCK = "run.json", ".main.lock"
@@ -342,6 +343,25 @@ class Run:
         grids = "".join(f"{n}, " for n in figures if n.startswith("image_ep"))
         print(", ".join(f"{k} {v}" for k, v in self.metrics[-1].items()) + f" -> {self.out}/{grids}model.pth",
               flush=True)
+
+
+def write_json(obj, path: str) -> None:
+    def write(p):
+        with open(p, "w") as f:
+            json.dump(obj, f, indent=2)
+    save_atomic(write, path)
+
+
+def write_csv(rows: list, path: str) -> None:
+    """rows: dicts, written with the union of their keys as header."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+
+    def write(p):
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+    save_atomic(write, path)
 
 
 def read_manifest(out: str) -> list:

@@ -32,7 +32,7 @@ def test_eq5_sigmas_run_from_sigma_max_to_sigma_min_evenly_in_sigma_to_the_one_o
 def test_a_zero_network_is_the_ideal_denoiser_of_gaussian_data(sigma):
     """Eq. (7) with Table 1: D(x; sigma) = c_skip x + c_out F = x sigma_data^2 / (sigma^2 + sigma_data^2) for F = 0."""
     x = torch.randn(4, 1, 3, 3)
-    D = EDM(Zero(), 100).denoise(x, torch.full((4,), sigma))
+    D = EDM(Zero(), 100).denoise(x, torch.full((4, 1, 1, 1), sigma))
     assert torch.allclose(D, x * SIGMA_DATA ** 2 / (sigma ** 2 + SIGMA_DATA ** 2))
 
 
@@ -42,7 +42,7 @@ def test_the_loss_of_the_ideal_denoiser_is_one_at_every_sigma(sigma):
     per pixel, weighted by lambda, is 1 in expectation (200k pixels: within 1.5 %)."""
     torch.manual_seed(0)
     y = SIGMA_DATA * torch.randn(2000, 1, 10, 10)
-    loss = EDM(Zero(), 100).loss(y, sigma=torch.full((2000,), sigma), eps=torch.randn_like(y))
+    loss = EDM(Zero(), 100).loss(y, sigma=torch.full((2000, 1, 1, 1), sigma), eps=torch.randn_like(y))
     assert loss.item() == pytest.approx(1.0, rel=0.015)
 
 
@@ -74,5 +74,5 @@ def test_one_euler_step_to_zero_is_the_denoised_estimate():
     model = EDM(Zero(), 10)
     x = torch.randn(3, 1, 2, 2)
     t = torch.zeros(3, dtype=torch.long)
-    assert torch.allclose(model.reverse_step(x, t), model.denoise(x, model.sigma[t]), atol=1e-6)
+    assert torch.allclose(model.reverse_step(x, t), model.denoise(x, model.sigma[t].view(-1, 1, 1, 1)), atol=1e-6)
     assert math.isclose(model.sigma[0].item(), SIGMA_MIN, rel_tol=1e-6)

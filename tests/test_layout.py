@@ -68,8 +68,10 @@ def test_the_plumbing_imports_nothing_above_it(module):
 
 
 def test_no_module_imports_a_script():
+    """The core, the plumbing and the shared rooms never import a script; the bench, a script itself that races
+    main.py's recipe (its EMA), may."""
     importers = {m: sorted(s for s in GRAPH[m] if s in SCRIPTS) for m in GRAPH}
-    assert {m: s for m, s in importers.items() if s and m != "bench.__main__"} == {}
+    assert {m: s for m, s in importers.items() if s and m.split(".")[0] != "bench"} == {}
 
 
 def test_the_imports_have_no_cycle():

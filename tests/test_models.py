@@ -1,9 +1,9 @@
-"""models.py: the EMA of the weights with its warm-up, and the model rebuilt from a checkpoint."""
+"""main.EMA, the EMA of the weights with its warm-up, and models.py: the model rebuilt from a checkpoint."""
 import pytest
 import torch
 
 from ddpm import DDPM, linear_beta_schedule
-from models import EMA
+from main import EMA
 
 
 def tiny_model():
