@@ -59,7 +59,7 @@ SAMPLERS = {"ddim": ddim, "ddpm": ancestral, "euler": euler, "heun": heun}
 # The recipe: the defaults, each chosen by the time it takes to reach a quality on a 2-core CPU (README, "The
 # defaults"). main.recipe applies them: an option given on the command line always wins, a resumed run keeps its own.
 RECIPE = {"dataset": "mnist", "data_dir": "./data", "epochs": 20, "seed": 0, "net": "unet", "n_T": 1000,
-          "betas": [1e-4, 0.02], "lr": 2e-3, "warmup": 100, "lr_decay": 0.0, "ema_decay": 0.999, "min_snr": 5.0,
+          "betas": [1e-4, 0.02], "lr": 2e-3, "warmup": 100, "lr_decay": 0.0, "ema_decay": 0.9999, "min_snr": 5.0,
           "sample_steps": 50, "sample_eta": 1.0, "clip_x0": True, "sample_every": 1, "attention_res": [],
           "theta0": 1e-3, "loss": "l2", "p_uncond": 0.1, "guidance": 2.0, "augment": False}
 # --paper-settings: Ho et al. 2020 Sec. 4 and App. B (Adam 2e-4, batch 128, 5000 warm-up steps, EMA 0.9999,
