@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from process import Process, extract
+from process import Process, extract, per_sample
 
 SIGMA_DATA, SIGMA_MIN, SIGMA_MAX, RHO = 0.5, 0.002, 80.0, 7.0  # Table 1 and Sec. 3
 P_MEAN, P_STD = -1.2, 1.2                                       # Table 1, training
@@ -84,7 +84,7 @@ class EDM(Process):
     def draws(self, x0: Tensor, **cond) -> dict:
         """Table 1's training noise for a batch: ln sigma ~ N(P_mean, P_std^2), one sigma per sample shaped
         (B, 1, ..., 1) to broadcast on x0, and n ~ N(0, I)."""
-        sigma = (P_MEAN + P_STD * torch.randn(len(x0), *[1] * (x0.dim() - 1), device=x0.device)).exp()
+        sigma = per_sample((P_MEAN + P_STD * torch.randn(len(x0), device=x0.device)).exp(), x0)
         return {"sigma": sigma, "eps": torch.randn_like(x0)}
 
     def loss(self, x0: Tensor, sigma: Tensor | None = None, eps: Tensor | None = None, **cond) -> Tensor:
