@@ -380,7 +380,8 @@ def print_quality(args, device: torch.device) -> dict:
     rows = time_to_fid(racers, DEFAULT, args.images, data_dir=args.data_dir, device=device, seed=args.seed,
                        every=args.every, budget=args.budget, precision=args.precision)
     for name, row in rows.items():
-        ratio = f"{row['ratio_to_ours']:.2f}x ours" if row["ratio_to_ours"] else \
+        ratio = f"{row['ratio_to_ours']:.2f}x ours (interpolated {row['ratio_interpolated']:.2f}x)" \
+            if row["ratio_to_ours"] else \
             f"not reached in {row['trace'][-1]['train_seconds']:.0f} s (> {row['ratio_at_least']:.2f}x ours)"
         print(f"  {name:42s} to fid {row['target_fid']:.1f}: {ratio}")
     return rows

@@ -93,6 +93,20 @@ def race(name: str, net, x_all, order, score, *, stop_images: int, budget_s: flo
     return {"precision": used, "precision_why": why, "trace": trace, "seconds_to_target": reached}
 
 
+def seconds_to(trace: list, target: float) -> float | None:
+    """Training seconds at which the fid first reaches target, interpolated linearly between the scores before
+    and at that point (None if never)."""
+    before = None
+    for row in trace:
+        if row["fid"] <= target:
+            if before is None or before["fid"] == row["fid"]:
+                return row["train_seconds"]
+            share = (before["fid"] - target) / (before["fid"] - row["fid"])
+            return before["train_seconds"] + share * (row["train_seconds"] - before["train_seconds"])
+        before = row
+    return None
+
+
 def time_to_fid(nets: dict, ours: str, images: int, data_dir: str, device, *, seed: int = 0, every: int = 10000,
                 budget: float = 3.0, precision: str = "auto") -> dict:
     """Our default network first, for `images` images: its last fid is the target. Then every other network
@@ -117,5 +131,7 @@ def time_to_fid(nets: dict, ours: str, images: int, data_dir: str, device, *, se
     for row in rows.values():
         row["target_fid"] = target
         row["ratio_to_ours"] = row["seconds_to_target"] / our_s if row["seconds_to_target"] else None
+        row["seconds_interpolated"] = our_s if row is rows[ours] else seconds_to(row["trace"], target)
+        row["ratio_interpolated"] = row["seconds_interpolated"] / our_s if row["seconds_interpolated"] else None
         row["ratio_at_least"] = row["trace"][-1]["train_seconds"] / our_s
     return rows

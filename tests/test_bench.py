@@ -50,3 +50,12 @@ def test_every_ablation_row_builds_a_unet_that_runs():
             assert set(recipe) <= {"lr", "ema_decay", "warmup", "min_snr", "model", "eta", "sampler"}, name
             process = PROCESSES[recipe.get("model", "DDPM")]
             assert recipe.get("sampler", process.samplers[0]) in set(SAMPLERS) & set(process.samplers), name
+
+
+def test_time_to_a_fid_is_interpolated_between_the_scores_around_it():
+    from bench.peers import seconds_to
+    trace = [{"train_seconds": 10.0, "fid": 40.0}, {"train_seconds": 20.0, "fid": 30.0},
+             {"train_seconds": 30.0, "fid": 20.0}]
+    assert seconds_to(trace, 25.0) == pytest.approx(25.0)  # halfway from fid 30 at 20 s to fid 20 at 30 s
+    assert seconds_to(trace, 45.0) == 10.0  # reached at the first score: no earlier score to interpolate from
+    assert seconds_to(trace, 19.0) is None
