@@ -94,12 +94,12 @@ def race(name: str, net, x_all, order, score, *, stop_images: int, budget_s: flo
 
 
 def seconds_to(trace: list, target: float) -> float | None:
-    """Training seconds at which the fid first reaches target, interpolated linearly between the scores before
-    and at that point (None if never)."""
+    """Training seconds at which the fid first reaches target, interpolated linearly between the score before
+    (above target) and the one at or below it (None if never)."""
     before = None
     for row in trace:
         if row["fid"] <= target:
-            if before is None or before["fid"] == row["fid"]:
+            if before is None:  # reached at the first score
                 return row["train_seconds"]
             share = (before["fid"] - target) / (before["fid"] - row["fid"])
             return before["train_seconds"] + share * (row["train_seconds"] - before["train_seconds"])
