@@ -59,3 +59,20 @@ def test_time_to_a_fid_is_interpolated_between_the_scores_around_it():
     assert seconds_to(trace, 25.0) == pytest.approx(25.0)  # halfway from fid 30 at 20 s to fid 20 at 30 s
     assert seconds_to(trace, 45.0) == 10.0  # reached at the first score: no earlier score to interpolate from
     assert seconds_to(trace, 19.0) is None
+
+
+def test_noise_levels_prints_a_row_per_level_and_refuses_a_process_without_alpha_bar(tmp_path, capsys):
+    import main
+    from bench import noise_levels
+    tiny = ["--dataset", "phantom-healthy", "--image-size", "16", "--limit", "32", "--n-T", "40", "--batch-size", "32",
+            "--epochs", "1", "--eval-samples", "0", "--num-samples", "4"]
+    main.main(["DDPM", *tiny, "--out", str(tmp_path / "ddpm")])
+    main.main(["FLOW", *tiny, "--out", str(tmp_path / "flow")])
+    capsys.readouterr()
+    noise_levels.main([str(tmp_path / "ddpm" / "model.pth"), "--n", "8"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [int(r.split("|")[1]) for r in rows] == [39, 37, 35, 31, 23, 16, 8, 2]  # round(f * (T - 1)), T = 40
+    with pytest.raises(SystemExit) as e:
+        noise_levels.main([str(tmp_path / "flow" / "model.pth")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "only processes on a beta schedule" in err

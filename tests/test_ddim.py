@@ -66,6 +66,21 @@ def test_ddim_returns_gaussian_pixels(steps, eta):
     assert x.std().item() == pytest.approx(0.5, rel=0.03)
 
 
+def test_x0_error_of_the_exact_eps_is_the_posterior_variance():
+    """bench.noise_levels: with the exact eps of pixels x_0 ~ N(0, s^2), eq. (15)'s x0_hat is E[x_0 | x_t], whose
+    mean squared error is the posterior variance s^2 (1 - a) / (a s^2 + 1 - a), a = alpha_bar_t, at every t
+    (64,000 pixels: the error of each estimate is about 0.6 %)."""
+    from bench.noise_levels import x0_errors
+    s = 0.5
+    model = model_with(GaussianEps, 0.0, s)
+    x0 = s * torch.randn(4000, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    rows = x0_errors(model, x0, (1, 0.9, 0.5, 0.1))
+    assert [t for t, _, _ in rows] == [999, 899, 500, 100]
+    for t, a, mse in rows:
+        assert a == pytest.approx(model.alpha_bar[t].item())
+        assert mse == pytest.approx(s ** 2 * (1 - a) / (a * s ** 2 + 1 - a), rel=0.03)
+
+
 def test_ddim_few_steps_under_disperse_and_converge():
     """Eq. (12) is a discretisation: with few steps the last update returns the posterior mean
     E[x_0 | x_t] from a noisy t, which has less spread than the data (for these Gaussians, at
