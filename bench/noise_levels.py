@@ -16,6 +16,7 @@ from datatypes import DataError
 from models import model_from_checkpoint
 from plumbing.checkpoints import load_checkpoint
 from plumbing.errors import Parser, run_script
+from plumbing.settings import SEED_MAX
 
 
 def x0_errors(model, x0: torch.Tensor, fractions: tuple, seed: int = 0, **cond) -> list:
@@ -34,7 +35,7 @@ def run(args) -> None:
     for path in args.checkpoints:
         ckpt = load_checkpoint(path)
         config, model = ckpt["config"], model_from_checkpoint(ckpt, torch.device("cpu"), path=path)
-        if not getattr(model, "has_beta_schedule", False):
+        if not model.has_beta_schedule:
             raise DataError(f"{path} is a {config['model']} model: only processes on a beta schedule (DDPM, COND, "
                             "VPRED) have the alpha_bar_t this compares at")
         held = load_dataset(config["dataset"], args.data_dir or config["data_dir"], train=False,
@@ -56,7 +57,12 @@ def main(argv=None) -> None:
     p.add_argument("--data-dir", help="the data's folder (default: the one the run was trained on)")
     p.add_argument("--n", type=int, default=64, help="held-out images")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    run_script(p, run, p.parse_args(argv))
+    args = p.parse_args(argv)
+    if not 1 <= args.n <= 10_000:
+        p.error("--n must lie in 1..10000")
+    if not 0 <= args.seed <= SEED_MAX:
+        p.error(f"--seed must lie in 0..{SEED_MAX}")
+    run_script(p, run, args)
 
 
 if __name__ == "__main__":

@@ -76,3 +76,8 @@ def test_noise_levels_prints_a_row_per_level_and_refuses_a_process_without_alpha
         noise_levels.main([str(tmp_path / "flow" / "model.pth")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "only processes on a beta schedule" in err
+    for bad, message in ((["--n", "0"], "--n must lie in 1..10000"), (["--seed", "-1"], "--seed must lie in 0..")):
+        with pytest.raises(SystemExit) as e:
+            noise_levels.main([str(tmp_path / "ddpm" / "model.pth"), *bad])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and message in err
