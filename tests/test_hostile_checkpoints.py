@@ -212,6 +212,14 @@ def test_warnings_of_a_good_run_become_one_note_each(capsys):
     assert capsys.readouterr().err == "x.py: note: the same warning over two lines\n"
 
 
+def test_a_file_left_open_elsewhere_adds_no_note(capsys, tmp_path):
+    """A ResourceWarning (hidden by Python's defaults) raised while the script runs, e.g. when the garbage
+    collector closes a file some earlier caller left open, is not the script's news."""
+    (tmp_path / "f").write_bytes(b"x")
+    run_script(argparse.ArgumentParser(prog="x.py"), lambda _: open(tmp_path / "f", "rb") and None, None)
+    assert capsys.readouterr().err == ""
+
+
 def test_long_causes_are_cut_at_a_word_never_inside_one():
     cause = "Error downloading train-images-idx3-ubyte.gz: Tried http://yann.lecun.com/exdb/mnist/, got error"
     cut = one_line(cause, 70)
