@@ -14,15 +14,20 @@ from datatypes import DataError
 from plumbing.checkpoints import load_checkpoint, save_tensors
 from plumbing.errors import Parser, run_script
 from plumbing.files import save_atomic
+from plumbing.settings import option, problems
 
 
-def shipped(ckpt: dict, note: str, half: bool = False) -> dict:
+def shipped(ckpt: dict, note: str, half: bool = False, sample_steps: int | None = None) -> dict:
     """The checkpoint a user samples from: config, last scores and the sampling weights, nothing else. half:
-    the weights stored as float16 (half the bytes; loading copies them into the float32 network)."""
+    the weights stored as float16 (half the bytes; loading copies them into the float32 network). sample_steps:
+    the steps sample.py takes from these weights unless told (the run's own if None)."""
     weights = ckpt["ema"]["weights"] if ckpt.get("ema") else ckpt["model"]
     weights = {k: v.half() if half else v.clone() for k, v in weights.items()}
-    return {"model": weights, "ema": None, "epoch": ckpt.get("epoch", 0),
-            "config": {**ckpt["config"], "shipped": note}, "metrics": ckpt.get("metrics", [])[-1:], "losses": []}
+    config = {**ckpt["config"], "shipped": note}
+    if sample_steps is not None:
+        config["sample_steps"] = sample_steps
+    return {"model": weights, "ema": None, "epoch": ckpt.get("epoch", 0), "config": config,
+            "metrics": ckpt.get("metrics", [])[-1:], "losses": []}
 
 
 def run(args) -> None:
@@ -31,7 +36,9 @@ def run(args) -> None:
     if not args.out.endswith(".pth") or args.out.endswith(os.sep):
         raise DataError(f"{args.out!r} is not a file name ending in .pth: name the file to write, e.g. "
                         "weights/mnist_ddpm.pth")
-    out = shipped(load_checkpoint(args.checkpoint), args.note, args.half)
+    out = shipped(load_checkpoint(args.checkpoint), args.note, args.half, args.sample_steps)
+    for key, problem in problems(out["config"])[:1]:
+        raise DataError(f"{option(key)} {out['config'][key]} {problem}")
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     save_atomic(lambda tmp: save_tensors(out, tmp), args.out)
@@ -44,6 +51,8 @@ def main(argv=None) -> None:
     p.add_argument("checkpoint", help="a model.pth written by main.py")
     p.add_argument("out", help="the file to write, e.g. weights/mnist_ddpm.pth (never replaced)")
     p.add_argument("--note", default="", help="how the run was made (kept in the config as 'shipped')")
+    p.add_argument("--sample-steps", type=int, help="the steps sample.py takes from these weights unless told "
+                   "(default: the run's --sample-steps)")
     p.add_argument("--half", action="store_true", help="store the weights as float16: half the size")
     run_script(p, run, p.parse_args(argv))
 

@@ -52,6 +52,14 @@ def test_ship_keeps_the_ema_weights_and_the_config_and_never_replaces(tmp_path, 
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "never replaced" in err
     assert (tmp_path / "w.pth").read_bytes() == before
+    ship.main([str(tmp_path / "run" / "model.pth"), str(tmp_path / "w5.pth"), "--sample-steps", "5"])
+    assert load_checkpoint(str(tmp_path / "w5.pth"))["config"]["sample_steps"] == 5  # the run's was 2
+    for steps in ("11", "0"):  # T is 10
+        with pytest.raises(SystemExit) as e:
+            ship.main([str(tmp_path / "run" / "model.pth"), str(tmp_path / "w11.pth"), "--sample-steps", steps])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and "--sample-steps" in err and not os.path.exists(
+            tmp_path / "w11.pth")
 
 
 def test_ship_half_stores_float16_that_samples_like_the_float32_weights(tmp_path):
