@@ -123,8 +123,8 @@ def run_script(parser: argparse.ArgumentParser, work, args, memory: str = MEMORY
     """work(args), with bad input, failed I/O and out of memory turned into one line and exit code 2 (130 on
     Ctrl-C, with the KeyboardInterrupt's text); any other exception is raised as it is. memory: what to lower
     when memory runs out, in the script's own options. Warnings raised meanwhile are collected: on success each
-    is shown once as a one-line note (ResourceWarning stays
-    hidden, as by Python's default); on failure the error line alone is printed."""
+    is shown once as a one-line note (ResourceWarning stays hidden, as by Python's default); on failure the error
+    line alone is printed."""
     with warnings.catch_warnings(record=True) as caught, ctrl_c():
         warnings.simplefilter("default")
         warnings.simplefilter("ignore", ResourceWarning)  # as Python's default: a file another caller left open

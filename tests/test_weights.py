@@ -35,7 +35,7 @@ def test_shipped_weights_load_and_draw(name, tmp_path):
     assert x.shape == shape and np.isfinite(x).all() and -1 <= x.min() and x.max() <= 1
 
 
-def test_ship_keeps_the_ema_weights_and_the_config_and_never_replaces(tmp_path, capsys):
+def test_ship_keeps_the_ema_weights_and_the_config_sets_sample_steps_and_never_replaces(tmp_path, capsys):
     main.main(["DDPM", "--dataset", "shapes", "--net", "cnn", "--limit", "32", "--batch-size", "16", "--n-T", "10",
                "--num-samples", "2", "--sample-steps", "2", "--eval-samples", "0", "--epochs", "1",
                "--out", str(tmp_path / "run")])
