@@ -42,8 +42,11 @@ def run(args) -> None:
                             image_size=config["image_size"], channels=config.get("channels"),
                             data_path=config.get("data_path"), download=False)
         x0 = held.images[:args.n]
-        cond = {"mask": held.masks[:args.n]} if config["cond"] == "mask" else \
-            {"y": held.labels[:args.n]} if config["cond"] == "class" else {}
+        cond = {}  # what the network is given beside x_t, as in main.train
+        if config["cond"] == "class":
+            cond["y"] = held.labels[:args.n]
+        if config["cond"] == "mask":
+            cond["mask"] = held.masks[:args.n]
         print(f"{path} ({config['model']}, {config['schedule']} schedule), {len(x0)} held-out images, variance of "
               f"x_0 {x0.var(0).mean().item():.3f}")
         print("| index t | alpha_bar_t | mean squared error of x0_hat |\n|---|---|---|")

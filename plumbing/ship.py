@@ -37,8 +37,9 @@ def run(args) -> None:
         raise DataError(f"{args.out!r} is not a file name ending in .pth: name the file to write, e.g. "
                         "weights/mnist_ddpm.pth")
     out = shipped(load_checkpoint(args.checkpoint), args.note, args.half, args.sample_steps)
-    for key, problem in problems(out["config"])[:1]:
-        raise DataError(f"{option(key)} {out['config'][key]} {problem}")
+    found = problems(out["config"])  # --sample-steps checked like every setting: 1..T
+    if found:
+        raise DataError(f"{option(found[0][0])} {out['config'][found[0][0]]} {found[0][1]}")
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     save_atomic(lambda tmp: save_tensors(out, tmp), args.out)
