@@ -31,7 +31,7 @@ from datatypes import DataError, Dataset
 from models import SAMPLERS, check_sampler, draw, model_from_checkpoint
 from plumbing.checkpoints import load_checkpoint
 from plumbing.errors import Parser, run_script
-from plumbing.files import check_outputs, is_regular, png_out
+from plumbing.files import check_outputs, png_out
 from plumbing.progress import Progress
 from plumbing.run import pick_device
 from plumbing.settings import SEED_MAX
@@ -249,7 +249,7 @@ def run(args) -> None:
     """Load the model, choose t_lambda (counterfactual maps: by the validation scans), map the test scans,
     score them beside the baselines, and with --sweep score every t_lambda of SWEEP."""
     from figures import save_anomaly_figure
-    if not is_regular(args.checkpoint):  # first: the default --out lies beside it
+    if not os.path.isfile(args.checkpoint):  # first: the default --out lies beside it
         raise DataError(f"no checkpoint at {args.checkpoint} (no such file, or not a regular file): train one with "
                         "main.py first, or check the path")
     out = png_out("--out", args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "anomaly.png"))

@@ -6,7 +6,6 @@ import csv
 import gzip
 import logging
 import os
-import stat
 import zlib
 
 import numpy as np
@@ -125,7 +124,7 @@ def list_files(folder: str, extensions: tuple = IMAGE_EXTENSIONS) -> dict:
         if stem in found:
             raise DataError(f"{folder} holds {os.path.basename(found[stem])} and {f}: two files with one name; "
                             "keep one of them")
-        if not os.path.isfile(path) or not stat.S_ISREG(os.stat(path).st_mode):
+        if not os.path.isfile(path):  # a regular file
             raise DataError(f"{path} is not a regular file (a folder, a FIFO or a device): remove it from {folder}")
         found[stem] = path
     return found

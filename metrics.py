@@ -35,7 +35,7 @@ from datatypes import DataError, unnormalize_to_zero_to_one
 from formats import read_npz
 from plumbing.checkpoints import save_tensors
 from plumbing.errors import Parser, run_script
-from plumbing.files import is_regular, save_atomic
+from plumbing.files import save_atomic
 from plumbing.progress import Progress
 
 FEATURES = 128
@@ -89,7 +89,7 @@ def cache_path(data_dir: str, name: str, log) -> str:
     writable: one line now, before any judge is trained."""
     home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     for folder in (os.path.join(data_dir, "classifiers"), os.path.join(home, "ddpm-course", "classifiers")):
-        if is_regular(os.path.join(folder, name)):
+        if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
         try:
             os.makedirs(folder, exist_ok=True)
@@ -424,7 +424,7 @@ def judge_for(config: dict, with_masks: bool):
 def read_samples(path: str) -> tuple:
     """images (N, C, H, W) float in [-1, 1], labels (N,) or None and masks (N, 1, H, W) in {0, 1} or
     None, from sample.py's .npz."""
-    if not is_regular(path):
+    if not os.path.isfile(path):
         raise DataError(f"no samples file at {path} (no such file, or not a regular file): write one with sample.py")
     arrays = read_npz(path)
     if "images" not in arrays:

@@ -22,7 +22,7 @@ from formats import list_files, need_nibabel, nifti_bytes, read_resized
 from models import SAMPLERS, check_sampler, draw, model_from_checkpoint, sample_shape
 from plumbing.checkpoints import load_checkpoint
 from plumbing.errors import Parser, run_script
-from plumbing.files import check_outputs, is_regular, mark, png_out, save_atomic, save_folder_atomic
+from plumbing.files import check_outputs, mark, png_out, save_atomic, save_folder_atomic
 from plumbing.progress import Progress
 from plumbing.run import native_bf16, pick_device
 from plumbing.settings import SEED_MAX
@@ -128,7 +128,7 @@ def main(argv=None) -> None:
 
 def outputs(args) -> dict:
     """{option: path} of every file this run writes, checked before any sample is drawn."""
-    if not is_regular(args.checkpoint):  # first: the default --out lies beside it
+    if not os.path.isfile(args.checkpoint):  # first: the default --out lies beside it
         raise DataError(f"no checkpoint at {args.checkpoint} (no such file, or not a regular file): train one with "
                         "main.py first, or check the path")
     out = png_out("--out", args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "samples.png"))

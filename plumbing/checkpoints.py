@@ -1,11 +1,11 @@
 """Checkpoints that load safely: tensors and plain containers only (weights_only=True), never code, and
 everything in them checked like the command line (settings.py) before anything is built."""
 import io
+import os
 
 import torch
 
 from datatypes import DataError, cause
-from plumbing.files import is_regular
 from plumbing.settings import checkpoint_problem, real, whole
 
 
@@ -22,7 +22,7 @@ def load_checkpoint(path: str) -> dict:
     """A checkpoint written by main.py, loaded with weights_only=True and checked like the command line before
     anything is built: a file that is not one, would run code when unpickled, or holds an edited config, epoch,
     losses or damaged weights raises DataError with one line."""
-    if not is_regular(path):
+    if not os.path.isfile(path):
         raise DataError(f"no checkpoint at {path} (no such file, or not a regular file): train one with main.py "
                         "first, or check the path")
     try:
@@ -31,24 +31,22 @@ def load_checkpoint(path: str) -> dict:
         raise DataError(f"{path} is not a checkpoint this project can load safely ({cause(e)})") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "config" not in ckpt:
         raise DataError(f"{path} is not a main.py checkpoint (no model weights or config in it)")
-    problem = checkpoint_problem(ckpt["config"], path)
     is_count = lambda v: v is not None and whole(0, 2 ** 62)(v) is None  # noqa: E731
     is_number = lambda v: v is not None and real(lambda _: True, "any")(v) is None  # noqa: E731
     epoch, ema, losses, metrics = ckpt.get("epoch", 0), ckpt.get("ema"), ckpt.get("losses", []), ckpt.get("metrics", [])
-    if problem is None and not (is_count(epoch) and epoch <= 100_000):
-        problem = f"{path}: its epoch {epoch!r} is not a whole number in 0..100000: the checkpoint was edited"
     ema_ok = ema is None or (isinstance(ema, dict) and "weights" in ema and is_count(ema.get("n")))
-    if problem is None and not ema_ok:
-        problem = f"{path}: its EMA entry has no weights and update count (a whole number, at least 0): the " \
-                  "checkpoint was edited or damaged; sample with --no-ema, or retrain"
     rows_ok = isinstance(losses, list) and all(isinstance(r, (list, tuple)) and len(r) == 3 and is_count(r[0])
                                                and is_count(r[1]) and is_number(r[2]) for r in losses)
     metrics_ok = isinstance(metrics, list) and all(isinstance(m, dict) and is_count(m.get("epoch")) and all(
         isinstance(k, str) and (v is None or is_number(v) or (k == "sampler" and isinstance(v, str)))
         for k, v in m.items()) for m in metrics)
-    if problem is None and not (rows_ok and metrics_ok):
-        problem = f"{path}: its losses or metrics are not the lists of numbers main.py writes: the checkpoint was " \
-                  "edited"
+    checks = [(is_count(epoch) and epoch <= 100_000, f"its epoch {epoch!r} is not a whole number in 0..100000: the "
+               "checkpoint was edited"),
+              (ema_ok, "its EMA entry has no weights and update count (a whole number, at least 0): the checkpoint "
+               "was edited or damaged; sample with --no-ema, or retrain"),
+              (rows_ok and metrics_ok, "its losses or metrics are not the lists of numbers main.py writes: the "
+               "checkpoint was edited")]
+    problem = checkpoint_problem(ckpt["config"], path) or next((f"{path}: {m}" for ok, m in checks if not ok), None)
     if problem is not None:
         raise DataError(problem)
     check_weights(ckpt["model"], path, "weights")

@@ -49,12 +49,6 @@ def rank_prefix() -> str:
     return f"rank {rank}: " if size > 1 else ""
 
 
-def is_out_of_memory(e: BaseException) -> bool:
-    """torch reports a failed allocation as a RuntimeError ("can't allocate memory", "out of memory")."""
-    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and (
-        "can't allocate memory" in str(e) or "out of memory" in str(e).lower()))
-
-
 # --- Ctrl-C ---------------------------------------------------------------------------------------
 # Python runs a signal's handler in the main thread, whichever thread the signal was delivered to. The handler
 # here raises KeyboardInterrupt as Python's own does, remembers the press, and while `held()` is in force only
@@ -136,8 +130,9 @@ def run_script(parser: argparse.ArgumentParser, work, args, memory: str = MEMORY
         except OSError as e:
             failure = f"could not read or write {e.filename or 'a file'} ({e.strerror or cause(e)}): free some " \
                       "space, check the path and its permissions, or give another output path"
-        except (RuntimeError, MemoryError) as e:
-            if not is_out_of_memory(e):
+        except (RuntimeError, MemoryError) as e:  # torch: "can't allocate memory", "CUDA out of memory"
+            if isinstance(e, RuntimeError) and "can't allocate memory" not in str(e) and "out of memory" not in \
+                    str(e).lower():
                 raise  # a bug (a student's or ours): its traceback says where
             failure = f"out of memory: {memory}"
         except KeyboardInterrupt as e:

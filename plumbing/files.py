@@ -4,7 +4,6 @@ half a file. A script writes over a path the user named only where the file ther
 No torch here."""
 import os
 import shutil
-import stat
 import tempfile
 
 from datatypes import DataError
@@ -25,7 +24,7 @@ def mark() -> str:
 def written_here(path: str) -> bool:
     """Whether path is a regular file that carries the mark of a script's output written at this path."""
     import zipfile
-    if not is_regular(path):
+    if not os.path.isfile(path):  # a regular file (a FIFO would block its reader)
         return False
     try:
         if path.lower().endswith(".npz"):
@@ -39,14 +38,6 @@ def written_here(path: str) -> bool:
     except Exception:  # unreadable, not an image or archive, no mark: not ours
         return False
     return found == f"{MARK}: {os.path.realpath(path)}"
-
-
-def is_regular(path: str) -> bool:
-    """A regular file (not a folder, FIFO, socket or device: reading those may block or mean nothing)."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
 
 
 def stage(write, path: str) -> tuple:

@@ -12,11 +12,13 @@
 import contextlib
 import csv
 import datetime
+import io
 import json
 import math
 import os
 import re
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -346,22 +348,16 @@ class Run:
 
 
 def write_json(obj, path: str) -> None:
-    def write(p):
-        with open(p, "w") as f:
-            json.dump(obj, f, indent=2)
-    save_atomic(write, path)
+    save_atomic(lambda p: Path(p).write_text(json.dumps(obj, indent=2)), path)
 
 
 def write_csv(rows: list, path: str) -> None:
     """rows: dicts, written with the union of their keys as header."""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-
-    def write(p):
-        with open(p, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-    save_atomic(write, path)
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    w.writeheader()
+    w.writerows(rows)
+    save_atomic(lambda p: Path(p).write_text(text.getvalue(), newline=""), path)
 
 
 def read_manifest(out: str) -> list:
@@ -397,16 +393,11 @@ def pick_device(name: str) -> torch.device:
 
 def native_bf16(device: torch.device) -> bool:
     """Does this device compute bf16 natively? CUDA: compute capability 8 (Ampere) or later. CPU: the avx512_bf16
-    or amx_bf16 instructions (from /proc/cpuinfo; elsewhere none is assumed). Without them bf16 is emulated and
-    about 100x slower than fp32."""
+    or amx_bf16 instructions. Without them bf16 is emulated and about 100x slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    found = torch.cpu.get_capabilities()
+    return bool(found.get("avx512_bf16") or found.get("amx_bf16"))
 
 
 def join(device: torch.device, rank: int, size: int):
