@@ -223,6 +223,25 @@ def test_a_file_left_open_elsewhere_adds_no_note(capsys, tmp_path):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you "
+                                                                 "tried to allocate 9e12 bytes"),
+                                   RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")])
+def test_running_out_of_memory_is_one_line_naming_what_to_lower(capsys, error):
+    def work(_):
+        raise error
+    with pytest.raises(SystemExit) as ended:
+        run_script(argparse.ArgumentParser(prog="x.py"), work, None, memory="lower --batch-size")
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == "x.py: error: out of memory: lower --batch-size\n"
+
+
+def test_any_other_runtime_error_keeps_its_traceback():
+    def work(_):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)")  # a bug, not bad input
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        run_script(argparse.ArgumentParser(prog="x.py"), work, None)
+
+
 def test_long_causes_are_cut_at_a_word_never_inside_one():
     cause = "Error downloading train-images-idx3-ubyte.gz: Tried http://yann.lecun.com/exdb/mnist/, got error"
     cut = one_line(cause, 70)
