@@ -14,6 +14,7 @@ import warnings
 
 from datatypes import DataError, cause, one_line
 
+OUT_OF_MEMORY = ("can't allocate memory", "out of memory")  # torch's RuntimeError for a failed allocation (CPU, CUDA)
 MEMORY = "lower --batch-size, --image-size, --num-samples or the network's widths"  # main.py's options
 
 
@@ -130,9 +131,8 @@ def run_script(parser: argparse.ArgumentParser, work, args, memory: str = MEMORY
         except OSError as e:
             failure = f"could not read or write {e.filename or 'a file'} ({e.strerror or cause(e)}): free some " \
                       "space, check the path and its permissions, or give another output path"
-        except (RuntimeError, MemoryError) as e:  # torch: "can't allocate memory", "CUDA out of memory"
-            if isinstance(e, RuntimeError) and "can't allocate memory" not in str(e) and "out of memory" not in \
-                    str(e).lower():
+        except (RuntimeError, MemoryError) as e:
+            if isinstance(e, RuntimeError) and not any(s in str(e).lower() for s in OUT_OF_MEMORY):
                 raise  # a bug (a student's or ours): its traceback says where
             failure = f"out of memory: {memory}"
         except KeyboardInterrupt as e:

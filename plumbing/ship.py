@@ -39,7 +39,8 @@ def run(args) -> None:
     out = shipped(load_checkpoint(args.checkpoint), args.note, args.half, args.sample_steps)
     found = problems(out["config"])  # --sample-steps checked like every setting: 1..T
     if found:
-        raise DataError(f"{option(found[0][0])} {out['config'][found[0][0]]} {found[0][1]}")
+        key, problem = found[0]
+        raise DataError(f"{option(key)} {out['config'][key]} {problem}")
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     save_atomic(lambda tmp: save_tensors(out, tmp), args.out)
