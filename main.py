@@ -253,9 +253,10 @@ def train(config: dict, data, held_out, run: Run) -> None:
             if config["augment"]:                                      # flips, shifts, small rotations
                 x0, mask = augment(x0, c.get("mask"))
                 c = {**c, "mask": mask} if mask is not None else c
-            x0, c = run.split(model, x0, c)                            # torchrun: this process's rows
+            c = {**c, **model.draws(x0, **c)}                         # lines 3-4: t and the noise
+            x0, c = run.split(x0, c)                                   # torchrun: this process's rows
             with run.autocast():
-                loss = model.loss(x0, **c)                             # lines 3-5 (process.Process.loss)
+                loss = model.loss(x0, **c)                             # line 5 (process.Process.loss)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step=(epoch - 1) * steps + k + 1, total=E * steps)
             optimizer.zero_grad(set_to_none=True)

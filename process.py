@@ -42,8 +42,8 @@ class Process(nn.Module):
 
     def draws(self, x0: Tensor, **cond) -> dict:
         """Alg. 1 lines 3-4 for a whole batch x0: t ~ Uniform({1, ..., T}) (as indices 0..T-1) and the noise.
-        loss() draws them itself when given none; under torchrun every process draws the whole batch's and
-        keeps its own rows (plumbing/run.py), so that the processes together train as one."""
+        main.train draws them for the whole batch, so that under torchrun every process draws the same and keeps
+        its own rows; loss() draws them itself when given none."""
         t = torch.randint(0, self.T, (x0.shape[0],), device=x0.device)           # line 3
         return {"t": t, "eps": self.noise_like(x0, t)}                             # line 4
 

@@ -256,12 +256,11 @@ class Run:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def split(self, model, x0: torch.Tensor, cond: dict) -> tuple:
-        """torchrun: this process's rows of the batch, with their rows of the whole batch's random draws
-        (model.draws: Algorithm 1's t and noise), so that the processes together train as one. One process: all."""
+    def split(self, x0: torch.Tensor, cond: dict) -> tuple:
+        """torchrun: this process's rows of the batch and of the whole batch's random draws (Algorithm 1's t and
+        noise, drawn alike by every process), so that the processes together train as one. One process: all."""
         if self.size == 1:
             return x0, cond
-        cond = {**cond, **model.draws(x0, **cond)}
         rows = slice(self.rank * len(x0) // self.size, (self.rank + 1) * len(x0) // self.size)
         self.share = (rows.stop - rows.start) * self.size / len(x0)  # this process's part of the batch mean
         return x0[rows], {k: v[rows] for k, v in cond.items()}

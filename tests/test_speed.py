@@ -68,8 +68,8 @@ def test_a_bf16_training_step_matches_fp32_to_bf16_accuracy():
 @pytest.mark.parametrize("process", ["DDPM", "COND"])
 def test_the_ranks_loss_shares_add_up_to_the_batch_loss(process):
     """Data-parallel training (Run.split): every rank draws t, eps and COND's label drop for the whole batch
-    (model.draws, which draws what loss() draws), keeps its rows and weights the mean over them by its share, so
-    that 3 ranks (rows 0-2, 3-5, 6-9 of 10) average to Algorithm 1's mean, with min-SNR weights too."""
+    (model.draws, as main.train does; it draws what loss() draws), keeps its rows and weights the mean over them
+    by its share, so that 3 ranks (rows 0-2, 3-5, 6-9 of 10) average to Algorithm 1's mean, with min-SNR weights too."""
     net = tiny_net(num_classes=3 if process == "COND" else 0)
     model = (ConditionalDDPM(net, linear_beta_schedule(20), num_classes=3, p_uncond=0.5, min_snr_gamma=5.0)
              if process == "COND" else DDPM(net, linear_beta_schedule(20), min_snr_gamma=5.0))
@@ -81,7 +81,7 @@ def test_the_ranks_loss_shares_add_up_to_the_batch_loss(process):
         ranked = run.Run("unused")
         ranked.rank, ranked.size = rank, 3
         torch.manual_seed(5)  # every rank draws the same numbers
-        x, c = ranked.split(model, x0, cond)
+        x, c = ranked.split(x0, {**cond, **model.draws(x0, **cond)})
         shares.append(model.loss(x, **c) * ranked.share / 3)  # DDP averages the 3 gradients
         sizes.append(len(x))
     assert sizes == [3, 3, 4] and sum(shares).item() == pytest.approx(whole.item(), rel=1e-6)
