@@ -98,7 +98,7 @@ def for_data(config: dict, data) -> dict:
     config = {**config, "cond": cond, "in_channels": C, "image_size": H, "dims": len(sides),
               "num_classes": int(data.labels.max()) + 1 if cond == "class" else 0,
               "cond_channels": 1 if cond == "mask" else 0, "data_id": f"{config['dataset']}:{N}:{fingerprint(data)}"}
-    for key, value in by_size(config["model"], H, len(sides)).items():
+    for key, value in by_size(config["model"], H, len(sides), config["epochs"]).items():
         if key != "schedule" or process.has_beta_schedule:
             config.setdefault(key, value)
     return config
@@ -173,8 +173,8 @@ def build_parser() -> Parser:
                    "cosine for DDPM and COND on images up to 32 px, else linear; paper: linear)")
     g.add_argument("--net", choices=list(NETWORKS), help=default("the network, one of unet.NETWORKS", "net"))
     g.add_argument("--unet-widths", type=int, nargs="+", metavar="C", help="U-Net channels per resolution; n widths "
-                   "give n - 1 levels (default: 16 32 32 up to 32 px, 16 32 64 64 up to 64, 16 32 64 128 128 above; "
-                   "volumes 8 16 32 32)")
+                   "give n - 1 levels (default: 16 32 32 up to 32 px, there 24 48 48 from --epochs 12 on; 16 32 64 64 "
+                   "up to 64; 16 32 64 128 128 above; volumes 8 16 32 32)")
     g.add_argument("--unet-version", type=int, choices=(1, 2), help="the U-Net's design (unet.VERSIONS): 2 "
                    "zero-initialised, AdaGN, SiLU; 1 the first (default: 2 up to 64 px, 1 above and for volumes)")
     g.add_argument("--attention-res", type=int, nargs="+", metavar="SIDE", help="also self-attention at these "
@@ -232,7 +232,8 @@ def train(config: dict, data, held_out, run: Run) -> None:
         cond["mask"] = data.masks.to(run.device)
     B, E = config["batch_size"], config["epochs"]
     steps = -(-len(x) // B)  # per epoch
-    print(f"{config['model']} with {type(model.net).__name__} ({count_parameters(model.net):,} parameters) on "
+    widths = f" {' '.join(map(str, config['unet_widths']))}" if config["net"] == "unet" else ""
+    print(f"{config['model']} with {type(model.net).__name__}{widths} ({count_parameters(model.net):,} parameters) on "
           f"{config['dataset']} ({len(x)} {'volumes' if x.dim() == 5 else 'images'} {tuple(x.shape[1:])}), T={model.T},"
           f" {steps} steps of {B} per epoch, {lr_plan(config, E * steps)},"
           f" samples by {samples.how if samples else '-'}, writing {run.out}/", flush=True)

@@ -157,3 +157,21 @@ def test_the_learning_rate_warms_up_then_decays_over_the_last_fraction_of_the_ru
         assert lr[-1] == pytest.approx(2e-3 / (decay * total)) and all(a >= b for a, b in zip(lr[100:], lr[101:]))
     else:
         assert lr[-1] == 2e-3
+
+
+def test_the_unet_widens_from_12_epochs_on_up_to_32_px():
+    """models.by_size as main.py applies it: 16 32 32 for images up to 32 px in runs of fewer than 12 epochs, 24 48 48
+    from 12 on (measured on MNIST, docs/quality.md); given widths, a resumed run's own and larger images keep theirs."""
+    import main
+    from datatypes import Dataset
+
+    def widths(argv, saved=None, side=28):
+        config = main.recipe(main.build_parser().parse_args(["DDPM", *argv]), saved)
+        return main.for_data(config, Dataset(torch.zeros(4, 1, side, side), None, None))["unet_widths"]
+    assert widths(["--epochs", "11"]) == [16, 32, 32]
+    assert widths([]) == widths(["--epochs", "12"]) == [24, 48, 48]  # the default run is 12 epochs
+    assert widths(["--epochs", "40", "--unet-widths", "8", "8"]) == [8, 8]
+    assert widths(["--epochs", "40"], side=64) == widths(["--epochs", "1"], side=64) == [16, 32, 64, 64]
+    six = main.for_data(main.recipe(main.build_parser().parse_args(["DDPM", "--epochs", "6"])),
+                        Dataset(torch.zeros(4, 1, 28, 28), None, None))
+    assert widths(["--epochs", "18", "--resume"], saved=six) == [16, 32, 32]  # a resumed run keeps its network
