@@ -1,14 +1,7 @@
-"""One training run as main.py's loop sees it, `with Run(out, ...) as run:`: what Algorithm 1 does not need.
-
-- The run folder belongs to its run: main.py writes only into a new or empty folder, or into its own run, one
-  whose manifest (run.json) lists the files main.py wrote there; --overwrite removes exactly those. A lock
-  (.main.lock, which the operating system drops when the process dies) keeps out a second process.
-- The device, bf16 or fp32 by what the hardware computes natively, and one thread count for the whole run.
-- torchrun (`torchrun --nproc_per_node N main.py ...`): every process holds the same data and draws the same random
-  numbers; each runs the network on its own rows of the batch and DistributedDataParallel averages the gradients,
-  so that the processes together train as one (Li et al. 2020, arXiv:2006.15704). Rank 0 writes.
-- Resuming from the checkpoint, and each epoch's files saved all or nothing.
-"""
+"""One training run as main.py's loop sees it, `with Run(out, ...) as run:`: the run folder (a manifest, run.json,
+lists the files main.py wrote there; a lock keeps out a second process), the device and precision, torchrun (each
+process trains on its rows of every batch; DDP averages the gradients, Li et al. 2020, arXiv:2006.15704), resuming,
+and each epoch's files saved all or nothing. docs/robustness.md lists what each of these guards against."""
 import contextlib
 import csv
 import datetime
@@ -55,17 +48,11 @@ class Run:
             raise DataError(f"RANK={rank} with WORLD_SIZE={size} is no torchrun process (WORLD_SIZE at least 1, RANK "
                             "in 0..WORLD_SIZE-1): start main.py with torchrun, or unset RANK and WORLD_SIZE")
         self.device = pick_device(self.asked[0])
+        if self.size > 1 and self.device.type == "cuda":  # one GPU per process
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         if self.lead:
             self.check_folder()
             self.lock()
-        try:
-            if self.size > 1:
-                if self.device.type == "cuda":  # one GPU per process
-                    self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-                self.store = join(self.device, self.rank, self.size)
-        except BaseException:
-            self.__exit__(None)
-            raise
         return self
 
     def __exit__(self, kind, *_) -> None:
@@ -96,16 +83,9 @@ class Run:
     # --- the folder: its manifest and its lock ----------------------------------------------------
 
     def check_folder(self) -> None:
-        """Refuse a folder that is not this project's run, or a run that would be replaced unasked."""
-        out, parent = self.out, os.path.dirname(os.path.abspath(self.out))
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise DataError(f"--out {out} is a file, not a folder: choose another --out")
-        if not os.access(parent, os.W_OK) or not os.path.isdir(parent) or (os.path.isdir(out) and not os.access(
-                out, os.W_OK)):
-            raise DataError(f"--out {out} cannot be written here (a file in the path, or no permission): choose "
-                            "another --out")
+        """Refuse a folder that is not this project's run, or a run that would be replaced unasked (a path that
+        cannot be a folder or written ends in an OSError, one line from run_script)."""
+        out = self.out
         if self.resume and not os.path.isfile(os.path.join(out, "model.pth")):
             raise DataError(f"--resume: no checkpoint at {out}/model.pth: run once without --resume first")
         if not os.path.isdir(out):
@@ -121,44 +101,39 @@ class Run:
             raise DataError(f"{out}/{clash[0]} looks like a file of this run but is not in its manifest (run.json): "
                             "main.py did not write it and will not write over it; move it away or choose another "
                             "--out")
-        trained = "model.pth" in own and os.path.exists(os.path.join(out, "model.pth"))
-        if trained and not (self.resume or self.overwrite):
+        if "model.pth" in own and os.path.exists(os.path.join(out, "model.pth")) and not (self.resume or
+                                                                                         self.overwrite):
             raise DataError(f"{out}/ already holds a trained run (model.pth): continue it with --resume, "
                             "choose another --out, or replace it with --overwrite")
         self.files = own
 
     def lock(self) -> None:
-        """Take out/.main.lock for this process, or refuse naming the process that holds it."""
-        if not os.path.isdir(self.out):
-            os.makedirs(self.out)
-            self.made = True
+        """Take out/.main.lock, which the kernel drops when the process dies, or refuse naming its holder."""
+        self.made = not os.path.isdir(self.out)
+        os.makedirs(self.out, exist_ok=True)
         path = os.path.join(self.out, LOCK)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        pid = os.read(fd, 32).decode(errors="replace").strip()  # the process that wrote it, if any
         try:
-            pid = int(os.read(self.fd, 32).strip() or 0)  # the process that wrote it, if any
-        except (OSError, ValueError):
-            pid = 0
-        try:
-            if os.fstat(self.fd).st_nlink != 1:  # a hard link to another file: writing the PID would change it
+            if os.fstat(fd).st_nlink != 1:  # a hard link to another file: writing the PID would change it
                 raise DataError(f"{path} is a hard link (another name for one file), not a lock of main.py: writing "
                                 f"to it would change the other file; delete {path} and run again")
             try:
                 import fcntl
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # dropped by the kernel when the process dies
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except ImportError:  # Windows
                 import msvcrt
-                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         except (DataError, OSError) as e:
-            os.close(self.fd)
-            self.fd = None
+            os.close(fd)
             raise e if isinstance(e, DataError) else DataError(
                 f"another main.py (process {pid or 'unknown'}) is writing {self.out}: wait for it to finish or "
                 "choose another --out") from None
-        if pid and pid != os.getpid():
+        self.fd = fd
+        if pid and pid != str(os.getpid()):
             print(f"note: {path} was left by process {pid}, which is no longer running (killed?): taken over")
-        os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.check_folder()  # again, now that no other process can change the folder
         stale = sorted(n for n in os.listdir(self.out) if STAGED.fullmatch(n))
         for name in stale:  # what a run stopped while saving left
@@ -188,8 +163,8 @@ class Run:
 
     def begin(self, config: dict, model, optimizer, ema) -> int:
         """--resume: load out/model.pth into model, optimizer and ema, if it was trained with the same settings
-        (settings.RESUME_KEEPS). Record the precision and threads in config, check that every torchrun process holds
-        the same data and settings, write config.json and wrap the network for torchrun. Returns the epochs done."""
+        (settings.RESUME_KEEPS). Record the precision and threads in config; torchrun: join the other processes,
+        check that all hold the same data and settings, and wrap the network. Write config.json; the epochs done."""
         if self.resume:
             self.load_state(config, model, optimizer, ema=ema)
         _, precision, threads = self.asked
@@ -202,6 +177,7 @@ class Run:
                       threads_used=int(threads) if threads != "auto" else config.get("threads_used") or default_threads)
         torch.set_num_threads(config["threads_used"])  # one count for the whole run: the same seed, the same weights
         if self.size > 1:
+            self.store = join(self.device, self.rank, self.size)
             self.agree(config)
             model.net = torch.nn.parallel.DistributedDataParallel(  # rank 0 samples alone between epochs
                 model.net, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False)
@@ -257,8 +233,7 @@ class Run:
         return contextlib.nullcontext()
 
     def split(self, x0: torch.Tensor, cond: dict) -> tuple:
-        """torchrun: this process's rows of the batch and of the whole batch's random draws (Algorithm 1's t and
-        noise, drawn alike by every process), so that the processes together train as one. One process: all."""
+        """torchrun: this process's rows of the batch and of its draws (t, noise: drawn alike by every process)."""
         if self.size == 1:
             return x0, cond
         rows = slice(self.rank * len(x0) // self.size, (self.rank + 1) * len(x0) // self.size)
@@ -266,8 +241,7 @@ class Run:
         return x0[rows], {k: v[rows] for k, v in cond.items()}
 
     def backward(self, loss: torch.Tensor) -> None:
-        """loss.backward(). Under torchrun DDP averages the gradients; each process's loss is weighted by its
-        share of the batch, so that the average is the whole batch's gradient."""
+        """loss.backward(), weighted by this process's share of the batch: DDP's average is the batch's gradient."""
         with self.collective():
             (loss * self.share).backward()
 
@@ -308,10 +282,8 @@ class Run:
     # --- once per epoch ---------------------------------------------------------------------------
 
     def save_epoch(self, epoch: int, model, optimizer, ema, figures: dict, scores: dict, seconds: dict) -> None:
-        """Log the epoch and write its files, all or nothing: the self-describing checkpoint model.pth, loss.csv,
-        metrics.csv and figures ({name: write(path)}: the grid, the loss curve) go to temporary files first and are
-        renamed only when all were written, the checkpoint first. A full disk leaves the run as after the last
-        epoch; Ctrl-C, in whichever thread it lands, waits for the renames, so that the files and message agree."""
+        """Log the epoch and write its files all or nothing: the checkpoint model.pth, loss.csv, metrics.csv and
+        figures ({name: write(path)}) are staged, then renamed together (a Ctrl-C waits for the renames)."""
         self.flush(epoch)  # the epoch's last losses
         if not self.lead:
             self.done = epoch
@@ -331,13 +303,10 @@ class Run:
                 staged.append(stage(write, self.path(name)))
         except BaseException as e:
             discard(staged)
-            if not isinstance(e, OSError):
-                raise
-            before = f"as it was after epoch {self.done}" if self.done else "without a checkpoint: no epoch has " \
-                "finished yet"
-            raise DataError(f"could not write the files of epoch {epoch} ({e.strerror or cause(e)}): none of them was "
-                            f"kept, so {self.out}/ is {before}; free some space, then "
-                            f"{'run again with --resume' if self.done else 'run the same command again'}") from e
+            if isinstance(e, OSError):
+                raise DataError(f"could not write the files of epoch {epoch} ({e.strerror or cause(e)}): none of them "
+                                f"was kept; free some space. {self.where()}") from e
+            raise
         with held():
             commit(staged)
             self.done = epoch
@@ -377,16 +346,13 @@ def read_manifest(out: str) -> list:
 
 def pick_device(name: str) -> torch.device:
     """auto: cuda if available, else cpu; or a named device that must exist here."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DataError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     gpus = torch.cuda.device_count()
-    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and (device.index or 0) >= gpus):
-        raise DataError(f"--device {name}: this machine has {gpus} CUDA GPU(s), and only cpu and cuda are supported: "
-                        "use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if gpus else "cpu")
+    device = re.fullmatch(r"cpu|cuda(:\d+)?", name) and torch.device(name)
+    if not device or (device.type == "cuda" and (device.index or 0) >= gpus):
+        raise DataError(f"--device {name!r} is not a device here (this machine has {gpus} CUDA GPU(s)): use auto, "
+                        "cpu, cuda or cuda:N")
     return device
 
 

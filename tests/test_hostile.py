@@ -45,8 +45,8 @@ def one_line_error(r, fragment=""):
     (["--num-samples", "2000000000"], "--num-samples must lie in 1..10000"),
     (["--image-size", "3000"], "--image-size must lie in 4..512"),
     (["--batch-size", "0"], "--batch-size must lie in 1..4096"),
-    (["--out", "main.py"], "is a file, not a folder"),
-    (["--out", "main.py/sub"], "cannot be written here"),
+    (["--out", "main.py"], "could not read or write main.py (File exists)"),
+    (["--out", "main.py/sub"], "(Not a directory)"),
 ])
 def test_bad_numbers_and_paths_refused_before_loading(args, fragment):
     one_line_error(cli("DDPM", *args), fragment)

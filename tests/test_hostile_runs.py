@@ -145,7 +145,7 @@ def test_disk_full_while_saving_keeps_the_last_finished_epoch(tmp_path, capsys, 
     fail_on_save(monkeypatch, 2, error)
     err = refused(capsys, ["DDPM", *TINY, "--epochs", "2", "--out", str(tmp_path), "--resume"],
                   "could not write the files of epoch 2")
-    assert "as it was after epoch 1" in err
+    assert "The last finished epoch, 1, is in" in err
     after = snapshot(tmp_path)
     del before["config.json"], after["config.json"]  # config.json says --epochs 2 from the start of the run
     assert after == before  # loss.csv, metrics.csv, the grids, the checkpoint: all still epoch 1
@@ -157,7 +157,7 @@ def test_disk_full_while_saving_keeps_the_last_finished_epoch(tmp_path, capsys, 
 
 def test_disk_full_in_the_first_epoch_says_no_epoch_has_finished(tmp_path, capsys, monkeypatch):
     fail_on_save(monkeypatch, 1, OSError(28, "No space left on device"))
-    err = refused(capsys, ["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path)], "no epoch has finished yet")
+    err = refused(capsys, ["DDPM", *TINY, "--epochs", "1", "--out", str(tmp_path)], "No epoch has finished yet")
     assert "--resume" not in err and not (tmp_path / "model.pth").exists()
 
 
@@ -200,7 +200,7 @@ def test_a_really_full_disk_is_one_line_and_keeps_the_last_epoch(full_disk):
                         "--n-T", "20", "--num-samples", "16", "--eval-samples", "0", "--precision", "fp32",
                         "--out", str(full_disk / "run")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
-    assert "No space left on device" in r.stderr and "as it was after epoch 1" in r.stderr
+    assert "No space left on device" in r.stderr and "The last finished epoch, 1, is in" in r.stderr
     assert not [n for n in os.listdir(full_disk / "run") if ".tmp" in n]
     assert torch.load(full_disk / "run" / "model.pth", weights_only=True)["epoch"] == 1
 
