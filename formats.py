@@ -1,7 +1,5 @@
-"""File formats, each read with its header checked before the data and refused in one line when it
-is not what it claims: IDX (MNIST), .npz (MedMNIST, samples), CSV rows of pixels, and folders of
-images and masks (8-bit, 16-bit, float; masks binarised by their own values). data.py turns what
-these return into datasets. No torch here; no plumbing."""
+"""File formats, each header checked before the data are read: IDX (MNIST), .npz, CSV rows of pixels, folders of
+images and masks, NIfTI volumes. data.py turns what these return into datasets. No torch here; no plumbing."""
 import csv
 import gzip
 import logging
@@ -42,45 +40,30 @@ def read_idx(path: str, limit: int | None = None) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8).reshape(count, *shape[1:])
 
 
-def npz_sizes(path: str) -> dict:
-    """{array name: decoded bytes} from the .npy headers inside a .npz, reading no array data.
-    Duplicate member names (np.load would silently use one of them) are refused."""
-    import zipfile
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise DataError(f"{path} holds two arrays named {twice[0]!r}: which one is meant is unknown; "
-                            "write the file again with one array per name")
-        sizes = {}
-        for name in names:
-            with z.open(name) as f:
-                version = np.lib.format.read_magic(f)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                    np.lib.format.read_array_header_2_0
-                shape, _, dtype = read_header(f)
-            if dtype.hasobject:
-                raise DataError(f"{path}: array {name} holds Python objects, which would need pickle: refused")
-            sizes[name.removesuffix(".npy")] = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-    return sizes
-
-
 def read_npz(path: str) -> dict:
-    """All arrays of a .npz file, loaded without pickle, after their declared sizes were checked
-    against MAX_NPZ_BYTES; anything else (a .npy, an empty, truncated or corrupt zip) raises
-    DataError naming the file."""
+    """All arrays of a .npz file, loaded without pickle once their sizes, read from the .npy headers, were checked
+    against MAX_NPZ_BYTES; two arrays of one name (np.load would use one), a .npy, a damaged zip: DataError."""
     import zipfile
     try:
         if not zipfile.is_zipfile(path):
-            with open(path, "rb") as f:
-                npy = f.read(6) == b"\x93NUMPY"
-            raise DataError(f"{path} is a single .npy array, not a .npz archive of named arrays" if npy else
-                            f"{path} is not a readable .npz file (not a zip archive of .npy arrays)")
-        total = sum(npz_sizes(path).values())
+            raise DataError(f"{path} is not a readable .npz file (not a zip archive of .npy arrays; a single "
+                            ".npy array is not one)")
+        with zipfile.ZipFile(path) as z:
+            names, total = z.namelist(), 0
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise DataError(f"{path} holds two arrays named {twice[0]!r}: which one is meant is unknown; "
+                                "write the file again with one array per name")
+            for name in names:
+                with z.open(name) as f:
+                    version = np.lib.format.read_magic(f)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                                       np.lib.format.read_array_header_2_0)(f)
+                total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
         if total > MAX_NPZ_BYTES:
             raise DataError(f"{path} would take {total / 2 ** 30:.1f} GiB once decoded (its headers say so), more "
                             f"than the {MAX_NPZ_BYTES / 2 ** 30:.0f} GiB this project reads: use a smaller file")
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(path, allow_pickle=False) as npz:  # an array of Python objects is refused: it needs pickle
             return {k: npz[k] for k in npz.files}
     except DataError:
         raise
@@ -150,11 +133,16 @@ def scale_high_bit(a: np.ndarray, mode: str, path: str, constant: list) -> np.nd
 
 
 def read_image(path: str, mode: str | None, constant: list) -> np.ndarray:
-    """One image as float32 (H, W) or (H, W, 3) in [0, 1]: 8-bit images / 255; high bit depths by
-    scale_high_bit. mode: "L", "RGB" or None (from the file)."""
+    """One image as every viewer shows it (EXIF orientation applied), float32 (H, W) or (H, W, 3) in [0, 1]: 8-bit
+    / 255, high bit depths by scale_high_bit. mode: "L", "RGB", None (from the file) or "mask" (binarize_mask)."""
     from PIL import Image, ImageOps
     with Image.open(path) as opened:
-        im = ImageOps.exif_transpose(opened)  # as every viewer shows it: a photo's EXIF orientation applied
+        im = ImageOps.exif_transpose(opened)
+        if mode == "mask":
+            a = np.asarray(im if im.mode in HIGH_BIT_MODES else im.convert("L"), dtype=np.float32)
+            if not np.isfinite(a).all():
+                raise DataError(f"{path} holds non-finite values (nan/inf): fix or remove it")
+            return binarize_mask(a)
         if im.mode in HIGH_BIT_MODES:
             if mode == "RGB":
                 raise DataError(f"{path} is a {im.mode} (high bit depth) grayscale image: use --channels 1")
@@ -174,17 +162,6 @@ def binarize_mask(a: np.ndarray) -> np.ndarray:
     return (a >= top / 2).astype(np.float32)
 
 
-def read_mask(path: str, constant: list) -> np.ndarray:
-    """One mask file as float32 (H, W) in {0, 1} (binarize_mask), at its own resolution."""
-    from PIL import Image, ImageOps
-    with Image.open(path) as opened:
-        im = ImageOps.exif_transpose(opened)
-        a = np.asarray(im if im.mode in HIGH_BIT_MODES else im.convert("L"), dtype=np.float32)
-    if not np.isfinite(a).all():
-        raise DataError(f"{path} holds non-finite values (nan/inf): fix or remove it")
-    return binarize_mask(a)
-
-
 def resize(a: np.ndarray, image_size: int) -> np.ndarray:
     """Bilinear resize of a float (H, W[, 3]) image to image_size x image_size, channel by channel."""
     from PIL import Image
@@ -194,15 +171,14 @@ def resize(a: np.ndarray, image_size: int) -> np.ndarray:
 
 
 def read_resized(paths: list, image_size: int, mode: str | None, sizes: list | None = None) -> np.ndarray:
-    """Images resized to image_size x image_size, float32 (N, H, W[, C]) in [0, 1] (read_image); mode
-    "L", "RGB", None (from the file) or "mask" (read_mask, then resized and cut at 0.5 again: {0, 1}).
-    sizes, if a list, gets each file's (H, W). DataError names unreadable, oversized (PIL's
+    """Images resized to image_size x image_size, float32 (N, H, W[, C]) in [0, 1] (read_image; masks cut at 0.5
+    again: {0, 1}). sizes, if a list, gets each file's (H, W). DataError names unreadable, oversized (PIL's
     decompression-bomb limit) or non-finite files."""
     from PIL import Image
     out, bad, constant = [], [], []
     for p in paths:
         try:
-            a = read_mask(p, constant) if mode == "mask" else read_image(p, mode, constant)
+            a = read_image(p, mode, constant)
         except (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError) as e:
             bad.append(f"{os.path.basename(p)} ({type(e).__name__})")
             continue

@@ -10,8 +10,8 @@ from plumbing.settings import checkpoint_problem, real, whole
 
 
 def save_tensors(obj, path: str) -> None:
-    """torch.save into memory, then one plain write: a full disk is an OSError of the write (ENOSPC), never a
-    failure inside torch's zip writer. Used through stage or save_atomic (files.py): no half file is left."""
+    """torch.save into memory, then one plain write: a full disk is an OSError (ENOSPC), never a failure inside
+    torch's zip writer. Used through stage or save_atomic (files.py)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     with open(path, "wb") as f:
@@ -20,8 +20,7 @@ def save_tensors(obj, path: str) -> None:
 
 def load_checkpoint(path: str) -> dict:
     """A checkpoint written by main.py, loaded with weights_only=True and checked like the command line before
-    anything is built: a file that is not one, would run code when unpickled, or holds an edited config, epoch,
-    losses or damaged weights raises DataError with one line."""
+    anything is built: a file that is not one, or holds an edited config, epoch, losses or weights: DataError."""
     if not os.path.isfile(path):
         raise DataError(f"no checkpoint at {path} (no such file, or not a regular file): train one with main.py "
                         "first, or check the path")
@@ -71,8 +70,8 @@ def check_weights(weights, path: str, what: str) -> None:
 
 
 def load_weights(net: torch.nn.Module, weights: dict, where: str) -> None:
-    """load_state_dict, with a mismatch told in one line: "N tensors differ, e.g. `name` (16, 1, 3, 3) vs ...".
-    A network that renamed its parameters maps older names first (its renamed_levels, e.g. unet.UNet)."""
+    """load_state_dict, a mismatch told in one line ("N tensors differ, e.g. `name` (16, 1, 3, 3) vs ..."); a
+    network that renamed its parameters maps older names first (its renamed_levels, e.g. unet.UNet)."""
     if hasattr(net, "renamed_levels"):
         weights = net.renamed_levels(weights)
     expected = net.state_dict()

@@ -1,9 +1,6 @@
-"""How every script fails on bad input: one line on stderr naming the problem and the fix, exit code 2.
-DataError is the project's one exception for bad input (a setting, a file, a checkpoint); Parser gives
-argparse's errors the same form; run_script turns into one line only DataError, failed reads and writes
-(OSError) and running out of memory. Every other exception is a bug, a student's or ours, and keeps its
-traceback. Ctrl-C ends a script with exit code 130 and a line saying where its work stands. DataError itself
-lives in datatypes.py, below the data that raises it."""
+"""How every script fails on bad input: one line on stderr naming the problem and the fix, exit code 2 (130 after
+Ctrl-C). run_script turns into one line only DataError (datatypes.py), failed reads and writes and running out of
+memory; every other exception is a bug, a student's or ours, and keeps its traceback."""
 import argparse
 import contextlib
 import os
@@ -50,10 +47,8 @@ def rank_prefix() -> str:
     return f"rank {rank}: " if size > 1 else ""
 
 
-# --- Ctrl-C ---------------------------------------------------------------------------------------
-# Python runs a signal's handler in the main thread, whichever thread the signal was delivered to. The handler
-# here raises KeyboardInterrupt as Python's own does, remembers the press, and while `held()` is in force only
-# remembers it, so that work which must finish (the renames of a save, the release of a lock) finishes.
+# --- Ctrl-C: Python runs the handler in the main thread, whichever thread the signal reached. It raises
+# KeyboardInterrupt as Python's own does, except while `held()` is in force: then the press waits.
 _pressed, _holding = [], []
 
 
@@ -77,8 +72,7 @@ def held(then_raise: bool = True):
 
 
 def raise_pending_interrupt() -> None:
-    """Raise the KeyboardInterrupt of a Ctrl-C that Python swallowed: one that landed in a garbage-collection
-    callback, where Python prints "Exception ignored in ..." and carries on (called at every progress step)."""
+    """Raise a Ctrl-C that Python swallowed in a garbage-collection callback (called at every progress step)."""
     if _pressed and not _holding:
         raise KeyboardInterrupt
 
@@ -104,8 +98,7 @@ JOINED = []  # plumbing.run.join appends once this process has joined torchrun's
 
 
 def leave(code: int, message: str) -> None:
-    """Print message and exit. A process that joined a torchrun exits at once: gloo's threads, torn down while
-    another rank is gone, can abort the interpreter's own exit in C++ ("terminate called ...", signal 6)."""
+    """Print message and exit; a torchrun process at once (gloo's threads can abort Python's exit, signal 6)."""
     sys.stdout.flush()
     sys.stderr.write(message)
     sys.stderr.flush()
@@ -115,11 +108,8 @@ def leave(code: int, message: str) -> None:
 
 
 def run_script(parser: argparse.ArgumentParser, work, args, memory: str = MEMORY) -> None:
-    """work(args), with bad input, failed I/O and out of memory turned into one line and exit code 2 (130 on
-    Ctrl-C, with the KeyboardInterrupt's text); any other exception is raised as it is. memory: what to lower
-    when memory runs out, in the script's own options. Warnings raised meanwhile are collected: on success each
-    is shown once as a one-line note (ResourceWarning stays hidden, as by Python's default); on failure the error
-    line alone is printed."""
+    """work(args), with bad input, failed I/O and out of memory one line and exit code 2 (memory: what to lower,
+    in the script's options); Ctrl-C 130. Warnings: on success each once as a one-line note; on failure none."""
     with warnings.catch_warnings(record=True) as caught, ctrl_c():
         warnings.simplefilter("default")
         warnings.simplefilter("ignore", ResourceWarning)  # as Python's default: a file another caller left open

@@ -1,17 +1,15 @@
-"""Writing files safely: every file goes to a fresh temporary file first and is renamed onto its path only when
-whole (save_atomic), or with others all or nothing (stage, then commit), so an interrupted script never leaves
-half a file. A script writes over a path the user named only where the file there is its own (written_here).
-No torch here."""
+"""Writing files safely: each goes to a fresh temporary file and is renamed onto its path when whole (save_atomic),
+or with others all or nothing (stage, then commit). A script writes over a path the user named only where the file
+there is its own (written_here). No torch here."""
 import os
 import shutil
 import tempfile
 
 from datatypes import DataError
 
-# Every PNG and .npz the scripts write carries a mark naming this project and the path the file was written
-# for (a PNG text chunk "Software", an .npz entry "written_by"). It proves that a script of this project wrote
-# the file at this very path: a later command may replace it there. A copy or a move of it (the same bytes at
-# another path) is the user's, never replaced; an edit in place that keeps the PNG's text chunks goes unnoticed.
+# Every PNG and .npz the scripts write carries a mark naming this project and the path it was written for (a PNG
+# text chunk "Software", an .npz entry "written_by"): a later command may replace it there, never a copy or a move
+# of it (docs/robustness.md, "What a mark proves").
 MARK = "diffusion course repo"
 _writing = []  # the paths being staged now, outermost first: the first is the file's own path, which its mark names
 
@@ -42,8 +40,7 @@ def written_here(path: str) -> bool:
 
 def stage(write, path: str) -> tuple:
     """write(tmp) into a fresh temporary file beside path (O_EXCL: a planted link is never followed), with path's
-    extension so that writers that go by it (matplotlib) still know the format; (tmp, path) for commit. If
-    writing fails, the temporary file is removed and the error raised."""
+    extension (matplotlib goes by it); (tmp, path) for commit. If writing fails, the temporary file is removed."""
     folder, name = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{os.path.splitext(name)[1]}", dir=folder)
     os.close(fd)
@@ -87,8 +84,8 @@ def save_atomic(write, path: str, ours_only: bool = False) -> None:
 
 
 def save_folder_atomic(write, folder: str) -> None:
-    """write(tmp) into a fresh temporary folder beside folder, then rename it to folder, which must not
-    exist: a folder of several files appears whole or not at all (on failure the temporary one is removed)."""
+    """write(tmp) into a fresh temporary folder beside folder (which must not exist), then rename it: the folder
+    appears whole or not at all."""
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".tmp",
                            dir=os.path.dirname(os.path.abspath(folder)))
     try:
@@ -101,10 +98,9 @@ def save_folder_atomic(write, folder: str) -> None:
 
 
 def check_outputs(outputs: dict, inputs: list) -> None:
-    """Refuse, before any work, outputs {option: path} that would replace one of the inputs or any existing file
-    that is not this project's output at that path (written_here: a dataset's .npz, a user's image, a copy of a
-    sample grid), that are folders or FIFOs, or whose folder is missing or not writable; a missing folder whose
-    parent exists and is writable is made (as mkdir would, one level: samples/x.png)."""
+    """Refuse, before any work, outputs {option: path} that would replace an input or a file that is not this
+    project's output at that path (written_here), that are folders or FIFOs, or whose folder cannot be written; a
+    missing folder whose parent exists is made (as mkdir would, one level: samples/x.png)."""
     for what, path in outputs.items():
         path = os.path.abspath(path)
         for given in inputs:

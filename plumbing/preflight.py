@@ -1,10 +1,6 @@
-"""What must be settled before torch starts, imported first by every script (its own isort section in
-pyproject.toml). OpenMP (libgomp) reads OMP_NUM_THREADS when torch loads it and, for a value it cannot use,
-prints its own "Invalid value" line and goes on with a thread count nobody asked for; matplotlib prints two
-lines of its own for an MPLCONFIGDIR that is no writable folder. Either ends the script here, in one line, exit
-code 2. Unless OMP_WAIT_POLICY or GOMP_SPINCOUNT are set, libgomp's threads spin 10,000 times (not 300,000) before
-they sleep: beside two other runs on 2 cores 20,000 images took 33 times their time alone, now 10 times, and
-alone 3 % longer, with the same weights (docs/speed.md; sleeping at once, OMP_WAIT_POLICY=PASSIVE, cost 60 % alone)."""
+"""Imported first by every script, before torch: an OMP_NUM_THREADS libgomp cannot use, or an MPLCONFIGDIR that is
+no writable folder, ends the script in one line (not the libraries' own lines). libgomp's threads spin 10,000 times
+before they sleep, not 300,000: beside two other runs 10 times slower, not 33, alone 3 % (docs/speed.md)."""
 import os
 import re
 import sys

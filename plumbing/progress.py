@@ -1,5 +1,4 @@
-"""Progress that people can follow, with the time remaining: a tqdm bar on a terminal, and in a log file (where
-tqdm's carriage-return updates make no new lines) a plain line after 5 s and then every 30 s."""
+"""Progress with the time remaining: a tqdm bar on a terminal; in a log file a plain line after 5 s, then every 30 s."""
 import sys
 import time
 
@@ -9,8 +8,8 @@ from plumbing.errors import raise_pending_interrupt
 
 
 class Progress:
-    """done of total units. note(key=value) shows running values (e.g. the loss); say(line) prints the plain
-    lines (default: to stdout); show=False: nothing is shown (torchrun's other processes)."""
+    """done of total units; note(key=value) shows running values (the loss); say(line) prints the plain lines;
+    show=False: nothing (torchrun's other processes)."""
 
     def __init__(self, total: int, desc: str, unit: str = "it", show: bool = True, say=None):
         self.total, self.desc, self.unit, self.show = total, desc, unit, show

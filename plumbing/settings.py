@@ -1,7 +1,6 @@
-"""Every setting a run is made of, with its type and bounds, checked in one place: main.py checks its command
-line with it, and every script checks a checkpoint's config with it before anything is allocated (an edited
-n_T of 10^9 or widths of 10^6 end here, in one line). Names (a process, a network, a schedule) are checked
-where their registries are (models.build_model). No torch here."""
+"""Every setting a run is made of, with its type and bounds: main.py checks its command line with it, every script a
+checkpoint's config before anything is allocated. Names (a process, a network) are checked by their registries
+(models.build_model). No torch here."""
 import math
 
 SEED_MAX = 2 ** 32 - 1

@@ -1,10 +1,7 @@
 """Small weights to ship: python -m plumbing.ship RUN/model.pth weights/NAME.pth [--note TEXT].
 
-A main.py checkpoint holds the raw weights, their EMA, the optimiser state and every loss: 3-4 times what
-sampling needs. The shipped file keeps the run's config, its last scores and the weights every sample is
-drawn with (the EMA's, else the raw ones), in the checkpoint layout, so that sample.py, anomaly.py and
-metrics.py load it as any checkpoint (safely: tensors and plain containers only). It is not a run:
---resume cannot continue it. An existing file at the destination is never replaced."""
+The run's config, its last scores and the weights samples are drawn with (the EMA's), in the checkpoint layout
+that every script loads: a quarter of a main.py checkpoint. Not a run (--resume refuses it); never replaces a file."""
 import plumbing.preflight  # noqa: F401  (first, before torch: a bad OMP_NUM_THREADS ends here)
 
 import os
@@ -18,9 +15,8 @@ from plumbing.settings import option, problems
 
 
 def shipped(ckpt: dict, note: str, half: bool = False, sample_steps: int | None = None) -> dict:
-    """The checkpoint a user samples from: config, last scores and the sampling weights, nothing else. half:
-    the weights stored as float16 (half the bytes; loading copies them into the float32 network). sample_steps:
-    the steps sample.py takes from these weights unless told (the run's own if None)."""
+    """The checkpoint a user samples from. half: the weights as float16 (loaded into the float32 network).
+    sample_steps: the steps sample.py takes unless told (None: the run's own)."""
     weights = ckpt["ema"]["weights"] if ckpt.get("ema") else ckpt["model"]
     weights = {k: v.half() if half else v.clone() for k, v in weights.items()}
     config = {**ckpt["config"], "shipped": note}

@@ -203,7 +203,7 @@ def test_csv_fractions_are_not_black_and_first_row_is_data(tmp_path):
 def test_npz_that_is_npy_empty_truncated_or_channels_first(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros(3))
     os.rename(tmp_path / "a.npy", tmp_path / "pathmnist.npz")
-    with pytest.raises(DataError, match="single .npy array"):
+    with pytest.raises(DataError, match="a single .npy array"):
         load_dataset("pathmnist", str(tmp_path), download=False)
     (tmp_path / "pathmnist.npz").write_bytes(b"")
     with pytest.raises(DataError, match="not a readable .npz"):

@@ -132,6 +132,13 @@ def test_an_npz_with_two_arrays_of_one_name_is_refused(tmp_path):
         read_npz(str(tmp_path / "s.npz"))
 
 
+
+def test_an_npz_of_python_objects_is_refused_unpickled(tmp_path):
+    """Object arrays are stored as pickles: loading one could run code."""
+    np.savez(tmp_path / "o.npz", images=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(DataError, match="Object arrays cannot be loaded when allow_pickle=False"):
+        read_npz(str(tmp_path / "o.npz"))
+
 # --- metrics.py: what it cannot score honestly, it refuses, before training any classifier ---
 
 def score_cli(capsys, tmp_path, images, labels=None, dataset="shapes"):
