@@ -113,7 +113,7 @@ class Run:
         os.makedirs(self.out, exist_ok=True)
         path = os.path.join(self.out, LOCK)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        pid = os.read(fd, 32).decode(errors="replace").strip()  # the process that wrote it, if any
+        pid = "".join(os.read(fd, 32).decode(errors="replace").split()[:1])  # the process that wrote it, if any
         try:
             if os.fstat(fd).st_nlink != 1:  # a hard link to another file: writing the PID would change it
                 raise DataError(f"{path} is a hard link (another name for one file), not a lock of main.py: writing "
