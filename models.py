@@ -69,7 +69,7 @@ PAPER = {"lr": 2e-4, "min_snr": 0.0, "batch_size": 128, "warmup": 5000, "ema_dec
 PROCESS_OPTIONS = ("min_snr", "theta0", "loss", "p_uncond", "guidance")  # each process names those it takes
 
 
-def by_size(model: str, side: int, dims: int = 2, epochs: int = 1) -> dict:
+def by_size(model: str, side: int, dims: int, epochs: int) -> dict:
     """The defaults that depend on the data and the run's length, as measured (docs/quality.md, medical.md,
     volumes.md): the U-Net's widths (n widths, n - 1 levels) for the smallest listed side at or above the image's,
     up to 32 px 24 48 48 from 12 epochs on (on MNIST, after 31-36 minutes it beats 16 32 32 trained as long; it

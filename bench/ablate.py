@@ -86,7 +86,7 @@ def run(args) -> None:
         if args.only and j not in args.only:
             continue
         torch.manual_seed(args.seed)
-        net = UNet(1, by_size("DDPM", 28)["unet_widths"], image_size=28, **options)
+        net = UNet(1, by_size("DDPM", 28, dims=2, epochs=6)["unet_widths"], image_size=28, **options)
         print(f"{name}: {count_parameters(net):,} parameters", flush=True)
         rows[name] = race(name, net, train.images, order=order, score=score, stop_images=args.images,
                           budget_s=float("inf"), every=args.every, target=None, precision=args.precision,

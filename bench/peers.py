@@ -65,7 +65,7 @@ def race(name: str, net, x_all, order, score, *, stop_images: int, budget_s: flo
     from main import EMA
     from models import PROCESSES, draw
     process = PROCESSES[(recipe or {}).get("model", "DDPM")]
-    r = {"model": "DDPM", "eta": 1.0, **RECIPE, **by_size((recipe or {}).get("model", "DDPM"), 28),
+    r = {"model": "DDPM", "eta": 1.0, **RECIPE, **by_size((recipe or {}).get("model", "DDPM"), 28, dims=2, epochs=6),
          "sampler": process.samplers[0], **(recipe or {})}  # main.py's recipe for MNIST, with --sample-eta's 1
     torch.manual_seed(seed)
     model = PROCESSES[r["model"]].from_config(net, r).to(device)

@@ -88,8 +88,9 @@ def test_a_config_without_unet_version_builds_the_first_design_and_new_runs_reco
     from models import by_size
     from unet import VERSIONS, UNet, unet_from_config
     UNET_VERSION = max(VERSIONS)
-    assert by_size("DDPM", 28)["unet_version"] == by_size("DDPM", 64)["unet_version"] == UNET_VERSION
-    assert by_size("DDPM", 65)["unet_version"] == 1 and by_size("DDPM", 32, 3)["unet_version"] == 1
+    version = lambda side, dims=2: by_size("DDPM", side, dims, epochs=1)["unet_version"]  # noqa: E731
+    assert version(28) == version(64) == UNET_VERSION
+    assert version(65) == 1 and version(32, 3) == 1
     config = {"in_channels": 1, "image_size": 16, "num_classes": 0, "cond_channels": 0, "unet_widths": [8, 8, 8]}
     old, new = unet_from_config(config), unet_from_config({**config, "unet_version": UNET_VERSION})
     assert old.down[0].emb_proj.out_features == 8 and not old.down[0].scale_shift
@@ -128,7 +129,7 @@ def test_new_runs_on_small_images_take_the_cosine_schedule_and_resume_keeps_the_
 
     import main
     from models import by_size
-    schedule_for = lambda *args: by_size(*args)["schedule"]  # noqa: E731
+    schedule_for = lambda model, side, dims=2: by_size(model, side, dims, epochs=1)["schedule"]  # noqa: E731
     assert schedule_for("DDPM", 28) == schedule_for("COND", 32) == "cosine"
     assert schedule_for("DDPM", 64) == schedule_for("DDPM", 32, 3) == "linear"
     assert schedule_for("VPRED", 28) == schedule_for("DDGM", 28) == "linear"
@@ -165,13 +166,15 @@ def test_the_unet_widens_from_12_epochs_on_up_to_32_px():
     import main
     from datatypes import Dataset
 
+    def config(argv, saved=None, side=28):
+        return main.for_data(main.recipe(main.build_parser().parse_args(["DDPM", *argv]), saved),
+                             Dataset(torch.zeros(4, 1, side, side), None, None))
+
     def widths(argv, saved=None, side=28):
-        config = main.recipe(main.build_parser().parse_args(["DDPM", *argv]), saved)
-        return main.for_data(config, Dataset(torch.zeros(4, 1, side, side), None, None))["unet_widths"]
+        return config(argv, saved, side)["unet_widths"]
     assert widths(["--epochs", "11"]) == [16, 32, 32]
     assert widths([]) == widths(["--epochs", "12"]) == [24, 48, 48]  # the default run is 12 epochs
     assert widths(["--epochs", "40", "--unet-widths", "8", "8"]) == [8, 8]
     assert widths(["--epochs", "40"], side=64) == widths(["--epochs", "1"], side=64) == [16, 32, 64, 64]
-    six = main.for_data(main.recipe(main.build_parser().parse_args(["DDPM", "--epochs", "6"])),
-                        Dataset(torch.zeros(4, 1, 28, 28), None, None))
+    six = config(["--epochs", "6"])
     assert widths(["--epochs", "18", "--resume"], saved=six) == [16, 32, 32]  # a resumed run keeps its network
