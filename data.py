@@ -28,12 +28,11 @@ from formats import (
     MAX_VALUES,
     NIFTI_EXTENSIONS,
     list_files,
-    nifti_voxels,
-    open_nifti,
     parse_csv_rows,
     read_idx,
     read_npz,
     read_resized,
+    read_volume,
 )
 
 MEDMNIST_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
@@ -291,7 +290,7 @@ def binarize_label_map(a: np.ndarray, path: str, soft: list) -> np.ndarray:
 def load_nifti_folder(data_dir: str, image_size: int, channels: int | None, train: bool = True,
                       limit: int | None = None) -> Dataset:
     """data_dir/images/*.nii(.gz) (+ optional data_dir/masks/ with the same names, on the same voxel grid),
-    as (N, 1, S, S, S) volumes in [-1, 1] with S = image_size: each reoriented to RAS+ (formats.open_nifti),
+    as (N, 1, S, S, S) volumes in [-1, 1] with S = image_size: each reoriented to RAS+ (formats.read_volume),
     scaled by its own min..max (CT and MRI intensities have no common scale) and resampled to a cube, as
     MedMNIST 3D does. Masks by binarize_label_map, resampled the same way and cut at 0.5. The last 10% of
     the sorted names are held out (train=False)."""
@@ -300,19 +299,18 @@ def load_nifti_folder(data_dir: str, image_size: int, channels: int | None, trai
     images, masks, names = folder_split(data_dir, "volume", NIFTI_EXTENSIONS, train=train, limit=limit)
     x, m, soft = [], [], []
     for name in names:
-        image = open_nifti(images[name])
-        a = nifti_voxels(image, images[name])
+        a, affine = read_volume(images[name])
         lo, hi = float(a.min()), float(a.max())
         if hi == lo:
             raise DataError(f"{images[name]} holds the single value {lo:g}: an empty volume has nothing to learn; "
                             "remove it")
         x.append(resize_volume((a - lo) / (hi - lo), image_size).clamp(0, 1))  # clamp: round-off only
         if masks is not None:
-            mask = open_nifti(masks[name])
-            if mask.shape != image.shape or not np.allclose(mask.affine, image.affine, rtol=1e-4, atol=1e-3):
+            mask, mask_affine = read_volume(masks[name])
+            if mask.shape != a.shape or not np.allclose(mask_affine, affine, rtol=1e-4, atol=1e-3):
                 raise DataError(f"mask {name} ({'x'.join(map(str, mask.shape))}) is not on its volume's voxel grid "
-                                f"({'x'.join(map(str, image.shape))}, or another affine): masks must share it")
-            b = binarize_label_map(nifti_voxels(mask, masks[name]), masks[name], soft).astype(np.float32)
+                                f"({'x'.join(map(str, a.shape))}, or another affine): masks must share it")
+            b = binarize_label_map(mask, masks[name], soft).astype(np.float32)
             m.append(resize_volume(b, image_size) >= 0.5)
     if soft:
         print(f"note: {len(soft)} mask{'s' * (len(soft) > 1)} (e.g. {soft[0]}) hold fractions in 0..1: read as "

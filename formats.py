@@ -2,6 +2,7 @@
 images and masks, NIfTI volumes. data.py turns what these return into datasets. No torch here; no plumbing."""
 import csv
 import gzip
+import itertools
 import logging
 import os
 import zlib
@@ -74,24 +75,16 @@ def read_npz(path: str) -> dict:
 
 def parse_csv_rows(path: str, limit: int | None) -> list:
     """Rows of numbers as lists of strings; a first row with any non-number is a header and dropped."""
-    def is_number(cell):
-        try:
-            float(cell)
-            return True
-        except ValueError:
-            return False
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
-            rows, first = [], True
-            for r in csv.reader(f):
-                if r and not (first and not all(map(is_number, r))):
-                    rows.append(r)
-                first = first and not r
-                if limit and len(rows) >= limit:
-                    break
+            rows = list(itertools.islice((r for r in csv.reader(f) if r), limit + 1 if limit else None))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"cannot read CSV file {path} ({e}): check --data-path") from e
-    return rows
+    try:
+        list(map(float, rows[0] if rows else []))
+    except ValueError:  # a first row with any non-number: a header
+        rows = rows[1:]
+    return rows[:limit]
 
 
 def list_files(folder: str, extensions: tuple = IMAGE_EXTENSIONS) -> dict:
@@ -120,16 +113,13 @@ def scale_high_bit(a: np.ndarray, mode: str, path: str, constant: list) -> np.nd
     """A 16-bit, 32-bit or float image to [0, 1] by its own range (min..max), as is usual for MRI and
     CT, unless already in [0, 1]. A constant image has no range: integer images map to value / 65535
     (their place in the 16-bit range), others to 0.5; its path is added to `constant` for a note."""
-    if not np.isfinite(a).all():
-        raise DataError(f"{path} holds non-finite pixels (nan/inf): fix or remove it")
     lo, hi = float(a.min()), float(a.max())
     if 0 <= lo and hi <= 1:
-        return a
+        return a.astype(np.float32)
     if hi > lo:  # in float64: the range of float32 values near +-3e38 overflows float32
-        return ((a.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+        return ((a - lo) / (hi - lo)).astype(np.float32)
     constant.append(path)
-    value = lo / 65535 if mode != "F" and 0 <= lo <= 65535 else 0.5
-    return np.full_like(a, value)
+    return np.full(a.shape, lo / 65535 if mode != "F" and 0 <= lo <= 65535 else 0.5, np.float32)
 
 
 def read_image(path: str, mode: str | None, constant: list) -> np.ndarray:
@@ -138,17 +128,17 @@ def read_image(path: str, mode: str | None, constant: list) -> np.ndarray:
     from PIL import Image, ImageOps
     with Image.open(path) as opened:
         im = ImageOps.exif_transpose(opened)
-        if mode == "mask":
-            a = np.asarray(im if im.mode in HIGH_BIT_MODES else im.convert("L"), dtype=np.float32)
-            if not np.isfinite(a).all():
-                raise DataError(f"{path} holds non-finite values (nan/inf): fix or remove it")
-            return binarize_mask(a)
-        if im.mode in HIGH_BIT_MODES:
-            if mode == "RGB":
-                raise DataError(f"{path} is a {im.mode} (high bit depth) grayscale image: use --channels 1")
-            return scale_high_bit(np.asarray(im, dtype=np.float64).astype(np.float32), im.mode, path, constant=constant)
-        im = im.convert(mode or ("L" if im.mode in ("1", "L", "LA") else "RGB"))
-        return np.asarray(im, dtype=np.float32) / 255
+        high = im.mode in HIGH_BIT_MODES
+        if high and mode == "RGB":
+            raise DataError(f"{path} is a {im.mode} (high bit depth) grayscale image: use --channels 1")
+        if not high:
+            im = im.convert("L" if mode == "mask" else mode or ("L" if im.mode in ("1", "L", "LA") else "RGB"))
+        a = np.asarray(im, dtype=np.float64 if high else np.float32)
+    if not np.isfinite(a).all():
+        raise DataError(f"{path} holds non-finite pixels (nan/inf): fix or remove it")
+    if mode == "mask":
+        return binarize_mask(a)
+    return scale_high_bit(a, im.mode, path, constant=constant) if high else a / 255
 
 
 def binarize_mask(a: np.ndarray) -> np.ndarray:
@@ -210,32 +200,19 @@ def need_nibabel():
     return nibabel
 
 
-def check_gzip(path: str) -> None:
-    """A .gz read through once: gzip checks its CRC and length only at the end of the stream, which nibabel,
-    reading just the bytes it needs, never reaches (a flipped bit would be a wrong voxel, silently)."""
-    if not path.lower().endswith(".gz"):
-        return
-    try:
-        with gzip.open(path) as f:
-            while f.read(1 << 24):
-                pass
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: its voxels cannot be read ({cause(e)}): the "
-                        "file is damaged") from e
-
-
-def open_nifti(path: str):
-    """The nibabel image of a NIfTI file (header read, no voxels yet), reoriented to RAS+ (the closest
-    canonical orientation), so that every volume of a folder lies the same way round. One 3D volume per
-    file (trailing axes of length 1 are dropped); its size is checked before any voxel is read."""
+def read_volume(path: str) -> tuple:
+    """One 3D NIfTI volume (trailing axes of length 1 dropped) as float32 voxels (D, H, W) and its affine, reoriented
+    to RAS+ (the closest canonical orientation) so that every volume lies the same way round: D runs inferior to
+    superior (an axial slice is x[d]), H anterior to posterior (the nose at the top), W the patient's left to right
+    (neurological convention); scaled by the header's slope and intercept. Shape, type and size are checked from the
+    header before any voxel is read."""
     nibabel = need_nibabel()
-    check_gzip(path)
     try:
         image = nibabel.load(path)
         if not isinstance(image, (nibabel.Nifti1Image, nibabel.Nifti2Image)):
             raise DataError(f"{path} is a {type(image).__name__}, not a NIfTI-1 or NIfTI-2 volume: convert it "
                             "to .nii.gz")
-        shape = tuple(image.shape)
+        shape, dtype = tuple(image.shape), image.get_data_dtype()
         while len(shape) > 3 and shape[-1] == 1:
             shape = shape[:-1]
         if len(shape) != 3:
@@ -243,14 +220,20 @@ def open_nifti(path: str):
                             "series or modalities into files of their own)")
         if min(shape) < 2:
             raise DataError(f"{path} has shape {shape}: a volume needs at least 2 voxels along each side")
-        dtype = image.get_data_dtype()
         if dtype.kind not in "uif":
             raise DataError(f"{path} stores {dtype} voxels ({'complex' if dtype.kind == 'c' else 'not one number'} per "
                             "voxel): one real intensity per voxel is read; convert it to a grayscale volume")
         if np.prod(shape, dtype=np.float64) > MAX_VOLUME_VOXELS:
             raise DataError(f"{path} is {'x'.join(map(str, shape))} voxels, more than the {MAX_VOLUME_VOXELS:,} "
                             "this project reads from one file: crop or downsample it first")
-        return nibabel.as_closest_canonical(nibabel.funcs.squeeze_image(image))
+        try:  # gzip checks its CRC only at the end of the stream, which nibabel never reaches: read it through
+            with gzip.open(path) if path.lower().endswith(".gz") else open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: its voxels cannot be read ({cause(e)}): the file is damaged") from e
+        image = nibabel.as_closest_canonical(nibabel.funcs.squeeze_image(image))
+        a = np.asarray(image.get_fdata(dtype=np.float32))
     except DataError:
         raise
     except nibabel.orientations.OrientationError as e:
@@ -259,27 +242,14 @@ def open_nifti(path: str):
     except (OSError, EOFError, ValueError, zlib.error, MemoryError, nibabel.filebasedimages.ImageFileError,
             nibabel.spatialimages.HeaderDataError) as e:
         raise DataError(f"{path} is not a readable NIfTI file ({cause(e)})") from e
-
-
-def nifti_voxels(image, path: str) -> np.ndarray:
-    """The voxels of an open_nifti image as float32 (D, H, W): D runs inferior to superior (so that an
-    axial slice is x[d]), H anterior to posterior (the nose at the top of an axial slice), W the patient's
-    left to right (neurological convention: the patient's right on the image's right). Scaled by the
-    header's slope and intercept, as nibabel does; non-finite voxels are refused."""
-    import nibabel
-    try:
-        a = np.asarray(image.get_fdata(dtype=np.float32))
-    except (OSError, EOFError, ValueError, zlib.error, MemoryError, nibabel.filebasedimages.ImageFileError) as e:
-        raise DataError(f"{path}: its voxels cannot be read ({cause(e)}): the "
-                        "file is damaged") from e
     if not np.isfinite(a).all():
         raise DataError(f"{path} holds non-finite voxels (nan/inf): fix or remove it")
-    return np.ascontiguousarray(a.transpose(2, 1, 0)[:, ::-1, :])  # RAS (x, y, z) -> (z, -y, x)
+    return np.ascontiguousarray(a.transpose(2, 1, 0)[:, ::-1, :]), image.affine  # RAS (x, y, z) -> (z, -y, x)
 
 
 def nifti_bytes(v: np.ndarray) -> bytes:
-    """A (D, H, W) volume in nifti_voxels' order as the bytes of a .nii.gz: float32 voxels, RAS+ with 1 mm
-    voxels (the true spacing is not known to a sample), so that nifti_voxels reads back v."""
+    """A (D, H, W) volume in read_volume's order as the bytes of a .nii.gz: float32 voxels, RAS+ with 1 mm voxels
+    (the true spacing is not known to a sample), so that read_volume reads back v."""
     nibabel = need_nibabel()
     a = np.ascontiguousarray(v[:, ::-1, :].transpose(2, 1, 0), dtype=np.float32)  # (z, -y, x) -> RAS (x, y, z)
     return gzip.compress(nibabel.Nifti1Image(a, np.eye(4)).to_bytes(), compresslevel=6)

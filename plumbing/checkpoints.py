@@ -1,6 +1,7 @@
 """Checkpoints that load safely: tensors and plain containers only (weights_only=True), never code, and
 everything in them checked like the command line (settings.py) before anything is built."""
 import io
+import math
 import os
 
 import torch
@@ -31,7 +32,7 @@ def load_checkpoint(path: str) -> dict:
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "config" not in ckpt:
         raise DataError(f"{path} is not a main.py checkpoint (no model weights or config in it)")
     is_count = lambda v: v is not None and whole(0, 2 ** 62)(v) is None  # noqa: E731
-    is_number = lambda v: v is not None and real(lambda _: True, "any")(v) is None  # noqa: E731
+    is_number = lambda v: v is not None and real(-math.inf, math.inf, "any")(v) is None  # noqa: E731
     epoch, ema, losses, metrics = ckpt.get("epoch", 0), ckpt.get("ema"), ckpt.get("losses", []), ckpt.get("metrics", [])
     ema_ok = ema is None or (isinstance(ema, dict) and "weights" in ema and is_count(ema.get("n")))
     rows_ok = isinstance(losses, list) and all(isinstance(r, (list, tuple)) and len(r) == 3 and is_count(r[0])

@@ -15,21 +15,18 @@ OUT_OF_MEMORY = ("can't allocate memory", "out of memory")  # torch's RuntimeErr
 MEMORY = "lower --batch-size, --image-size, --num-samples or the network's widths"  # main.py's options
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: ...)" for every option that has one and does not already say it."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False) or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors, "prog: error: ... (see --help)", exit code 2, and the defaults shown."""
+    """argparse with one-line errors, "prog: error: ... (see --help)", exit code 2, and "(default: ...)" in --help
+    for every option that has one and does not already say it."""
+
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+        def _get_help_string(self, action):
+            if action.default in (None, False) or "default" in (action.help or ""):
+                return action.help
+            return super()._get_help_string(action)
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, formatter_class=self.Formatter, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: {rank_prefix()}error: {one_line(message)} (see --help)\n")

@@ -20,17 +20,16 @@ def mark() -> str:
 
 
 def written_here(path: str) -> bool:
-    """Whether path is a regular file that carries the mark of a script's output written at this path."""
-    import zipfile
-    if not os.path.isfile(path):  # a regular file (a FIFO would block its reader)
+    """Whether path is a regular file (not a FIFO, which would block) holding the mark of this very path."""
+    import numpy as np
+    from PIL import Image
+    if not os.path.isfile(path):
         return False
     try:
-        if path.lower().endswith(".npz"):
-            with zipfile.ZipFile(path) as z, z.open("written_by.npy") as f:
-                import numpy as np
-                found = str(np.lib.format.read_array(f, allow_pickle=False))
+        if path.lower().endswith(".npz"):  # mmap: a .npy named .npz is not read into memory
+            with np.load(path, mmap_mode="r", allow_pickle=False) as npz:
+                found = str(npz["written_by"])
         else:
-            from PIL import Image
             with Image.open(path) as image:
                 found = image.info.get("Software") if image.format == "PNG" else None
     except Exception:  # unreadable, not an image or archive, no mark: not ours
@@ -57,14 +56,12 @@ def stage(write, path: str) -> tuple:
 
 
 def commit(staged: list, ours_only: bool = False) -> None:
-    """Rename each staged (tmp, path) onto its path, in order (renames need no disk space). ours_only: a path
-    where something not written_here appeared since the script checked is kept, and nothing is renamed."""
-    for _, path in staged if ours_only and not _writing else ():  # inside another stage: its commit decides
-        if os.path.lexists(path) and not written_here(path):
-            discard(staged)
-            raise DataError(f"{path} appeared while this command ran and is not its own: it is never written "
-                            "over; move it away and run the command again")
+    """Rename each staged (tmp, path) onto its path, in order (renames need no disk space). ours_only: if anything
+    not written_here appeared at a path since the script checked, it is kept and nothing is renamed."""
     try:
+        if ours_only and not _writing and any(os.path.lexists(p) and not written_here(p) for _, p in staged):
+            raise DataError(f"{staged[0][1]} appeared while this command ran and is not its own: it is never "
+                            "written over; move it away and run the command again")  # (inside a stage: its commit)
         for tmp, path in staged:
             os.replace(tmp, path)
     except BaseException:
@@ -84,8 +81,7 @@ def save_atomic(write, path: str, ours_only: bool = False) -> None:
 
 
 def save_folder_atomic(write, folder: str) -> None:
-    """write(tmp) into a fresh temporary folder beside folder (which must not exist), then rename it: the folder
-    appears whole or not at all."""
+    """write(tmp) into a fresh temporary folder beside folder (which must not exist), then rename it whole."""
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".tmp",
                            dir=os.path.dirname(os.path.abspath(folder)))
     try:
@@ -99,24 +95,21 @@ def save_folder_atomic(write, folder: str) -> None:
 
 def check_outputs(outputs: dict, inputs: list) -> None:
     """Refuse, before any work, outputs {option: path} that would replace an input or a file that is not this
-    project's output at that path (written_here), that are folders or FIFOs, or whose folder cannot be written; a
-    missing folder whose parent exists is made (as mkdir would, one level: samples/x.png)."""
+    project's output at that path (written_here), or whose folder cannot be written (a missing folder whose
+    parent exists is made, one level, as mkdir would: samples/x.png)."""
     for what, path in outputs.items():
-        path = os.path.abspath(path)
-        for given in inputs:
-            if os.path.exists(given) and os.path.exists(path) and os.path.samefile(given, path):
-                raise DataError(f"{what} {path} is one of this command's inputs ({given}): it would be overwritten; "
-                                "choose another --out")
-        if os.path.isdir(path):
-            raise DataError(f"{what} {path} is a folder: give a file name ending in .png")
+        path, folder = os.path.abspath(path), os.path.dirname(os.path.abspath(path))
+        given = next((g for g in inputs if os.path.exists(g) and os.path.exists(path) and os.path.samefile(g, path)),
+                     None)
+        if given:
+            raise DataError(f"{what} {path} is one of this command's inputs ({given}): it would be overwritten; "
+                            "choose another --out")
         if os.path.lexists(path) and not written_here(path):
             raise DataError(f"{what} {path} exists and is not an output this project wrote there (it may be your "
                             "data, or a copy you made): it is never written over; move it away or choose another --out")
-        folder = os.path.dirname(path)
-        parent = os.path.dirname(folder)
-        if not os.path.exists(folder) and os.path.isdir(parent) and os.access(parent, os.W_OK):
+        if not os.path.exists(folder) and os.path.isdir(os.path.dirname(folder)):
             os.makedirs(folder, exist_ok=True)
-        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        if not os.access(folder, os.W_OK) or not os.path.isdir(folder):
             raise DataError(f"{what}: the folder {folder} does not exist or cannot be written: create it or choose "
                             "another --out")
 

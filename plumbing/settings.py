@@ -6,38 +6,36 @@ import math
 SEED_MAX = 2 ** 32 - 1
 
 
+def number(kind, lo, hi, bounds: str = "", hint: str = "", off=None):
+    """A checker of v: None, off, or a finite number of kind (int: whole, never a bool) in lo..hi (bounds: the
+    interval in words, default lo..hi). It returns what is wrong, or None."""
+    def check(v):
+        if v is None or (off is not None and v == off):
+            return None
+        if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v):
+            return f"must be a {'whole' if kind is int else 'finite'} number in {bounds or f'{lo}..{hi}'}"
+        return None if lo <= v <= hi else f"must lie in {bounds or f'{lo}..{hi}'}{hint}"
+    return check
+
+
 def whole(lo: int, hi: int, hint: str = ""):
-    """A checker: an integer (not a bool, not a float) in lo..hi, or None."""
-    def check(v):
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
-            return f"must be a whole number in {lo}..{hi}"
-        return None if v is None or lo <= v <= hi else f"must lie in {lo}..{hi}{hint}"
-    return check
+    return number(int, lo, hi, hint=hint)
 
 
-def real(ok, bounds: str, hint: str = ""):
-    """A checker: a finite int or float v with ok(v) true (bounds says which, in words), or None."""
-    def check(v):
-        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
-            return f"must be a finite number in {bounds}"
-        return None if v is None or ok(v) else f"must lie in {bounds}{hint}"
-    return check
+def real(lo: float, hi: float, bounds: str, hint: str = "", off=None):
+    return number((int, float), lo, hi, bounds, hint, off)
 
 
 def numbers(kind, n_min: int, n_max: int, lo, hi, what: str):
-    """A checker: a list of n_min..n_max numbers of kind (int or float) in lo..hi."""
-    def check(v):
-        ok = isinstance(v, (list, tuple)) and n_min <= len(v) <= n_max and all(
-            isinstance(c, kind) and not isinstance(c, bool) and math.isfinite(c) and lo <= c <= hi for c in v)
-        return None if ok else f"must be {what}"
-    return check
+    """A checker of v: a list of n_min..n_max numbers of kind in lo..hi."""
+    return lambda v: None if isinstance(v, (list, tuple)) and n_min <= len(v) <= n_max and all(
+        c is not None and number(kind, lo, hi)(c) is None for c in v) else f"must be {what}"
 
 
 def betas(v):
     """A checker: the two ends of the linear schedule, 0 < BETA_1 <= BETA_T < 1."""
-    if numbers(float, 2, 2, lo=1e-300, hi=1 - 1e-16, what="")(v) or v[0] > v[1]:
-        return "needs 0 < BETA_1 <= BETA_T < 1"
-    return None
+    ok = numbers(float, 2, 2, TINY, UNIT, "")(v) is None and v[0] <= v[1]
+    return None if ok else "needs 0 < BETA_1 <= BETA_T < 1"
 
 
 def text(v):
@@ -48,6 +46,7 @@ def flag(v):
     return None if v is None or isinstance(v, bool) else "must be true or false"
 
 
+TINY, UNIT = 5e-324, 1 - 2 ** -53  # the smallest float above 0, the largest below 1: (0, 1) is [TINY, UNIT]
 # Every setting of a run: its check, and what a change of it means for --resume. "arch": it shapes the network
 # or the process, "train": it changes what training does (--resume refuses a change of either, and the data the
 # run trains on is recorded as data_id), "run": it may change between a run and its continuation (--epochs ...).
@@ -57,26 +56,23 @@ SETTINGS = {
     "epochs": (whole(1, 100_000), "run"), "batch_size": (whole(1, 4096), "train"),
     "warmup": (whole(0, 1_000_000, " steps"), "train"), "n_T": (whole(2, 10_000), "arch"),
     "sample_steps": (whole(1, 10_000), "run"), "num_samples": (whole(1, 10_000), "run"),
-    "eval_samples": (whole(0, 10_000), "run"), "limit": (whole(1, 10 ** 9), "train"),
+    "eval_samples": (number(int, 2, 10_000, "0 (off) or 2..10000", off=0), "run"),
+    "limit": (whole(1, 10 ** 9), "train"), "sample_every": (whole(1, 100_000), "run"),
     "image_size": (whole(4, 512), "arch"), "dims": (whole(2, 3), "arch"), "seed": (whole(0, SEED_MAX), "train"),
     "in_channels": (whole(1, 3), "arch"), "channels": (whole(1, 3), "run"), "num_classes": (whole(0, 1000), "arch"),
     "cond_channels": (whole(0, 1), "arch"), "unet_version": (whole(1, 2), "arch"),
-    "lr": (real(lambda v: 0 < v <= 1, "(0, 1]", ": Adam diverges far below 1 already (try 1e-3)"), "train"),
-    "ema_decay": (real(lambda v: 0 <= v < 1, "[0, 1)"), "train"),
-    "lr_decay": (real(lambda v: 0 <= v <= 1, "[0, 1]"), "train"),
-    "min_snr": (real(lambda v: v == 0 or 0.01 <= v <= 1e4, "0 (off) or 0.01..10000",
-                     " (Hang et al. use 5; below 0.01 the weights are so small that nothing trains)"), "train"),
-    "sample_eta": (real(lambda v: 0 <= v <= 1, "[0, 1]"), "run"),
-    "theta0": (real(lambda v: 0 < v <= 1e6, "(0, 1e6]"), "arch"),
-    "p_uncond": (real(lambda v: 0 <= v <= 1, "[0, 1]"), "train"),
-    "guidance": (real(lambda v: 0 <= v <= 100, "0..100"), "run"),
+    "lr": (real(TINY, 1, "(0, 1]", ": Adam diverges far below 1 already (try 1e-3)"), "train"),
+    "ema_decay": (real(0, UNIT, "[0, 1)"), "train"), "lr_decay": (real(0, 1, "[0, 1]"), "train"),
+    "min_snr": (real(0.01, 1e4, "0 (off) or 0.01..10000", " (Hang et al. use 5; below 0.01 the weights are so "
+                     "small that nothing trains)", off=0), "train"),
+    "sample_eta": (real(0, 1, "[0, 1]"), "run"), "theta0": (real(TINY, 1e6, "(0, 1e6]"), "arch"),
+    "p_uncond": (real(0, 1, "[0, 1]"), "train"), "guidance": (real(0, 100, "0..100"), "run"),
     "betas": (betas, "arch"),
     "unet_widths": (numbers(int, 2, 7, lo=1, hi=1024, what="2 to 7 whole numbers in 1..1024 (n widths: n - 1 levels)"),
                     "arch"),
     "attention_res": (numbers(int, 0, 8, lo=1, hi=512, what="at most 8 feature-map sides in 1..512"), "arch"),
-    "augment": (flag, "train"), "sample_every": (whole(1, 100_000), "run"), "clip_x0": (flag, "run"),
-    "paper_settings": (flag, "run"), "data_dir": (text, "run"), "data_path": (text, "run"), "out": (text, "run"),
-    "device": (text, "run"), "data_id": (text, "train"),
+    "augment": (flag, "train"), "clip_x0": (flag, "run"), "paper_settings": (flag, "run"), "data_id": (text, "train"),
+    "data_dir": (text, "run"), "data_path": (text, "run"), "out": (text, "run"), "device": (text, "run"),
 }
 RESUME_KEEPS = tuple(key for key, (_, kind) in SETTINGS.items() if kind != "run")  # --resume refuses a change
 # What a checkpoint's config must hold to rebuild its model and draw from it.
@@ -98,8 +94,6 @@ def problems(values: dict) -> list:
     get = values.get
     if not found and get("sample_steps") and get("n_T") and get("sample_steps") > get("n_T"):
         found.append(("sample_steps", "must lie in 1..T (--n-T)"))
-    if not found and get("eval_samples") == 1:
-        found.append(("eval_samples", "must be 0 (off) or 2..10000"))
     if not found and get("cond") == "class" and not get("num_classes", 1):
         found.append(("num_classes", "must be at least 1 for --cond class"))
     if not found and get("cond") == "mask" and get("cond_channels", 1) != 1:
