@@ -43,8 +43,7 @@ class Run:
 
     def __enter__(self) -> "Run":
         rank, size = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-        if (rank, size) != (None, None) and not (rank and size and rank.isdigit() and size.isdigit()
-                                                 and int(rank) < int(size)):
+        if (rank, size) != (None, None) and not (re.fullmatch(r"\d+ \d+", f"{rank} {size}") and int(rank) < int(size)):
             raise DataError(f"RANK={rank} with WORLD_SIZE={size} is no torchrun process (WORLD_SIZE at least 1, RANK "
                             "in 0..WORLD_SIZE-1): start main.py with torchrun, or unset RANK and WORLD_SIZE")
         self.device = pick_device(self.asked[0])
@@ -114,21 +113,21 @@ class Run:
         path = os.path.join(self.out, LOCK)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         pid = "".join(os.read(fd, 32).decode(errors="replace").split()[:1])  # the process that wrote it, if any
+        if os.fstat(fd).st_nlink != 1:  # a hard link to another file: writing the PID would change it
+            os.close(fd)
+            raise DataError(f"{path} is a hard link (another name for one file), not a lock of main.py: writing to "
+                            f"it would change the other file; delete {path} and run again")
         try:
-            if os.fstat(fd).st_nlink != 1:  # a hard link to another file: writing the PID would change it
-                raise DataError(f"{path} is a hard link (another name for one file), not a lock of main.py: writing "
-                                f"to it would change the other file; delete {path} and run again")
-            try:
-                import fcntl
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except ImportError:  # Windows
+            if os.name == "nt":
                 import msvcrt
                 msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except (DataError, OSError) as e:
+            else:
+                import fcntl
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             os.close(fd)
-            raise e if isinstance(e, DataError) else DataError(
-                f"another main.py (process {pid or 'unknown'}) is writing {self.out}: wait for it to finish or "
-                "choose another --out") from None
+            raise DataError(f"another main.py (process {pid or 'unknown'}) is writing {self.out}: wait for it to "
+                            "finish or choose another --out") from None
         self.fd = fd
         if pid and pid != str(os.getpid()):
             print(f"note: {path} was left by process {pid}, which is no longer running (killed?): taken over")
