@@ -10,11 +10,11 @@ def number(kind, lo, hi, bounds: str = "", hint: str = "", off=None):
     """A checker of v: None, off, or a finite number of kind (int: whole, never a bool) in lo..hi (bounds: the
     interval in words, default lo..hi). It returns what is wrong, or None."""
     def check(v):
-        if v is None or (off is not None and v == off):
+        if v is None:
             return None
-        if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, kind) or (isinstance(v, float) and not math.isfinite(v)):
             return f"must be a {'whole' if kind is int else 'finite'} number in {bounds or f'{lo}..{hi}'}"
-        return None if lo <= v <= hi else f"must lie in {bounds or f'{lo}..{hi}'}{hint}"
+        return None if lo <= v <= hi or v == off else f"must lie in {bounds or f'{lo}..{hi}'}{hint}"
     return check
 
 
