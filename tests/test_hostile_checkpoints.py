@@ -56,6 +56,7 @@ def anomaly_argv(path, folder):
     ("n_T", 10 ** 9), ("n_T", -5), ("n_T", "20"), ("image_size", -1), ("image_size", 0), ("image_size", 100_000),
     ("unet_widths", [10 ** 6] * 3), ("betas", [0.1]), ("model", "GAN"), ("net", "transformer"),
     ("schedule", "quadratic"), ("sample_steps", 10 ** 6), ("min_snr", float("nan")), ("in_channels", True),
+    ("min_snr", 10 ** 400),  # an int too large for a float: once an OverflowError
 ])
 @pytest.mark.parametrize("script", ["sample", "anomaly"])
 def test_an_edited_config_is_refused_naming_the_key(checkpoint, tmp_path, capsys, key, value, script):
