@@ -5,7 +5,6 @@ and each epoch's files saved all or nothing. docs/robustness.md lists what each 
 import contextlib
 import csv
 import datetime
-import io
 import json
 import math
 import os
@@ -319,12 +318,11 @@ def write_json(obj, path: str) -> None:
 
 
 def write_csv(rows: list, path: str) -> None:
-    """rows: dicts, written with the union of their keys as header."""
-    text = io.StringIO()
-    w = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-    w.writeheader()
-    w.writerows(rows)
-    save_atomic(lambda p: Path(p).write_text(text.getvalue(), newline=""), path)
+    """rows: dicts, written with the union of their keys as header (into a file that save_epoch stages)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        w.writeheader()
+        w.writerows(rows)
 
 
 def read_manifest(out: str) -> list:
