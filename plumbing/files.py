@@ -26,9 +26,9 @@ def written_here(path: str) -> bool:
     if not os.path.isfile(path):
         return False
     try:
-        if path.lower().endswith(".npz"):  # mmap: a .npy named .npz is not read into memory
+        if path.lower().endswith(".npz"):  # mmap: a .npy named .npz is not read into memory; nor is a huge mark
             with np.load(path, mmap_mode="r", allow_pickle=False) as npz:
-                found = str(npz["written_by"])
+                found = str(npz["written_by"]) if npz.zip.getinfo("written_by.npy").file_size < 1 << 16 else None
         else:
             with Image.open(path) as image:
                 found = image.info.get("Software") if image.format == "PNG" else None

@@ -482,6 +482,25 @@ def test_an_npz_with_someone_elses_mark_is_never_replaced(run_dir, tmp_path, cap
     assert hashes(tmp_path) == before
 
 
+def test_a_mark_that_would_inflate_is_never_read(run_dir, tmp_path, capsys):
+    """A 261 KB .npz at the output path whose written_by.npy inflates to 256 MB: checking its mark allocated all of
+    it (a larger one ends the process). A mark is a path, under 64 KB: a larger entry is no mark, and unread."""
+    import tracemalloc
+    import zipfile
+
+    import sample
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as z, \
+            z.open("written_by.npy", "w", force_zip64=True) as f:
+        np.lib.format.write_array(f, np.zeros(2 ** 28, np.uint8))
+    before = hashes(tmp_path)
+    tracemalloc.start()
+    refused(capsys, [str(run_dir / "model.pth"), "--num-samples", "2", "--out", str(tmp_path / "bomb.png")],
+            "is not an output this project wrote there", script=sample.main)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2 ** 26 and hashes(tmp_path) == before  # 64 MB: the model and the checks, not the 256 MB
+
+
 def test_a_copy_of_a_grid_is_the_users_and_the_original_stays_the_scripts(run_dir, tmp_path, capsys):
     """A sample grid copied as thesis_fig.png and named as --out was replaced: a mark says which path it was
     written for, so the copy is the user's; the original at its own path is still replaced by a second run."""
