@@ -1,5 +1,6 @@
 """NIfTI folders (--dataset nifti): .nii/.nii.gz volumes and masks read by nibabel, reoriented to RAS+,
 scaled by their own range and resampled to a cube; bad files are one line; main.py trains on them."""
+import gzip
 import json
 import struct
 import sys
@@ -107,6 +108,16 @@ def crc_mismatch(folder, _):
     (folder / "good.nii.gz").unlink()
 
 
+def inflating(folder, _):
+    """A .nii.gz of an 8^3 volume whose stream goes on with 128 MB of zeros (128 KB on disk)."""
+    write(folder / "v.nii", head(8))
+    with gzip.open(folder / "a.nii.gz", "wb") as f:
+        f.write((folder / "v.nii").read_bytes())
+        for _ in range(8):
+            f.write(bytes(1 << 24))
+    (folder / "v.nii").unlink()
+
+
 def mask_on_another_grid(folder, masks):
     write(folder / "a.nii", head(8))
     write(masks / "a.nii", np.ones((8, 8, 6), np.uint8))
@@ -127,6 +138,7 @@ BAD = {
     "mask grid": (mask_on_another_grid, "not on its volume's voxel grid"),
     "mask names": (lambda f, m: (write(f / "a.nii", head(8)), write(m / "b.nii", head(8))), "do not match"),
     "gzip crc": (crc_mismatch, "CRC check failed"),
+    "inflating": (inflating, "64 MB past the size its header declares"),
     "mask fractions": (lambda f, m: (write(f / "a.nii", head(8)), write(m / "a.nii", head(8) / 120)),
                        "neither a label map (whole numbers) nor a probability map"),
 }
