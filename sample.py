@@ -237,7 +237,8 @@ def inpaint(args, model, config: dict, device, out: str) -> None:
         raise DataError(f"--region is {region_hw[0]}x{region_hw[1]} but --inpaint is {image_hw[0]}x{image_hw[1]}: "
                         "the region must have its image's size")
     if not region.any():
-        raise DataError(f"--region {args.region} marks nothing to regenerate (no white pixels)")
+        raise DataError(f"--region {args.region} marks nothing to regenerate (no white pixels once resized to the "
+                        f"model's {size}x{size}): mark a larger area")
     image = normalize_to_neg_one_to_one(image)
     cond, shown = {}, [image, normalize_to_neg_one_to_one(region).expand_as(image)]
     if config["cond"] == "mask":
