@@ -226,17 +226,8 @@ def read_volume(path: str) -> tuple:
         if np.prod(shape, dtype=np.float64) > MAX_VOLUME_VOXELS:
             raise DataError(f"{path} is {'x'.join(map(str, shape))} voxels, more than the {MAX_VOLUME_VOXELS:,} "
                             "this project reads from one file: crop or downsample it first")
-        if path.lower().endswith(".gz"):  # gzip checks the CRC at the stream's end, which nibabel never reads
-            left = int(image.header.get_data_offset()) + int(np.prod(image.shape)) * dtype.itemsize + (1 << 26)
-            try:  # so read it through, but at most 64 MB past the size the header declares
-                with gzip.open(path) as f:
-                    while left > 0 and (n := len(f.read(min(left, 1 << 24)))):
-                        left -= n
-                    if left <= 0 and f.read(1):
-                        raise DataError(f"{path} inflates to more than 64 MB past the size its header declares: it "
-                                        "is not one volume, or is damaged")
-            except (OSError, EOFError, zlib.error) as e:
-                raise DataError(f"{path}: its voxels cannot be read ({cause(e)}): the file is damaged") from e
+        if path.lower().endswith(".gz"):
+            check_gzip(path, int(image.header.get_data_offset()) + int(np.prod(image.shape)) * dtype.itemsize)
         image = nibabel.as_closest_canonical(nibabel.funcs.squeeze_image(image))
         a = np.asarray(image.get_fdata(dtype=np.float32))
     except DataError:
@@ -250,6 +241,22 @@ def read_volume(path: str) -> tuple:
     if not np.isfinite(a).all():
         raise DataError(f"{path} holds non-finite voxels (nan/inf): fix or remove it")
     return np.ascontiguousarray(a.transpose(2, 1, 0)[:, ::-1, :]), image.affine  # RAS (x, y, z) -> (z, -y, x)
+
+
+def check_gzip(path: str, declared: int) -> None:
+    """A .gz read through once: gzip checks its CRC only at the end of the stream, which nibabel, reading just the
+    bytes it needs, never reaches (a flipped bit would be a wrong voxel, silently). At most 64 MB past the
+    declared size: a stream that inflates on and on is no volume."""
+    left = declared + (1 << 26)
+    try:
+        with gzip.open(path) as f:
+            while left > 0 and (n := len(f.read(min(left, 1 << 24)))):
+                left -= n
+            if left <= 0 and f.read(1):
+                raise DataError(f"{path} inflates to more than 64 MB past the size its header declares: it is not "
+                                "one volume, or is damaged")
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: its voxels cannot be read ({cause(e)}): the file is damaged") from e
 
 
 def nifti_bytes(v: np.ndarray) -> bytes:

@@ -58,12 +58,12 @@ def stage(write, path: str) -> tuple:
 def commit(staged: list, ours_only: bool = False) -> None:
     """Rename each staged (tmp, path) onto its path, in order (renames need no disk space). ours_only: if anything
     not written_here appeared at a path since the script checked, it is kept and nothing is renamed."""
-    try:  # inside another stage (_writing), the outer commit checks
-        appeared = [p for _, p in staged if os.path.lexists(p) and not written_here(p)] if ours_only and not _writing \
-            else []
-        if appeared:
-            raise DataError(f"{appeared[0]} appeared while this command ran and is not its own: it is never written "
-                            "over; move it away and run the command again")
+    try:
+        if ours_only and not _writing:  # inside another stage (_writing), the outer commit checks
+            appeared = [p for _, p in staged if os.path.lexists(p) and not written_here(p)]
+            if appeared:
+                raise DataError(f"{appeared[0]} appeared while this command ran and is not its own: it is never "
+                                "written over; move it away and run the command again")
         for tmp, path in staged:
             os.replace(tmp, path)
     except BaseException:

@@ -41,7 +41,7 @@ class Run:
         self.done, self.losses, self.metrics, self.pending, self.share = 0, [], [], [], 1.0
 
     def __enter__(self) -> "Run":
-        rank, size = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        rank, size = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")  # both whole numbers, RANK < WORLD_SIZE
         if (rank, size) != (None, None) and not (re.fullmatch(r"\d+ \d+", f"{rank} {size}") and int(rank) < int(size)):
             raise DataError(f"RANK={rank} with WORLD_SIZE={size} is no torchrun process (WORLD_SIZE at least 1, RANK "
                             "in 0..WORLD_SIZE-1): start main.py with torchrun, or unset RANK and WORLD_SIZE")

@@ -4,6 +4,7 @@ checkpoint's config before anything is allocated. Names (a process, a network) a
 import math
 
 SEED_MAX = 2 ** 32 - 1
+TINY, UNIT = 5e-324, 1 - 2 ** -53  # the smallest float above 0, the largest below 1: (0, 1) is [TINY, UNIT]
 
 
 def number(kind, lo, hi, bounds: str = "", hint: str = "", off=None):
@@ -46,7 +47,6 @@ def flag(v):
     return None if v is None or isinstance(v, bool) else "must be true or false"
 
 
-TINY, UNIT = 5e-324, 1 - 2 ** -53  # the smallest float above 0, the largest below 1: (0, 1) is [TINY, UNIT]
 # Every setting of a run: its check, and what a change of it means for --resume. "arch": it shapes the network
 # or the process, "train": it changes what training does (--resume refuses a change of either, and the data the
 # run trains on is recorded as data_id), "run": it may change between a run and its continuation (--epochs ...).
