@@ -15,7 +15,9 @@ small segmentation U-Net trained once on the real training split (image -> lesio
 - fid and fid_real with the segmenter's encoder features, against the training split;
 - critic_accuracy (metrics.py): how well a small classifier, trained on half of the held-out slices against half
   of the samples, tells the other halves apart (0.5: indistinguishable). fid sits at its floor for good MRI
-  models; the critic still sees flatter contrast or a greyer background.
+  models; the critic still sees flatter contrast or a greyer background;
+- critic_real: the same critic between the held-out slices and as many real training slices: its floor. The
+  held-out patients are not the training patients, and the critic tells them apart too.
 For the phantoms (phantom, phantom3d), whose lesion is the only tissue brighter than 0.8, no judge is
 trained: lesion_dice scores mask-conditioned samples against their masks, beside shuffled masks (chance).
 """
@@ -345,7 +347,8 @@ def critic_accuracy(real: Tensor, samples: Tensor, steps: int = 400, batch_size:
 class MaskScore:
     """mask_dice, mask_dice_real, fid and fid_real for samples of a folder dataset with masks (see the
     module docstring); the segmenter is cached in DATA_DIR/classifiers/, keyed by the training data. critic: also
-    critic_accuracy against the held-out slices (0.5: a critic cannot tell the samples from them)."""
+    critic_accuracy against the held-out slices (0.5: a critic cannot tell the samples from them) and critic_real,
+    the same for real training slices (the floor: other patients)."""
 
     def __init__(self, data_dir: str, image_size: int, channels: int | None = None, log=print,
                  sample_shape: tuple | None = None, steps: int | None = None, critic: bool = False):
@@ -360,6 +363,8 @@ class MaskScore:
             raise DataError(f"the segmenter needs an image side divisible by 4, got {image_size}")
         self.net = self.load_or_train(data_dir, train, steps or SEGMENTER_STEPS, log)
         self.held, self.critic = held, critic
+        self.train = train.images  # critic_real: the first of them in a fixed random order
+        self.order = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(0))
         self.reference = feature_stats(self.features(train.images))
         self.held_features = self.features(held.images)
         self.real_dice = dice(segment(self.net, held.images), held.masks).mean().item()
@@ -402,6 +407,7 @@ class MaskScore:
             result["mask_dice_real"] = round(self.real_dice, 4)
         if self.critic:
             result["critic_accuracy"] = round(critic_accuracy(self.held.images, x), 4)
+            result["critic_real"] = round(critic_accuracy(self.held.images, self.train[self.order[:len(x)]]), 4)
         if not all(np.isfinite(v) for v in result.values()):
             raise DataError(f"the scores came out as {result}: not numbers; the samples or the segmenter are damaged")
         return result

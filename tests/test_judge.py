@@ -62,12 +62,14 @@ def test_the_segmenter_is_cached_and_reused(judge, monkeypatch):
     assert again.real_dice == score.real_dice
 
 
-def test_metrics_cli_scores_a_folder_in_one_line(judge, tmp_path, capsys, monkeypatch):
+def test_metrics_cli_scores_a_folder_in_one_line_with_the_critics_floor(judge, tmp_path, capsys, monkeypatch):
+    """Beside mask_dice and fid: critic_accuracy and its floor critic_real (held-out against training scans)."""
     score, root = judge
     monkeypatch.setattr(metrics, "SEGMENTER_STEPS", 150)  # the cached segmenter of the fixture
     np.savez(tmp_path / "s.npz", images=score.held.images.numpy(), masks=score.held.masks.numpy())
     metrics.main([str(tmp_path / "s.npz"), "--dataset", "folder", "--data-dir", str(root)])
-    assert "mask_dice=" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert all(f"{key}=" in out for key in ("mask_dice", "fid", "critic_accuracy", "critic_real"))
 
 
 def test_synthetic_gain_prints_the_table_and_draws_the_figure(tmp_path, capsys):
