@@ -127,6 +127,9 @@ def read_image(path: str, mode: str | None, constant: list) -> np.ndarray:
     / 255, high bit depths by scale_high_bit. mode: "L", "RGB", None (from the file) or "mask" (binarize_mask)."""
     from PIL import Image, ImageOps
     with Image.open(path) as opened:
+        if getattr(opened, "n_frames", 1) > 1:  # a TIFF stack, an animation: never its first frame alone
+            raise DataError(f"{path} holds {opened.n_frames} frames: one image per file is read; save each frame "
+                            "as a file of its own")
         im = ImageOps.exif_transpose(opened)
         high = im.mode in HIGH_BIT_MODES
         if high and mode == "RGB":
@@ -165,7 +168,7 @@ def read_resized(paths: list, image_size: int, mode: str | None, sizes: list | N
     again: {0, 1}). sizes, if a list, gets each file's (H, W). DataError names unreadable, oversized (PIL's
     decompression-bomb limit) or non-finite files."""
     from PIL import Image
-    out, bad, constant = [], [], []
+    out, bad, constant, stretched = [], [], [], []
     for p in paths:
         try:
             a = read_image(p, mode, constant)
@@ -174,12 +177,17 @@ def read_resized(paths: list, image_size: int, mode: str | None, sizes: list | N
             continue
         if sizes is not None:
             sizes.append(a.shape[:2])
+        if a.shape[0] != a.shape[1]:
+            stretched.append(f"{os.path.basename(p)}, {a.shape[1]}x{a.shape[0]}")
         out.append(resize(a, image_size))
     if bad:
         raise DataError(f"{len(bad)} image(s) cannot be read, e.g. {', '.join(bad[:3])}: remove or replace them")
     if constant:
         print(f"note: {len(constant)} high-bit-depth image(s) hold a single value, e.g. {constant[0]}: with no "
               "range to scale by, integer ones were mapped to value / 65535, others to 0.5", flush=True)
+    if stretched and mode != "mask":  # a mask is stretched as its image is
+        print(f"note: {len(stretched)} image(s) are not square (e.g. {stretched[0]}): each is stretched to "
+              f"{image_size}x{image_size}; crop them square first to keep their proportions", flush=True)
     x = np.stack(out).clip(0, 1)  # bilinear resizing keeps [0, 1] up to round-off
     return (x >= 0.5).astype(np.float32) if mode == "mask" else x
 

@@ -261,6 +261,22 @@ def test_a_photo_is_read_as_every_viewer_shows_it(tmp_path):
     assert shown[:4].mean() > 0.9 and shown[-4:].mean() < 0.1
 
 
+def test_a_tiff_stack_is_refused_not_read_as_its_first_frame(tmp_path):
+    """A multi-page TIFF (a stack of slices, as microscopes and some scanners write) was read as its first page."""
+    write_folder(tmp_path, [np.zeros((8, 8), np.uint8)] * 3)
+    frames = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (0, 100, 200)]
+    frames[0].save(tmp_path / "images" / "3.tif", save_all=True, append_images=frames[1:])
+    with pytest.raises(DataError, match=r"3\.tif holds 3 frames"):
+        load_dataset("folder", str(tmp_path), train=False, image_size=8)
+
+
+def test_an_image_that_is_not_square_is_stretched_with_a_note(tmp_path, capsys):
+    """Every image becomes image_size x image_size; one of other proportions was stretched without a word."""
+    write_folder(tmp_path, [np.zeros((8, 8), np.uint8)] * 3 + [np.zeros((8, 16), np.uint8)])
+    assert load_dataset("folder", str(tmp_path), train=False, image_size=8).images.shape == (1, 1, 8, 8)
+    assert "note: 1 image(s) are not square (e.g. 3.png, 16x8)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_a_float_tiff_of_extreme_values_is_scaled_without_overflow(tmp_path, train, recwarn):
     """A float TIFF holding +-3e38 was blamed on --lr at step 1 (its range overflowed float32 after the finiteness
