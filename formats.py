@@ -131,6 +131,9 @@ def read_image(path: str, mode: str | None, constant: list) -> np.ndarray:
             raise DataError(f"{path} holds {opened.n_frames} frames: one image per file is read; save each frame "
                             "as a file of its own")
         im = ImageOps.exif_transpose(opened)
+        if im.has_transparency_data and im.convert("RGBA").getchannel("A").getextrema()[0] < 255:
+            raise DataError(f"{path} has transparent pixels, whose colour no viewer shows (a mask drawn on a "
+                            "transparent layer would be read inverted): flatten it onto a black background first")
         high = im.mode in HIGH_BIT_MODES
         if high and mode == "RGB":
             raise DataError(f"{path} is a {im.mode} (high bit depth) grayscale image: use --channels 1")

@@ -270,6 +270,20 @@ def test_a_tiff_stack_is_refused_not_read_as_its_first_frame(tmp_path):
         load_dataset("folder", str(tmp_path), train=False, image_size=8)
 
 
+def test_a_mask_drawn_on_a_transparent_layer_is_refused_not_read_inverted(tmp_path):
+    """A red lesion on a transparent layer stored as white: its background, brighter than the lesion, was read
+    as the lesion."""
+    write_folder(tmp_path, [np.zeros((16, 16), np.uint8)] * 3)
+    mask = np.zeros((16, 16, 4), np.uint8)
+    mask[..., :3] = 255  # transparent white
+    mask[4:12, 4:12] = (255, 0, 0, 255)
+    (tmp_path / "masks").mkdir()
+    for i in range(3):
+        Image.fromarray(mask, "RGBA").save(tmp_path / "masks" / f"{i}.png")
+    with pytest.raises(DataError, match="2.png has transparent pixels"):
+        load_dataset("folder", str(tmp_path), train=False, image_size=16)
+
+
 def test_an_image_that_is_not_square_is_stretched_with_a_note(tmp_path, capsys):
     """Every image becomes image_size x image_size; one of other proportions was stretched without a word."""
     write_folder(tmp_path, [np.zeros((8, 8), np.uint8)] * 3 + [np.zeros((8, 16), np.uint8)])
