@@ -99,6 +99,8 @@ def conditions(args, config: dict, n: int | None) -> tuple:
         masks = load_masks(config, args.mask_dir)
         n = n or len(masks)
         cond["mask"] = masks[torch.arange(n) % len(masks)]
+    elif args.mask_dir is not None:
+        raise DataError("--mask-dir needs a mask-conditioned checkpoint (trained with --cond mask)")
     return n or (8 if config.get("dims", 2) == 3 else 64), cond
 
 

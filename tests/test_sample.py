@@ -86,6 +86,7 @@ def test_mask_model_uses_held_out_masks_or_a_mask_folder(runs, tmp_path):
     (["--sampler", "ddpm", "--steps", "-3"], "--steps must lie in 1..20"),
     (["--sampler", "euler", "--steps", "0"], "--steps must lie in 1..20"),
     (["--eta", "nan"], "--eta must lie in [0, 1]"),
+    (["--mask-dir", "."], "--mask-dir needs a mask-conditioned checkpoint"),  # was drawn without the masks
 ])
 def test_bad_options_one_line(runs, capsys, args, message):
     with pytest.raises(SystemExit) as e:
