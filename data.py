@@ -157,7 +157,11 @@ def load_medmnist(name: str, data_dir: str, train: bool = True, download: bool =
             or (images.ndim == 4 and images.shape[3] != 3):
         raise DataError(f"{path}: expected uint8 images (N, H, W) or (N, H, W, 3) and N labels, "
                         f"got {images.dtype} {images.shape} and {labels.shape}")
-    labels = labels.reshape(len(labels), -1)[:, 0]  # (N, 1) -> (N,); multi-label sets: the first label
+    labels = labels.reshape(len(labels), -1)
+    if labels.shape[1] > 1:  # ChestMNIST: 14 findings per image, each 0 or 1
+        print(f"note: {path} holds {labels.shape[1]} labels per image (multi-label): only the first is the class "
+              "(for --cond class and the fid judge's classifier)", flush=True)
+    labels = labels[:, 0]  # (N, 1) -> (N,)
     return Dataset(uint8_to_images(images), check_labels(labels, path), None)
 
 

@@ -102,6 +102,14 @@ def test_medmnist_splits_that_disagree_are_refused_when_read(tmp_path):
         load_dataset("pathmnist", str(tmp_path), download=False)
 
 
+def test_a_multi_label_medmnist_set_says_which_label_is_the_class(tmp_path, capsys):
+    """ChestMNIST holds 14 findings per image; its first became the class without a word."""
+    labels = np.eye(14, dtype=np.uint8)[:4]
+    medmnist_npz(tmp_path / "chestmnist.npz", train=(np.zeros((4, 28, 28), np.uint8), labels))
+    assert load_dataset("chestmnist", str(tmp_path), download=False).labels.tolist() == [1, 0, 0, 0]
+    assert "holds 14 labels per image (multi-label): only the first is the class" in capsys.readouterr().out
+
+
 def write_zip(path, members):
     with zipfile.ZipFile(path, "w") as z:
         for name, raw in members:
