@@ -339,6 +339,8 @@ def load_dataset(name: str, data_dir: str = "data", train: bool = True, image_si
     if len(set(sides)) != 1:
         raise DataError(f"{name}: images are {'x'.join(map(str, sides))}; this project trains on square images "
                         "and cubic volumes (--dataset folder resizes to --image-size)")
+    if channels is not None and channels != C:  # a dataset that does not convert (mnist, MedMNIST, phantoms)
+        raise DataError(f"{name} has {C} channel(s): --channels {channels} does not apply to it; leave it out")
     return data
 
 

@@ -176,6 +176,10 @@ class UNet(nn.Module):
         if image_size is not None and image_size % 2 ** self.levels:
             raise ValueError(f"this U-Net ({self.levels} levels) needs image sides divisible by {2 ** self.levels}, "
                              f"got {image_size}: set --image-size or give fewer --unet-widths")
+        sides = [image_size // 2 ** k for k in range(self.levels + 1)] if image_size else []  # the last: attention
+        if image_size is not None and not set(attention_res) <= set(sides):
+            raise ValueError(f"--attention-res {' '.join(map(str, attention_res))}: this U-Net's feature maps are "
+                             f"{', '.join(map(str, sides))} px wide; choose among them")
         self.cond_channels, self.skip_every = cond_channels, skip_every
         attend = lambda k: image_size is not None and image_size // 2 ** (k - 1) in attention_res  # noqa: E731
         def block(a, b):

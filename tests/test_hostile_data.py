@@ -336,3 +336,10 @@ def test_an_mplconfigdir_that_is_no_folder_is_one_line(tmp_path, script):
     r = subprocess.run([sys.executable, script, "whatever"], cwd=root, capture_output=True, text=True, timeout=60,
                        env={**os.environ, "MPLCONFIGDIR": str(tmp_path / "file")})
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is not a writable folder" in r.stderr, r.stderr
+
+
+def test_channels_that_a_dataset_does_not_convert_to_are_refused():
+    """--channels 3 on a grayscale set that does not convert (shapes, MNIST) trained on 1 channel without a word."""
+    with pytest.raises(DataError, match="shapes has 1 channel.s.: --channels 3 does not apply"):
+        load_dataset("shapes", channels=3)
+    assert load_dataset("shapes", channels=1).images.shape[1] == 1

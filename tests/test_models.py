@@ -178,3 +178,11 @@ def test_the_unet_widens_from_12_epochs_on_up_to_32_px():
     assert widths(["--epochs", "40"], side=64) == widths(["--epochs", "1"], side=64) == [16, 32, 64, 64]
     six = config(["--epochs", "6"])
     assert widths(["--epochs", "18", "--resume"], saved=six) == [16, 32, 32]  # a resumed run keeps its network
+
+
+def test_attention_at_a_side_the_unet_does_not_have_is_refused():
+    """--attention-res 3 on a 16 px U-Net (maps of 16, 8 and 4 px) trained without attention anywhere it asked."""
+    from unet import UNet
+    with pytest.raises(ValueError, match="feature maps are 16, 8, 4 px wide"):
+        UNet(1, (8, 8, 8), image_size=16, attention_res=(3,))
+    assert any("attn_down.1" in k for k in UNet(1, (8, 8, 8), image_size=16, attention_res=(8,)).state_dict())
