@@ -35,6 +35,7 @@ from models import (
     SAMPLERS,
     build_model,
     by_size,
+    check_sampler,
     draw,
     listed,
     sample_shape,
@@ -111,6 +112,7 @@ def check(config: dict, process, args) -> None:
     dataset_info(config["dataset"])  # an unknown name: one line listing the known ones
     if config["sampler"] not in process.samplers:
         raise DataError(f"--sampler must be {listed(process.samplers)} for {args.model} (its samplers)")
+    check_sampler(process, config["sampler"], **{"--sample-steps": args.sample_steps, "--sample-eta": args.sample_eta})
     if config.get("cond") is not None and config["cond"] not in process.conditions:
         takers = [n for n, p in PROCESSES.items() if config["cond"] in p.conditions]
         raise DataError(f"--cond {config['cond']} applies to {listed(takers)} only, not {args.model}")

@@ -28,9 +28,10 @@ PROCESSES = {"DDPM": DDPM, "DDGM": DDGM, "COND": ConditionalDDPM, "VPRED": VPred
 
 # Samplers share one contract, which every script honours (main.py, sample.py --reverse, anomaly.py):
 #   f(model, n, shape, *, steps, eta, generator, x_start=None, t_start=None, on_step=None, **cond) -> x_0
-# n samples (n, *shape) in about [-1, 1]; steps, eta: DDIM's (a sampler may ignore them); x_start, t_start: start
-# from a given x_t at index t_start instead of x_T (anomaly.py); on_step(i, x_t, x0_hat) at every timestep index i
-# visited; cond: the network's conditions (y, mask) only. A process names those it can use in its `samplers`.
+# n samples (n, *shape) in about [-1, 1]; steps, eta: DDIM's (IGNORES: those a sampler leaves unused); x_start,
+# t_start: start from a given x_t at index t_start instead of x_T (anomaly.py); on_step(i, x_t, x0_hat) at every
+# timestep index i visited; cond: the network's conditions (y, mask) only. A process names those it can use in its
+# `samplers`.
 
 def ancestral(model, n: int, shape: tuple, *, steps: int = 50, eta: float = 0.0, **kwargs) -> torch.Tensor:
     """Algorithm 2 (DDPM.sample), every step from T (or t_start); steps and eta are DDIM's, unused here."""
@@ -54,6 +55,7 @@ def heun(model, n: int, shape: tuple, *, steps: int = 50, eta: float = 0.0, **kw
 
 
 SAMPLERS = {"ddim": ddim, "ddpm": ancestral, "euler": euler, "heun": heun}
+IGNORES = {"ddpm": ("steps", "eta"), "euler": ("eta",), "heun": ("eta",)}  # what each leaves unused: refused
 
 
 # The recipe: the defaults, each chosen by the time it takes to reach a quality on a 2-core CPU (README, "The
@@ -123,8 +125,14 @@ def listed(names) -> str:
     return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else "none"
 
 
-def check_sampler(process, sampler: str) -> None:
-    """One line if the process (a class or a model) cannot draw with this sampler, or the name is unknown."""
+def check_sampler(process, sampler: str, **given) -> None:
+    """One line if the process (a class or a model) cannot draw with this sampler, or the name is unknown, or an
+    option given ({"--steps": 10}, None: not given) is one the sampler ignores (IGNORES)."""
+    unused = [o for o, v in given.items() if v is not None and o.split("-")[-1] in IGNORES.get(sampler, ())]
+    if unused:
+        raise DataError(f"{' and '.join(unused)} do{'es' * (len(unused) == 1)} not apply to --sampler {sampler}: "
+                        f"leave {'them' if len(unused) > 1 else 'it'} out (Algorithm 2 takes every step; Euler and "
+                        "Heun add no noise)")
     if sampler not in SAMPLERS:
         raise DataError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)} (models.SAMPLERS)")
     if sampler not in process.samplers:

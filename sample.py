@@ -157,7 +157,7 @@ def run(args) -> None:
     config, device = ckpt["config"], pick_device(args.device)
     model = model_from_checkpoint(ckpt, device, use_ema=not args.no_ema, path=args.checkpoint)
     sampler = args.sampler or (config["sampler"] if config.get("sampler") in model.samplers else model.samplers[0])
-    check_sampler(model, sampler)
+    check_sampler(model, sampler, **{"--steps": args.steps, "--eta": args.eta})
     steps = config.get("sample_steps", 50) if args.steps is None else args.steps
     eta = config.get("sample_eta", 0.0) if args.eta is None else args.eta
     if not 0 <= eta <= 1:

@@ -111,6 +111,7 @@ def cli(*args):
     (["GAN"], "invalid choice: 'GAN'"),
     (["DDPM", "--betas", "0.02", "0.0001"], "--betas needs 0 < BETA_1 <= BETA_T < 1"),
     (["DDPM", "--epochs", "0"], "--epochs must lie in 1..100000"),
+    (["DDPM", "--sampler", "ddpm", "--sample-steps", "10"], "--sample-steps does not apply to --sampler ddpm"),
     (["DDGM", "--theta0", "-1"], "--theta0 must lie in (0, 1e6]"),
     (["DDPM", "--cond", "class"], "--cond class applies to COND only, not DDPM"),
     (["DDPM", "--cond", "mask"], "--cond mask applies to COND, VPRED, FLOW and EDM only, not DDPM"),

@@ -83,7 +83,8 @@ def test_mask_model_uses_held_out_masks_or_a_mask_folder(runs, tmp_path):
     (["--label", "7"], "--label must lie in 0..2"),
     (["--steps", "50"], "--steps must lie in 1..20"),
     (["--steps", "0"], "--steps must lie in 1..20"),
-    (["--sampler", "ddpm", "--steps", "-3"], "--steps must lie in 1..20"),
+    (["--sampler", "ddpm", "--steps", "-3"], "--steps does not apply to --sampler ddpm"),  # it was ignored
+    (["--sampler", "euler", "--eta", "0.5"], "--eta does not apply to --sampler euler"),
     (["--sampler", "euler", "--steps", "0"], "--steps must lie in 1..20"),
     (["--eta", "nan"], "--eta must lie in [0, 1]"),
     (["--mask-dir", "."], "--mask-dir needs a mask-conditioned checkpoint"),  # was drawn without the masks
