@@ -128,17 +128,17 @@ def listed(names) -> str:
 def check_sampler(process, sampler: str, **given) -> None:
     """One line if the process (a class or a model) cannot draw with this sampler, or the name is unknown, or an
     option given ({"--steps": 10}, None: not given) is one the sampler ignores (IGNORES)."""
-    unused = [o for o, v in given.items() if v is not None and o.split("-")[-1] in IGNORES.get(sampler, ())]
-    if unused:
-        raise DataError(f"{' and '.join(unused)} do{'es' * (len(unused) == 1)} not apply to --sampler {sampler}: "
-                        f"leave {'them' if len(unused) > 1 else 'it'} out (Algorithm 2 takes every step; Euler and "
-                        "Heun add no noise)")
     if sampler not in SAMPLERS:
         raise DataError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)} (models.SAMPLERS)")
     if sampler not in process.samplers:
         name = process.__name__ if isinstance(process, type) else type(process).__name__
         raise DataError(f"{name} samples with {listed(process.samplers)} only, not {sampler}: "
                         f"use --sampler {process.samplers[0]}")
+    unused = [o for o, v in given.items() if v is not None and o.split("-")[-1] in IGNORES.get(sampler, ())]
+    if unused:
+        raise DataError(f"{' and '.join(unused)} do{'es' * (len(unused) == 1)} not apply to --sampler {sampler}: "
+                        f"leave {'them' if len(unused) > 1 else 'it'} out (Algorithm 2 takes every step; Euler and "
+                        "Heun add no noise)")
 
 
 @torch.no_grad()
